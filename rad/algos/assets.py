@@ -1,0 +1,70 @@
+"""Resolve what a stage needs before it starts: the data root and the model directory.
+
+``model.name_or_path: tiny`` means "the project's own tiny model": its tokenizer is
+trained on the embedded world's corpus and the weights are initialised from the
+seed, built once and cached under ``$RAD_CACHE`` (default ``~/.cache/rad``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rad.cache import cache_root
+from rad.settings import TINY, ModelConfig, WorldConfig
+
+
+def data_root(world: WorldConfig) -> Path:
+    from rad.data.registry import default_data_root
+
+    return Path(world.data_root) if world.data_root else default_data_root()
+
+
+def world_root(world: WorldConfig) -> Path:
+    """Directory of the materialised embedded world (written once per seed)."""
+    from rad.data.world import materialize_world
+
+    return materialize_world(data_root(world) / "world", seed=world.seed)
+
+
+def load_records(specs: list[str] | str, kind: str, world: WorldConfig, seed: int) -> list[dict[str, Any]]:
+    """Records of ``kind`` for dataset specs, with the embedded world of ``world``."""
+    from rad.data.registry import load_dataset_spec
+
+    if not specs:
+        return []
+    return load_dataset_spec(specs, kind=kind, seed=seed, data_root=data_root(world), world_seed=world.seed)
+
+
+def tiny_model_dir(world: WorldConfig, size: str = "tiny", seed: int = 0) -> Path:
+    from rad.data.world import build_world
+    from rad.models.tiny import get_tiny_model_dir
+
+    return get_tiny_model_dir(cache_root() / "models", lambda: build_world(seed=world.seed).corpus_texts(),
+                              seed=seed, size=size)
+
+
+def model_dir(model: ModelConfig, world: WorldConfig, seed: int = 0) -> str:
+    """A loadable directory or hub id for ``model``."""
+    if model.name_or_path == TINY:
+        return str(tiny_model_dir(world, model.tiny_size, seed))
+    return model.name_or_path
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else torch.float32
+    return getattr(torch, name)
+
+
+def load_policy(model: ModelConfig, world: WorldConfig, seed: int = 0):
+    """(model, tokenizer, path) of a causal LM as configured."""
+    from rad.models.loading import load_causal_lm, load_tokenizer
+
+    path = model_dir(model, world, seed)
+    tokenizer = load_tokenizer(model.tokenizer or path, trust_remote_code=model.trust_remote_code)
+    lm = load_causal_lm(path, dtype=resolve_dtype(model.dtype), trust_remote_code=model.trust_remote_code,
+                        allow_pickle=model.allow_pickle_weights, tokenizer=tokenizer)
+    return lm, tokenizer, path

@@ -1,0 +1,218 @@
+"""One base trainer for every supervised stage (SFT, reward/cost models, offline preference losses).
+
+Subclasses say how a record becomes an example, how examples batch, and what the
+loss is; the base owns the rest: deterministic epoch order from the seed, the
+DeepSpeed learner, gradient accumulation, evaluation, metrics, progress,
+atomic checkpoints and ``--resume`` (which continues from the exact batch where
+the last checkpoint stopped).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from rad.config import field, save_config, to_dict
+from rad.runtime.checkpoint import (atomic_dir, checkpoint_dir, latest_checkpoint, prune_checkpoints,
+                                    read_trainer_state, write_trainer_state)
+from rad.runtime.learner import DeepSpeedLearner, set_seed
+from rad.runtime.metrics import MetricsLogger
+from rad.settings import LearnerConfig, LoggingConfig
+
+log = logging.getLogger("rad.algos")
+
+
+@dataclass
+class ScheduleConfig:
+    """How long to train and how often to evaluate / checkpoint."""
+
+    epochs: int = field(1, min=1, help="passes over the training set")
+    max_steps: int = field(0, min=0, help="stop after this many optimizer steps (0 = no limit)")
+    eval_every: int = field(0, min=0, help="evaluate every N optimizer steps (0 = at the end of each epoch)")
+    save_every: int = field(0, min=0, help="checkpoint every N optimizer steps (0 = at the end of each epoch)")
+    keep_checkpoints: int = field(2, min=0, help="newest checkpoints kept (0 = all)")
+    eval_batch_size: int = field(32, min=1)
+
+
+class SupervisedTrainer:
+    """Base class: subclass and implement :meth:`encode`, :meth:`collate`, :meth:`compute_loss`."""
+
+    #: metric namespace, e.g. ``train/loss``
+    stage = "train"
+
+    def __init__(self, model: torch.nn.Module, train_records: Sequence[Any], eval_records: Sequence[Any],
+                 learner_cfg: LearnerConfig, schedule: ScheduleConfig, logging_cfg: LoggingConfig,
+                 output_dir: str | Path, seed: int = 0, config: Any = None):
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.seed = seed
+        self.schedule = schedule
+        self.learner_cfg = learner_cfg
+        self.logging_cfg = logging_cfg
+        self.config = config
+        set_seed(seed)
+        self.train_examples = [self.encode(r) for r in train_records]
+        self.eval_examples = [self.encode(r) for r in eval_records]
+        if not self.train_examples:
+            raise ValueError("the training set is empty after filtering; check the data specs")
+        self.micro = learner_cfg.micro_batch_size
+        # Whole optimizer steps only, so every checkpoint falls on an accumulation boundary.
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_examples) / self.micro) // learner_cfg.grad_accum)
+        self.batches_per_epoch = self.steps_per_epoch * learner_cfg.grad_accum
+        total = self.steps_per_epoch * schedule.epochs
+        self.total_steps = min(total, schedule.max_steps) if schedule.max_steps else total
+        self.learner = DeepSpeedLearner(model, learner_cfg, total_steps=self.total_steps)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._eval_step = -1
+        self.initial_eval: dict[str, float] = {}
+        if config is not None:
+            save_config(config, self.output_dir / "config.yaml")
+
+    # -- subclass hooks ----------------------------------------------------------
+    def encode(self, record: Any) -> Any:
+        raise NotImplementedError
+
+    def collate(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], train: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss for a micro batch and metrics to average (weighted by batch size)."""
+        raise NotImplementedError
+
+    def on_eval_end(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Add stage-specific eval metrics (e.g. accuracy plots); default: unchanged."""
+        return metrics
+
+    # -- data order --------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> list[int]:
+        """A permutation fixed by (seed, epoch): the same on resume and on every rank."""
+        order = list(range(len(self.train_examples)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.learner.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # -- evaluation --------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_examples:
+            return {}
+        self.learner.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        bs = self.schedule.eval_batch_size
+        for start in range(0, len(self.eval_examples), bs):
+            chunk = self.eval_examples[start: start + bs]
+            _, metrics = self.compute_loss(self._to_device(self.collate(chunk)), train=False)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
+            count += len(chunk)
+        self.learner.train()
+        return self.on_eval_end({f"eval/{k}": v / count for k, v in sums.items()})
+
+    # -- checkpoints -------------------------------------------------------------
+    def trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed}
+
+    def save_checkpoint(self) -> Path:
+        final = checkpoint_dir(self.output_dir, self.step)
+        with atomic_dir(final) as tmp:
+            self.learner.save_checkpoint(tmp)
+            write_trainer_state(tmp, self.trainer_state())
+        prune_checkpoints(self.output_dir, self.schedule.keep_checkpoints)
+        return final
+
+    def resume(self) -> bool:
+        ckpt = latest_checkpoint(self.output_dir)
+        if ckpt is None:
+            log.info("no checkpoint in %s; starting from scratch", self.output_dir)
+            return False
+        self.learner.load_checkpoint(ckpt)
+        state = read_trainer_state(ckpt)
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        log.info("resumed from %s (step %d, epoch %d, batch %d)", ckpt, self.step, self.epoch, self.batch_in_epoch)
+        return True
+
+    # -- the loop ----------------------------------------------------------------
+    def _micro_batch(self, order: list[int], index: int) -> dict[str, torch.Tensor]:
+        # Cyclic indexing keeps every micro batch full, also for sets smaller than a step.
+        n = len(order)
+        idx = [order[j % n] for j in range(index * self.micro, (index + 1) * self.micro)]
+        return self._to_device(self.collate([self.train_examples[i] for i in idx]))
+
+    def _log_eval(self, logger: MetricsLogger) -> dict[str, float]:
+        self._eval_step = self.step
+        return logger.log(self.evaluate(), step=self.step)
+
+    def train(self, resume: bool = False) -> dict[str, float]:
+        """Run to ``total_steps``; returns the final evaluation metrics."""
+        from tqdm.auto import tqdm
+
+        if resume:
+            self.resume()
+        sched = self.schedule
+        last_eval: dict[str, float] = {}
+        metrics_cfg = to_dict(self.config) if self.config is not None else None
+        with MetricsLogger(self.output_dir, self.logging_cfg, config=metrics_cfg) as logger:
+            if self.step == 0:
+                last_eval = self.initial_eval = self._log_eval(logger)
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
+                       disable=not self.logging_cfg.progress, dynamic_ncols=True)
+            self.learner.train()
+            accum: dict[str, float] = {}
+            accum_n = 0
+            tick = time.perf_counter()
+            while self.step < self.total_steps and self.epoch < sched.epochs:
+                order = self.epoch_order(self.epoch)
+                while self.batch_in_epoch < self.batches_per_epoch and self.step < self.total_steps:
+                    loss, metrics = self.compute_loss(self._micro_batch(order, self.batch_in_epoch), train=True)
+                    self.learner.backward(loss)
+                    stepped = self.learner.step()
+                    self.batch_in_epoch += 1
+                    for k, v in metrics.items():
+                        accum[k] = accum.get(k, 0.0) + float(v)
+                    accum_n += 1
+                    if not stepped:
+                        continue
+                    self.step += 1
+                    bar.update(1)
+                    if self.step % self.logging_cfg.log_every == 0:
+                        now = time.perf_counter()
+                        row = {f"{self.stage}/{k}": v / accum_n for k, v in accum.items()}
+                        row[f"{self.stage}/lr"] = self.learner.lr()
+                        norm = self.learner.grad_norm()
+                        if norm is not None:
+                            row[f"{self.stage}/grad_norm"] = norm
+                        row[f"{self.stage}/epoch"] = self.epoch + self.batch_in_epoch / self.batches_per_epoch
+                        row["timing/step"] = (now - tick) / self.logging_cfg.log_every
+                        tick = now
+                        logger.log(row, step=self.step)
+                        bar.set_postfix(loss=f"{row.get(f'{self.stage}/loss', float('nan')):.3f}")
+                        accum, accum_n = {}, 0
+                    if sched.eval_every and self.step % sched.eval_every == 0:
+                        last_eval = self._log_eval(logger)
+                    if sched.save_every and self.step % sched.save_every == 0:
+                        self.save_checkpoint()
+                if self.batch_in_epoch >= self.batches_per_epoch:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    if not sched.eval_every:
+                        last_eval = self._log_eval(logger)
+                    if not sched.save_every:
+                        self.save_checkpoint()
+            bar.close()
+            if checkpoint_dir(self.output_dir, self.step) != latest_checkpoint(self.output_dir):
+                self.save_checkpoint()
+            if self._eval_step != self.step:
+                last_eval = self._log_eval(logger)
+        return last_eval

@@ -1,0 +1,8 @@
+"""Datasets: canonical record kinds and validation, local/hub loaders, the
+`NAME[:PROPORTION]` registry, and the embedded safety world with its oracle.
+
+Modules: `schema` (kinds, validation), `formats` (Alpaca / HarmBench mapping),
+`filters` (contradiction filter), `loaders` (files and hub via `datasets`),
+`registry` (specs, sub-sampling, built-in names), `template` (prompt template),
+`world_lexicon` / `world_oracle` / `world` (the embedded world).
+"""

@@ -1,0 +1,79 @@
+"""Config sections shared by several commands (model, learner, logging, embedded world).
+
+Each command's own config (``SFTConfig``, ``PipelineConfig``, ...) composes these,
+so a key means the same thing everywhere: ``learner.lr`` in ``rad sft`` and in
+``rad train`` is the same knob with the same default and validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rad.config import field
+from rad.errors import ConfigError
+
+TINY = "tiny"  # model name that means "the project's own tiny model, built locally"
+
+
+@dataclass
+class WorldConfig:
+    """The embedded world: a generated safety-preference corpus with a ground-truth oracle."""
+
+    seed: int = field(0, help="seed of the generator; the same seed gives the same files")
+    data_root: str = field("", help="data root: embedded world, HarmBench CSV, dataset cache "
+                                    "('' = $RAD_DATA_ROOT or the rad cache)")
+
+
+@dataclass
+class ModelConfig:
+    """Which causal LM / tokenizer to load."""
+
+    name_or_path: str = field(TINY, help="'tiny' (built locally), a local HF directory, or a hub id")
+    tokenizer: str = field("", help="tokenizer path or id ('' = same as name_or_path)")
+    tiny_size: str = field("tiny", choices=("tiny", "small"), help="size preset when name_or_path is 'tiny'")
+    dtype: str = field("auto", choices=("auto", "float32", "bfloat16", "float16"),
+                       help="parameter dtype; auto = bf16 on GPUs that support it, else fp32")
+    trust_remote_code: bool = field(False, help="execute modelling code shipped with the checkpoint")
+    allow_pickle_weights: bool = field(False, help="allow loading .bin (pickle) weights; safetensors otherwise")
+
+
+@dataclass
+class LearnerConfig:
+    """DeepSpeed learner (ZeRO) settings; the same engine runs SFT, score models and RL."""
+
+    zero_stage: int = field(0, min=0, max=3, help="DeepSpeed ZeRO stage")
+    offload_optimizer: bool = field(False, help="ZeRO-Offload the optimizer state to CPU (stage >= 1)")
+    offload_params: bool = field(False, help="offload parameters to CPU (stage 3 only)")
+    lr: float = field(1e-3, gt=0, help="peak learning rate")
+    weight_decay: float = field(0.0, min=0)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95], help="Adam betas")
+    scheduler: str = field("cosine", choices=("cosine", "linear", "constant"))
+    warmup_ratio: float = field(0.03, min=0, max=1)
+    micro_batch_size: int = field(8, min=1, help="per-rank micro batch")
+    grad_accum: int = field(1, min=1, help="gradient accumulation steps")
+    grad_clip: float = field(1.0, min=0, help="global gradient-norm clip (0 = off)")
+    bf16: str = field("auto", choices=("auto", "true", "false"),
+                      help="bf16 mixed precision; auto = on for CUDA with bf16 support")
+    backend: str = field("auto", choices=("auto", "gloo", "nccl"),
+                         help="torch.distributed backend; auto = nccl on GPU, gloo on CPU")
+
+    def validate(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"learner.betas: expected two numbers in [0, 1), got {self.betas}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("learner.offload_params needs learner.zero_stage=3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("learner.offload_optimizer needs learner.zero_stage >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go. TensorBoard and a JSONL file by default."""
+
+    tensorboard: bool = field(True)
+    jsonl: bool = field(True)
+    wandb: bool = field(False, help="log to Weights & Biases (pip install rad-align[tracking])")
+    mlflow: bool = field(False, help="log to MLflow (pip install rad-align[tracking])")
+    project: str = field("rad", help="W&B project / MLflow experiment name")
+    log_every: int = field(1, min=1, help="log metrics every N optimizer steps")
+    progress: bool = field(True, help="show a progress bar")
