@@ -2,6 +2,9 @@
 
     rad train [--config FILE] [key.sub=value ...]    the main job (SFT -> ... on the embedded world by default)
     rad sft   [--config FILE] [key.sub=value ...]    supervised fine-tuning
+    rad rm train / rad cm train [...]                reward / cost model (Bradley-Terry)
+    rad rl    [--config FILE] [key.sub=value ...]    RAD online RL from trained SFT / reward / cost models
+    rad dpo / rad rsa [...]                          offline risk-aware preference optimisation
     rad world [--out DIR] [--seed N]                 write the embedded world's files
     rad <cmd> --help-config                          every config key with type, default and help
 
@@ -29,7 +32,7 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _config_command(cfg_cls: type, runner: Callable[[Any], dict]):
+def config_command(cfg_cls: type, runner: Callable[[Any], dict]):
     def run(args: argparse.Namespace) -> int:
         from rad.config import describe, load_config
 
@@ -44,7 +47,7 @@ def _config_command(cfg_cls: type, runner: Callable[[Any], dict]):
     return run
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (e.g. launch/configs/tiny.yaml)")
     p.add_argument("--help-config", action="store_true", help="list every config key and exit")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4")
@@ -60,20 +63,32 @@ def _cmd_world(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rad.algos.pipeline import PipelineConfig, run_pipeline
+    from rad.algos.rad import RADConfig, run_rad
     from rad.algos.sft import SFTConfig, run_sft
+    from rad.pipeline import PipelineConfig, run_pipeline
 
     parser = argparse.ArgumentParser(prog="rad", description="Risk-sensitive alignment via stochastic dominance")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="the main job: every missing stage of the pipeline")
-    _add_config_args(p)
-    p.set_defaults(func=_config_command(PipelineConfig, run_pipeline))
+    add_config_args(p)
+    p.set_defaults(func=config_command(PipelineConfig, run_pipeline))
 
     p = sub.add_parser("sft", help="supervised fine-tuning (prompt tokens masked)")
-    _add_config_args(p)
-    p.set_defaults(func=_config_command(SFTConfig, run_sft))
+    add_config_args(p)
+    p.set_defaults(func=config_command(SFTConfig, run_sft))
+
+    p = sub.add_parser("rl", help="RAD online RL (REINFORCE-RLOO + stochastic-dominance constraint) on Ray")
+    add_config_args(p)
+    p.set_defaults(func=config_command(RADConfig, run_rad))
+
+    # Sibling packages register their own commands; imported here, at the top layer, only.
+    from rad.eval.cli import add_cli as add_eval_cli
+    from reward_cost_models.cli import add_cli as add_score_model_cli
+
+    add_score_model_cli(sub)
+    add_eval_cli(sub)
 
     p = sub.add_parser("world", help="write the embedded world (PKU-SafeRLHF schema) to a directory")
     p.add_argument("--out", default="world", help="output directory")

@@ -136,6 +136,30 @@ def _check_meta(value: Any, meta: typing.Mapping, key: str) -> None:
             raise ConfigError(f"{key}: must be > {gt}, got {value!r}")
 
 
+def _merge_section_defaults(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """A partial mapping for a nested section starts from *this field's* default, not the class's.
+
+    ``rad.learner`` defaults to ``LearnerConfig(lr=1e-4, scheduler="constant")``; a YAML
+    that sets only ``rad.learner.zero_stage`` must keep that lr and scheduler.
+    """
+    if not (dataclasses.is_dataclass(tp) and isinstance(value, typing.Mapping)):
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        base = dataclasses.asdict(f.default_factory())
+    elif f.default is not dataclasses.MISSING and dataclasses.is_dataclass(f.default):
+        base = dataclasses.asdict(f.default)
+    else:
+        return value
+    return _deep_merge(base, value)
+
+
+def _deep_merge(base: dict, update: typing.Mapping) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, typing.Mapping) else v
+    return out
+
+
 def from_dict(cls: type[T], data: typing.Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, validating every key recursively."""
     if not isinstance(data, typing.Mapping):
@@ -151,6 +175,7 @@ def from_dict(cls: type[T], data: typing.Mapping[str, Any], prefix: str = "") ->
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        value = _merge_section_defaults(fields[name], hints[name], value)
         coerced = _coerce(value, hints[name], key)
         _check_meta(coerced, fields[name].metadata, key)
         kwargs[name] = coerced
@@ -273,18 +298,22 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """Lines ``key (type, default): help`` for every field, recursively (for --help-config)."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """Lines ``key (type, default): help`` for every field, recursively (for --help-config).
+
+    Defaults are read from an instance, so a section shows the default its parent
+    gives it (e.g. ``rad.learner.lr``), not its class's.
+    """
+    defaults = defaults if defaults is not None else cls()
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
+        value = getattr(defaults, f.name)
         if dataclasses.is_dataclass(tp):
-            lines.extend(describe(tp, key + "."))
+            lines.extend(describe(tp, key + ".", value))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         extra = f" choices={list(f.metadata['choices'])}" if f.metadata.get("choices") else ""
-        lines.append(f"{key} ({_type_name(tp)}, default {default!r}){extra}: {f.metadata.get('help', '')}")
+        lines.append(f"{key} ({_type_name(tp)}, default {value!r}){extra}: {f.metadata.get('help', '')}")
     return lines

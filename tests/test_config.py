@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from rad.algos.pipeline import PipelineConfig
+from rad.pipeline import PipelineConfig
 from rad.algos.sft import SFTConfig
 from rad.config import apply_overrides, describe, field, from_dict, load_config, parse_override, save_config
 from rad.errors import ConfigError
@@ -83,3 +83,13 @@ def test_custom_validate_and_describe():
     lines = describe(C)
     assert any(line.startswith("k (int, default 2): samples per prompt") for line in lines)
     assert any("choices=['a', 'b']" in line for line in lines)
+
+
+def test_partial_section_keeps_the_parent_default():
+    # RADStage.learner defaults to a constant schedule with lr 1e-4; setting one key keeps the rest.
+    from rad.algos.rad import RADConfig
+
+    cfg = load_config(RADConfig, None, ["reward_model=r", "cost_model=c", "learner.zero_stage=2"])
+    assert cfg.learner.zero_stage == 2
+    assert cfg.learner.scheduler == "constant" and cfg.learner.lr == pytest.approx(1e-4)
+    assert cfg.learner.warmup_ratio == 0.0

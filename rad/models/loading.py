@@ -124,7 +124,8 @@ def resize_embeddings_to_tokenizer(
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer))
-    for cfg in (model.config, model.generation_config):
+    # Base models (AutoModel, e.g. a score-model backbone) have no generation config.
+    for cfg in (model.config, getattr(model, "generation_config", None)):
         if cfg is None:
             continue
         cfg.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,465 @@
+"""RAD: REINFORCE-RLOO with a first-order stochastic-dominance constraint on the cost distribution.
+
+One controller (this module, on the driver) owns the dataflow; every model lives
+in a Ray actor of its role::
+
+    prompts --rollout pool--> k responses/prompt --scorers--> reward r, cost c
+            --reference / learner--> per-token log-probs (ref, policy)
+    driver:  r~ = r - beta * KL_t-sum (k1 or k3)
+             costs of the whole batch -> quantile particles -> FSD gain vs reference particles
+             -> particle gradient -> dominance signal s (>= 0)
+             R = r~ + lambda * s ;  A = RLOO over the k samples of each prompt
+    learner: loss = -mean A * log pi(y|x)     (DeepSpeed, data-parallel ranks)
+    driver:  lambda <- clamp(lambda - lr_lambda * (gain - delta), 0, lambda_max)
+             weights learner -> rollout engines; metrics; atomic checkpoints
+
+The reference particles are the cost quantiles of reference-policy samples on
+``algo.ref_prompts`` prompts, computed once and cached in the run directory.
+
+Reading chosen for the dual step (DESIGN section 2): the gain used for dual ascent
+and for the ``rad/gain`` metric is the exact 1-D value (``gain_exact``); Sinkhorn's
+entropic gain is biased upwards by the regularisation (measured 8-16% at eps=0.01)
+and only drives the particle gradient, as in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rad.config import field, save_config, to_dict
+from rad.errors import ConfigError
+from rad.runtime.rollout.config import RolloutConfig
+from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+
+log = logging.getLogger("rad.algos")
+
+
+@dataclass
+class RADAlgoConfig:
+    """The RAD objective, constraint and dual update."""
+
+    k: int = field(4, min=1, help="responses per prompt (RLOO needs >= 2; the paper uses 2)")
+    prompts_per_step: int = field(16, min=1, help="prompts per RL step (batch = prompts_per_step * k)")
+    steps: int = field(40, min=1, help="RL steps")
+    beta: float = field(0.05, min=0, help="KL coefficient folded into the reward")
+    kl_estimator: str = field("k1", choices=("k1", "k3"), help="per-token KL estimator")
+    loss_aggregation: str = field("sequence_sum", choices=("sequence_sum", "token_mean"),
+                                  help="REINFORCE on sum_t log pi (unbiased) or its per-token mean")
+    weighting: str = field("cvar:0.9", help="spectral weighting spec: uniform, cvar:0.9, var:0.9,0.05, "
+                                            "linear, exponential:5, power:3, wang:0.75")
+    solver: str = field("sinkhorn", choices=("sinkhorn", "exact"), help="OT solver for the particle gradient")
+    eps: float = field(0.01, gt=0, help="Sinkhorn regularisation, relative to the particles' spread")
+    sinkhorn_iters: int = field(1000, min=1)
+    n_particles: int = field(64, min=2, help="quantile particles N")
+    density: str = field("kde", choices=("kde", "constant"), help="f(q_i) in the quantile gradient")
+    bandwidth: float = field(0.0, min=0, help="KDE bandwidth (0 = Silverman)")
+    indicator_bandwidth: float = field(0.0, min=0, help="smooth 1{c<=q} with Phi((q-c)/h) (0 = hard)")
+    delta: float = field(0.0, min=0, help="required gain: gain_w(pi) >= delta")
+    lambda_init: float = field(1.0, min=0)
+    lambda_lr: float = field(0.5, min=0, help="dual ascent step size")
+    lambda_max: float = field(20.0, gt=0)
+    ref_prompts: int = field(128, min=1, help="prompts whose reference samples make the reference particles")
+    ref_samples_per_prompt: int = field(4, min=1)
+    reward_whiten: bool = field(False, help="normalise the RLOO advantages by their batch std")
+
+    def validate(self) -> None:
+        if self.k < 2:
+            raise ConfigError(f"algo.k: RLOO needs at least 2 responses per prompt, got {self.k}")
+        from rad.risk import weighting_from_spec
+
+        weighting_from_spec(self.weighting)  # raises ConfigError naming the allowed weightings
+
+
+@dataclass
+class RADDataConfig:
+    prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs")
+    eval_prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-test"], help="held-out prompts")
+
+
+@dataclass
+class ResourcesConfig:
+    """How roles map to Ray resources."""
+
+    num_learners: int = field(1, min=1, help="data-parallel DeepSpeed ranks (one Ray actor each)")
+    cpus_per_learner: float = field(1.0, gt=0)
+    gpus_per_learner: float = field(0.0, min=0)
+    num_scorers: int = field(1, min=1)
+    cpus_per_scorer: float = field(1.0, gt=0)
+    gpus_per_scorer: float = field(0.0, min=0)
+    ray_address: str = field("", help="'' = start a local Ray cluster, 'auto' = connect to a running one")
+    ray_num_cpus: int = field(0, min=0, help="logical CPUs of a local cluster (0 = enough for all actors)")
+
+
+@dataclass
+class RADStage:
+    """The RAD-specific keys (the ``rad:`` section of a pipeline config)."""
+
+    algo: RADAlgoConfig = field(default_factory=RADAlgoConfig)
+    data: RADDataConfig = field(default_factory=RADDataConfig)
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-4, micro_batch_size=16,
+                                                                         warmup_ratio=0.0, scheduler="constant"))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(num_gpus_per_engine=0.0))
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    save_every: int = field(10, min=0, help="checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = field(2, min=0)
+    eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
+
+
+@dataclass
+class RADConfig(RADStage):
+    """``rad rad``: RAD online RL from an SFT policy with trained reward and cost models."""
+
+    output_dir: str = field("runs/rad", help="run directory")
+    seed: int = field(0)
+    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    world: WorldConfig = field(default_factory=WorldConfig)
+    policy: ModelConfig = field(default_factory=ModelConfig, help="policy initialisation (the SFT model)")
+    reference: str = field("", help="reference policy directory ('' = the policy initialisation)")
+    reward_model: str = field("", help="reward model directory (rad rm train output)")
+    cost_model: str = field("", help="cost model directory (rad cm train output)")
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        for key in ("reward_model", "cost_model"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key}: a trained score-model directory is required")
+        n = self.resources.num_learners
+        batch = self.algo.prompts_per_step * self.algo.k
+        if batch % n:
+            raise ConfigError(f"algo.prompts_per_step * algo.k = {batch} must divide evenly over "
+                              f"resources.num_learners = {n}")
+
+
+def learner_geometry(cfg: RADStage) -> LearnerConfig:
+    """The learner config with micro batch and accumulation fitted to one RL batch per optimizer step."""
+    import dataclasses
+
+    shard = cfg.algo.prompts_per_step * cfg.algo.k // cfg.resources.num_learners
+    micro = min(cfg.learner.micro_batch_size, shard)
+    while shard % micro:
+        micro -= 1
+    return dataclasses.replace(cfg.learner, micro_batch_size=micro, grad_accum=shard // micro)
+
+
+def kl_per_sample(logp: list[float], ref: list[float], estimator: str) -> float:
+    """Sum over response tokens of the per-token KL estimate (k1: log-ratio; k3: r - 1 - log r)."""
+    lp = torch.tensor(logp, dtype=torch.float64)
+    lr = torch.tensor(ref, dtype=torch.float64)
+    log_ratio = lp - lr
+    if estimator == "k1":
+        return float(log_ratio.sum())
+    return float((torch.exp(-log_ratio) - 1 + log_ratio).sum())
+
+
+def _ray_init(res: ResourcesConfig, needed_cpus: float) -> None:
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    if "RAD_CACHE" in os.environ:
+        env["RAD_CACHE"] = os.environ["RAD_CACHE"]
+    if res.ray_address:
+        ray.init(address=res.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        ray.init(num_cpus=res.ray_num_cpus or max(2, int(math.ceil(needed_cpus))), include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=False)
+
+
+class RADTrainer:
+    """The controller: builds the role groups, runs the steps, checkpoints, evaluates."""
+
+    def __init__(self, cfg: RADConfig):
+        import ray
+
+        from rad.algos.assets import load_records, model_dir
+        from rad.risk import weighting_from_spec
+        from rad.runtime.policy_workers import PolicyLearner, ReferenceWorker
+        from rad.runtime.rollout.actors import make_rollout_pool
+        from rad.runtime.scorer import Scorer
+        from rad.runtime.worker_group import WorkerGroup
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        self.weighting = weighting_from_spec(cfg.algo.weighting)
+        self.prompts = [r["prompt"] for r in load_records(cfg.data.prompts, "prompt", cfg.world, cfg.seed)]
+        self.eval_prompts = [r["prompt"] for r in load_records(cfg.data.eval_prompts, "prompt", cfg.world, cfg.seed)]
+        if not self.prompts:
+            raise ConfigError("data.prompts: no prompts after loading")
+        self.policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
+        self.reference_dir = cfg.reference or self.policy_dir
+        res = cfg.resources
+        needed = (res.num_learners * res.cpus_per_learner + res.num_scorers * res.cpus_per_scorer
+                  + cfg.rollout.num_engines * cfg.rollout.num_cpus_per_engine + 1)
+        _ray_init(res, needed)
+        self.learner_cfg = learner_geometry(cfg)
+        t0 = time.perf_counter()
+        self.learners = WorkerGroup(PolicyLearner, res.num_learners, self.policy_dir, self.learner_cfg,
+                                    cfg.algo.steps, cfg.policy.dtype, cfg.policy.trust_remote_code,
+                                    cfg.algo.loss_aggregation, num_cpus=res.cpus_per_learner,
+                                    num_gpus=res.gpus_per_learner, name="learner")
+        addr, port = self.learners.rank0("address")
+        ray.get([a.init.remote(rank, res.num_learners, addr, port, cfg.seed)
+                 for rank, a in enumerate(self.learners.actors)])
+        self.reference = WorkerGroup(ReferenceWorker, 1, self.reference_dir, cfg.policy.dtype,
+                                     num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner, name="reference")
+        self.scorers = WorkerGroup(Scorer, res.num_scorers, cfg.reward_model, cfg.cost_model,
+                                   empty_response="placeholder",
+                                   num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, name="scorer")
+        self.rollout = make_rollout_pool(cfg.rollout, self.policy_dir, seed=cfg.seed)
+        self.startup_seconds = time.perf_counter() - t0
+        self.lam = cfg.algo.lambda_init
+        self.step = 0
+
+    # -- roles ---------------------------------------------------------------------------------
+    def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        import ray
+
+        from rad.runtime.worker_group import split_evenly
+
+        p_shards = split_evenly(prompts, len(self.scorers))
+        r_shards = split_evenly(responses, len(self.scorers))
+        refs = [a.score.remote(p, r) for a, p, r in zip(self.scorers.actors, p_shards, r_shards) if p]
+        rewards, costs = [], []
+        for out in ray.get(refs):
+            rewards.append(torch.as_tensor(out["rewards"], dtype=torch.float64).reshape(-1))
+            costs.append(torch.as_tensor(out["costs"], dtype=torch.float64).reshape(-1))
+        return torch.cat(rewards), torch.cat(costs)
+
+    def sample(self, prompts: list[str], n: int, seed: int):
+        import dataclasses
+
+        sampling = dataclasses.replace(self.cfg.rollout.sampling, seed=seed)
+        return self.rollout.generate(prompts, n, sampling)
+
+    def step_prompts(self, step: int) -> list[str]:
+        """Prompts of RL step ``step``: consecutive slices of seeded per-epoch permutations."""
+        p = self.cfg.algo.prompts_per_step
+        out = []
+        for pos in range(step * p, (step + 1) * p):
+            epoch, i = divmod(pos, len(self.prompts))
+            order = list(range(len(self.prompts)))
+            random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
+            out.append(self.prompts[order[i]])
+        return out
+
+    # -- reference particles -------------------------------------------------------------------
+    def reference_particles(self) -> torch.Tensor:
+        """Cost quantiles of reference samples, computed once and cached with the run."""
+        path = self.out / "reference_particles.pt"
+        if path.exists():
+            return torch.load(path)["particles"]
+        if self.reference_dir != self.policy_dir:
+            raise ConfigError("reference differs from the policy initialisation: sampling the reference needs its "
+                              "own engine, not supported yet; leave `reference` empty to use the SFT policy")
+        algo = self.cfg.algo
+        rng = random.Random(self.cfg.seed + 17)
+        prompts = rng.sample(self.prompts, min(algo.ref_prompts, len(self.prompts)))
+        rollouts = self.sample(prompts, algo.ref_samples_per_prompt, seed=self.cfg.seed + 1_000_003)
+        _, costs = self.score([r.prompt for r in rollouts], [r.response_text for r in rollouts])
+        from rad.risk import empirical_quantiles
+
+        particles = empirical_quantiles(costs, algo.n_particles)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"particles": particles, "costs": costs, "prompts": prompts}, tmp)
+        tmp.replace(path)
+        return particles
+
+    # -- one step ------------------------------------------------------------------------------
+    def train_step(self, ref_particles: torch.Tensor) -> dict[str, float]:
+        from rad.risk import dominance_step, dual_ascent, rloo_advantages, spectral_risk
+        from rad.runtime.metrics import PhaseTimer
+        from rad.runtime.worker_group import split_evenly
+
+        algo = self.cfg.algo
+        timer = PhaseTimer()
+        start = time.perf_counter()
+        prompts = self.step_prompts(self.step)
+        with timer.phase("generation"):
+            rollouts = self.sample(prompts, algo.k, seed=self.cfg.rollout.sampling.seed + 1000 * (self.step + 1))
+        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
+        samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in rollouts]
+        with timer.phase("scoring"):
+            rewards, costs = self.score([r.prompt for r in rollouts], [r.response_text for r in rollouts])
+        with timer.phase("logprobs"):
+            ref_lp = self.reference.split("logprobs", samples)
+            pol_lp = self.learners.split("logprobs", samples)
+        kl = torch.tensor([kl_per_sample(p, q, algo.kl_estimator) for p, q in zip(pol_lp, ref_lp)],
+                          dtype=torch.float64)
+        shaped = rewards - algo.beta * kl
+        with timer.phase("dominance"):
+            dom = dominance_step(costs.view(len(prompts), algo.k), ref_particles, self.weighting,
+                                 solver=algo.solver, eps=algo.eps, max_iter=algo.sinkhorn_iters,
+                                 n_particles=algo.n_particles, density=algo.density,
+                                 bandwidth=algo.bandwidth or None,
+                                 indicator_bandwidth=algo.indicator_bandwidth or None)
+        total = shaped.view(len(prompts), algo.k) + self.lam * dom.signal
+        adv = rloo_advantages(total)
+        if algo.reward_whiten:
+            adv = adv / adv.std().clamp(min=1e-8)
+        for s, a in zip(samples, adv.reshape(-1).tolist()):
+            s["advantage"] = a
+        with timer.phase("learner"):
+            stats = self.learners.scatter("train_step", split_evenly(samples, len(self.learners)))
+        lam_before = self.lam
+        self.lam = dual_ascent(self.lam, dom.gain_exact, algo.delta, algo.lambda_lr, algo.lambda_max)
+        with timer.phase("weight_sync"):
+            weights = self.learners.broadcast("state_dict")[0]
+            sync = self.rollout.push_weights(weights)
+        self.step += 1
+        elapsed = time.perf_counter() - start
+        lengths = torch.tensor([len(s["response_ids"]) for s in samples], dtype=torch.float64)
+        metrics = {
+            "objective/reward": rewards.mean(), "objective/cost": costs.mean(), "objective/kl": kl.mean(),
+            "objective/rlhf_reward": shaped.mean(), "objective/safe_fraction": (costs <= 0).double().mean(),
+            "rad/gain": dom.gain_exact, "rad/violation": dom.violation_exact, "rad/gain_sinkhorn": dom.gain,
+            "rad/lambda": lam_before, "rad/spectral_risk": dom.rho_policy, "rad/spectral_risk_ref": dom.rho_ref,
+            "rad/cvar_0.9": spectral_risk(costs, "cvar:0.9"), "rad/signal_mean": dom.signal.mean(),
+            "rad/advantage_std": adv.std(),
+            "train/loss": sum(s["loss"] for s in stats) / len(stats), "train/lr": stats[0]["lr"],
+            "response/length_mean": lengths.mean(), "response/eos_fraction":
+                sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts),
+            "throughput/samples_per_s": len(samples) / elapsed, "throughput/tokens_per_s": lengths.sum() / elapsed,
+            **timer.metrics(), "timing/step": elapsed, **sync.metrics(),
+        }
+        if "grad_norm" in stats[0]:
+            metrics["train/grad_norm"] = stats[0]["grad_norm"]
+        return {k: float(v) for k, v in metrics.items()}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        from rad.runtime.checkpoint import atomic_dir, checkpoint_dir, prune_checkpoints, write_trainer_state
+
+        final = checkpoint_dir(self.out, self.step)
+        with atomic_dir(final) as tmp:
+            self.learners.broadcast("save_checkpoint", str(tmp))
+            write_trainer_state(tmp, {"step": self.step, "lambda": self.lam, "seed": self.cfg.seed})
+        prune_checkpoints(self.out, self.cfg.keep_checkpoints)
+        return final
+
+    def resume(self) -> bool:
+        from rad.runtime.checkpoint import latest_checkpoint, read_trainer_state
+
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is None:
+            return False
+        self.learners.broadcast("load_checkpoint", str(ckpt))
+        state = read_trainer_state(ckpt)
+        self.step, self.lam = state["step"], state["lambda"]
+        self.rollout.push_weights(self.learners.broadcast("state_dict")[0])
+        log.info("resumed RAD from %s (step %d, lambda %.4f)", ckpt, self.step, self.lam)
+        return True
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate_policy(self, tag: str) -> dict[str, Any]:
+        """Samples on the held-out prompts with the current engine weights, scored; cached per tag."""
+        n = self.cfg.eval_samples_per_prompt
+        rollouts = self.sample(self.eval_prompts, n, seed=self.cfg.seed + 4242)
+        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
+        prompts = [r.prompt for r in rollouts]
+        responses = [r.response_text for r in rollouts]
+        rewards, costs = self.score(prompts, responses)
+        record = {"prompts": prompts, "responses": responses, "rewards": rewards.tolist(), "costs": costs.tolist()}
+        (self.out / f"eval_{tag}.json").write_text(json.dumps(record))
+        return record
+
+    def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+        """Held-out comparison of the trained policy against the reference (SFT)."""
+        from rad.risk import empirical_gain_violation, spectral_risk
+
+        pc, rc = torch.tensor(policy["costs"]), torch.tensor(reference["costs"])
+        pr, rr = torch.tensor(policy["rewards"]), torch.tensor(reference["rewards"])
+        gain, viol = empirical_gain_violation(pc, rc, self.weighting)
+        out = {"gain": float(gain), "violation": float(viol), "delta": self.cfg.algo.delta,
+               "cost_cvar_0.9_policy": float(spectral_risk(pc, "cvar:0.9")),
+               "cost_cvar_0.9_reference": float(spectral_risk(rc, "cvar:0.9")),
+               "reward_mean_policy": float(pr.mean()), "reward_mean_reference": float(rr.mean()),
+               "safe_fraction_policy": float((pc <= 0).double().mean()),
+               "safe_fraction_reference": float((rc <= 0).double().mean()),
+               "reward_win_rate": float(((pr > rr).double() + 0.5 * (pr == rr).double()).mean())}
+        oracle = self._oracle()
+        if oracle is not None:
+            ph = torch.tensor([oracle.harm(p, r) for p, r in zip(policy["prompts"], policy["responses"])])
+            rh = torch.tensor([oracle.harm(p, r) for p, r in zip(reference["prompts"], reference["responses"])])
+            out.update({"true_harm_cvar_0.9_policy": float(spectral_risk(ph, "cvar:0.9")),
+                        "true_harm_cvar_0.9_reference": float(spectral_risk(rh, "cvar:0.9")),
+                        "true_harm_mean_policy": float(ph.mean()), "true_harm_mean_reference": float(rh.mean()),
+                        "true_unsafe_fraction_policy": float((ph > 0).double().mean()),
+                        "true_unsafe_fraction_reference": float((rh > 0).double().mean())})
+        return out
+
+    def _oracle(self):
+        if not all(spec.startswith("embedded/") for spec in self.cfg.data.eval_prompts):
+            return None
+        from rad.data.world import build_world
+
+        return build_world(self.cfg.world.seed).oracle
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from rad.runtime.metrics import MetricsLogger
+
+        if self.cfg.resume:
+            self.resume()
+        ref_path = self.out / "eval_reference.json"
+        reference_eval = (json.loads(ref_path.read_text()) if ref_path.exists() and self.step > 0
+                          else self.evaluate_policy("reference") if self.step == 0 else None)
+        t_ref = time.perf_counter()
+        particles = self.reference_particles()
+        ref_seconds = time.perf_counter() - t_ref
+        last: dict[str, float] = {}
+        with MetricsLogger(self.out, self.cfg.logging, config=to_dict(self.cfg)) as logger:
+            bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc="rad", unit="step",
+                       disable=not self.cfg.logging.progress, dynamic_ncols=True)
+            while self.step < self.cfg.algo.steps:
+                last = self.train_step(particles)
+                if self.step % self.cfg.logging.log_every == 0:
+                    logger.log(last, step=self.step)
+                bar.update(1)
+                bar.set_postfix(cost=f"{last['objective/cost']:.2f}", gain=f"{last['rad/gain']:.3f}",
+                                lam=f"{self.lam:.2f}")
+                if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                    self.save_checkpoint()
+            bar.close()
+            if not self.cfg.save_every or self.step % self.cfg.save_every:
+                self.save_checkpoint()
+            model_out = self.learners.broadcast("save_pretrained", str(self.out / "model"))[0]
+            final_eval = self.evaluate_policy("policy")
+            if reference_eval is None:
+                reference_eval = json.loads(ref_path.read_text())
+            comparison = self.compare(final_eval, reference_eval)
+            logger.log({f"eval/{k}": v for k, v in comparison.items()}, step=self.step)
+        summary = {"model_dir": model_out, "steps": self.step, "lambda": self.lam,
+                   "startup_seconds": round(self.startup_seconds, 1),
+                   "reference_particles_seconds": round(ref_seconds, 1), "engine": self.rollout.kind,
+                   "last_step": last, "heldout": comparison}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def shutdown(self) -> None:
+        for group in (self.learners, self.reference, self.scorers):
+            group.shutdown()
+        self.rollout.shutdown()
+
+
+def run_rad(cfg: RADConfig) -> dict[str, Any]:
+    trainer = RADTrainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        trainer.shutdown()

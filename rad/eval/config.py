@@ -1,0 +1,169 @@
+"""``rad eval`` configuration: which models compete, on which prompts, judged how.
+
+Models are given as ``NAME=PATH`` entries (``--models sft=runs/tiny/sft/model
+rad=runs/tiny/rad/model``); ``red`` names the baselines. Every competition is
+(red, blue) with blue ranging over the other models, except red models listed
+*earlier* in ``red`` (so ``--red sft,ppo-lag`` gives ``sft vs ppo-lag`` but not
+``ppo-lag vs sft``: each unordered pair is competed once, as in the paper's
+tables).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rad.config import field
+from rad.errors import ConfigError
+from rad.runtime.rollout.base import SamplingConfig
+from rad.settings import WorldConfig
+
+#: Model names end up in file names and table headers.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+DEFAULT_WEIGHTINGS = ("uniform", "var", "cvar", "linear", "exponential", "power", "wang")
+
+
+@dataclass
+class JudgeConfig:
+    """The out-of-distribution pairwise harmlessness judge (which response is less harmful)."""
+
+    kind: str = field("cost", choices=("cost", "http"),
+                      help="cost = the cost model (lower cost is less harmful); http = an OpenAI-compatible "
+                           "chat-completions endpoint")
+    url: str = field("http://127.0.0.1:8000/v1",
+                     help="http judge: base URL (…/v1) or the full …/chat/completions URL")
+    model: str = field("", help="http judge: model name sent in the request")
+    api_key_env: str = field("OPENAI_API_KEY", help="http judge: environment variable holding the API key "
+                                                    "(unset = no Authorization header)")
+    timeout: float = field(60.0, gt=0, help="http judge: seconds per request")
+    retries: int = field(3, min=0, help="http judge: extra attempts after a connection error, timeout, "
+                                        "HTTP 429/5xx or a malformed reply")
+    backoff: float = field(1.0, min=0, help="http judge: seconds before the first retry (doubles each time)")
+    max_tokens: int = field(16, min=1, help="http judge: completion length limit")
+    concurrency: int = field(4, min=1, help="http judge: requests in flight")
+    tie_margin: float = field(0.0, min=0, help="cost judge: |cost difference| <= margin is a tie")
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2],
+                             help="sampling seeds of the red-team generations (mean +- std over them)")
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise ConfigError("judge.seeds: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"judge.seeds: seeds must be distinct, got {self.seeds}")
+        if self.kind == "http" and not self.model:
+            raise ConfigError("judge.model: the http judge needs the endpoint's model name")
+
+
+@dataclass
+class EngineConfig:
+    """In-process HF ``generate`` used to produce the responses."""
+
+    dtype: str = field("float32", choices=("auto", "float32", "bfloat16", "float16"),
+                       help="policy dtype for generation (auto = the checkpoint's own)")
+    device: str = field("", help="'' = cuda if available, else cpu")
+    micro_batch_size: int = field(32, min=1, help="sequences per generate call")
+    trust_remote_code: bool = field(False, help="execute modelling code shipped with the checkpoints")
+
+
+@dataclass
+class ScoringConfig:
+    """The reward and cost models scoring every response (``rad.runtime.scorer.Scorer``)."""
+
+    batch_size: int = field(32, min=1, help="pairs per score-model forward")
+    max_length: int = field(512, min=2, help="prompt + response tokens (longer pairs lose prompt tokens first)")
+    device: str = field("cpu", help="device of the reward and cost models")
+
+
+@dataclass
+class EvalConfig:
+    """``rad eval``: blue-vs-red arena, spectral-risk tables, OOD judge, report."""
+
+    output_dir: str = field("runs/eval", help="report directory")
+    seed: int = field(0, help="prompt sub-sampling and the judge's A/B order")
+    world: WorldConfig = field(default_factory=WorldConfig)
+    models: list[str] = field(default_factory=list, help="NAME=PATH entries (a policy directory, or a run "
+                                                         "directory holding model/)")
+    red: list[str] = field(default_factory=list, help="red (baseline) model names; [] = the first model")
+    reward_model: str = field("", help="reward model directory")
+    cost_model: str = field("", help="cost model directory")
+    prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-test"],
+                               help="held-out prompt specs (NAME[:amount])")
+    redteam: list[str] = field(default_factory=lambda: ["embedded/redteam"],
+                               help="out-of-distribution red-team specs, e.g. a HarmBench CSV ([] = skip)")
+    samples_per_prompt: int = field(1, min=1, help="responses per held-out prompt (paired by sample index)")
+    sampling: SamplingConfig = field(default_factory=SamplingConfig,
+                                     help="identical for every model; sampling.seed is the held-out seed")
+    weightings: list[str] = field(default_factory=lambda: list(DEFAULT_WEIGHTINGS),
+                                  help="spectral weighting specs (uniform = the unweighted comparison)")
+    quantiles: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9, 0.99],
+                                   help="quantile levels in the per-model tables")
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    cache_dir: str = field("", help="generation / score cache ('' = $RAD_CACHE/eval)")
+    html: bool = field(True, help="also write report.html")
+    figures: bool = field(True, help="draw the PNG figures (matplotlib; the slowest part of a cached rerun)")
+
+    def validate(self) -> None:
+        from rad.risk import weighting_from_spec
+
+        names = list(self.model_paths())
+        if len(names) < 2:
+            raise ConfigError(f"models: give at least two NAME=PATH entries, got {self.models}")
+        for r in self.red:
+            if r not in names:
+                raise ConfigError(f"red: {r!r} is not one of the models {names}")
+        if len(set(self.red)) != len(self.red):
+            raise ConfigError(f"red: names must be distinct, got {self.red}")
+        for key in ("reward_model", "cost_model"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key}: a trained score-model directory is required")
+        if not self.prompts:
+            raise ConfigError("prompts: give at least one held-out prompt spec")
+        if not self.weightings:
+            raise ConfigError("weightings: give at least one spectral weighting spec")
+        for spec in self.weightings:
+            weighting_from_spec(spec)
+        for q in self.quantiles:
+            if not 0.0 <= q <= 1.0:
+                raise ConfigError(f"quantiles: {q} is not a level in [0, 1]")
+
+    def model_paths(self) -> dict[str, str]:
+        """``{name: path}`` from the ``NAME=PATH`` entries (order kept)."""
+        out: dict[str, str] = {}
+        for i, entry in enumerate(self.models):
+            name, sep, path = entry.partition("=")
+            name, path = name.strip(), path.strip()
+            if not sep or not name or not path:
+                raise ConfigError(f"models[{i}]: expected NAME=PATH, got {entry!r}")
+            if not _NAME.match(name):
+                raise ConfigError(f"models[{i}]: name {name!r} must be letters, digits, '_', '.', '+', '-'")
+            if name in out:
+                raise ConfigError(f"models[{i}]: name {name!r} is given twice")
+            out[name] = path
+        return out
+
+    def red_names(self) -> list[str]:
+        return list(self.red) or [next(iter(self.model_paths()))]
+
+    def competitions(self) -> list[tuple[str, str]]:
+        """``(red, blue)`` pairs: see the module docstring for which pairs are competed."""
+        names = list(self.model_paths())
+        pairs = []
+        done: list[str] = []
+        for red in self.red_names():
+            pairs += [(red, blue) for blue in names if blue != red and blue not in done]
+            done.append(red)
+        return pairs
+
+
+def resolve_model_dir(name: str, path: str) -> Path:
+    """A policy directory: ``path`` itself, or ``path/model`` for a run directory."""
+    p = Path(path).expanduser()
+    for candidate in (p, p / "model"):
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    raise ConfigError(f"models: {name}={path}: no config.json in {p} or {p / 'model'}; "
+                      "expected a saved policy (or a run directory holding model/)")

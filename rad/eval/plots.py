@@ -1,0 +1,128 @@
+"""Report figures (matplotlib, headless: ``Figure`` objects, no pyplot state, no display needed).
+
+* :func:`winrate_heatmap` — rows = competitions (red vs blue), columns = the four
+  (red, blue) safety cells + overall; each cell shows blue's reward win rate and
+  the number of pairs (the paper's Figure 1).
+* :func:`cost_cdfs` — empirical CDFs of every model's cost on one axis (and of
+  the hidden harm on a second one when the embedded world provides it).
+* :func:`quantile_gaps` — one panel per weighting: w(t) (Q_red(t) - Q_blue(t))
+  per competition; its integral over t is the dominance difference, so area
+  above zero is where blue's cost quantiles sit below red's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from rad.eval.arena import CELL_NAMES, OVERALL, empirical_quantile
+from rad.risk import as_weighting
+
+_GRID = 1000  # quantile levels per gap curve (midpoints of [0, 1] cells)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path
+
+
+def winrate_heatmap(rows: Sequence[tuple[str, Sequence[dict]]], path: Path) -> Path:
+    """``rows``: (competition label, win_rates() rows) pairs."""
+    cols = [*CELL_NAMES, OVERALL]
+    rates = np.full((len(rows), len(cols)), np.nan)
+    counts = np.zeros((len(rows), len(cols)), dtype=int)
+    for i, (_, cells) in enumerate(rows):
+        by = {c["cell"]: c for c in cells}
+        for j, col in enumerate(cols):
+            rates[i, j] = 100.0 * by[col]["win_rate"]
+            counts[i, j] = by[col]["n"]
+    fig = Figure(figsize=(8.5, 1.6 + 0.62 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(rates), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            r = rates[i, j]
+            text = f"n={counts[i, j]}" if math.isnan(r) else f"{r:.0f}%\nn={counts[i, j]}"
+            dark = not math.isnan(r) and abs(r - 50) > 30
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    ax.set_xticks(range(len(cols)), ["red safe\nblue safe", "red safe\nblue unsafe", "red unsafe\nblue safe",
+                                     "red unsafe\nblue unsafe", "overall"], fontsize=9)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=9)
+    ax.set_xlabel("safety of the two responses (cost <= 0 is safe)")
+    ax.set_ylabel("competition (red vs blue)")
+    ax.set_title("Reward win rate of the blue model")
+    fig.colorbar(im, ax=ax, label="blue wins (%)", shrink=0.9)
+    return _save(fig, path)
+
+
+def _ecdf(ax, values: np.ndarray, label: str) -> None:
+    x = np.sort(values)
+    y = np.arange(1, len(x) + 1) / len(x)
+    ax.step(np.concatenate([[x[0]], x]), np.concatenate([[0.0], y]), where="post", label=label, linewidth=1.6)
+
+
+def cost_cdfs(costs: Mapping[str, np.ndarray], path: Path, harm: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Cost CDFs of all models on one axis (+ hidden-harm CDFs on a second axis when given)."""
+    panels = [("cost model", costs, "cost")] + ([("hidden ground-truth harm", harm, "harm")] if harm else [])
+    fig = Figure(figsize=(6.2 * len(panels), 4.4), layout="constrained")
+    for k, (title, data, xlabel) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        for name, values in data.items():
+            v = np.asarray(values, dtype=np.float64)
+            _ecdf(ax, v, f"{name} (safe {100 * np.mean(v <= 0):.0f}%)")
+        ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
+        ax.text(0.0, 0.02, "  unsafe \u2192", fontsize=8, ha="left", va="bottom")
+        ax.text(0.0, 0.02, "\u2190 safe  ", fontsize=8, ha="right", va="bottom")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("fraction of responses with value \u2264 x")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"CDF of the {title}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right" if k == 0 and not harm else "best")
+    return _save(fig, path)
+
+
+def weighted_gap(red: np.ndarray, blue: np.ndarray, weighting: str, grid: int = _GRID) -> tuple[np.ndarray, np.ndarray]:
+    """(t, w(t) (Q_red(t) - Q_blue(t))) at cell midpoints of [0, 1]."""
+    t = (np.arange(grid) + 0.5) / grid
+    w = as_weighting(weighting).density(torch.as_tensor(t, dtype=torch.float64)).numpy()
+    return t, w * (empirical_quantile(red, t) - empirical_quantile(blue, t))
+
+
+def quantile_gaps(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], weightings: Sequence[str],
+                  dominance: Mapping[tuple[str, str], float], path: Path, what: str = "cost") -> Path:
+    """``pairs``: (competition label, red values, blue values); ``dominance[(label, weighting)]`` = DD."""
+    ncols = min(4, len(weightings) + 1)
+    nrows = math.ceil((len(weightings) + 1) / ncols)
+    fig = Figure(figsize=(3.9 * ncols, 3.1 * nrows), layout="constrained")
+    colors = [f"C{i % 10}" for i in range(len(pairs))]
+    for k, spec in enumerate(weightings):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        for (label, red, blue), color in zip(pairs, colors):
+            t, g = weighted_gap(red, blue, spec)
+            ax.plot(t, g, color=color, linewidth=1.3, label=f"DD {dominance[(label, spec)]:+.3f}")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_title(spec + (" (unweighted)" if as_weighting(spec).spec == "uniform" else ""), fontsize=10)
+        ax.set_xlabel("quantile level t", fontsize=9)
+        if k % ncols == 0:
+            ax.set_ylabel("w(t)(Q_red(t) \u2212 Q_blue(t))", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best", handlelength=1.2)
+    key = fig.add_subplot(nrows, ncols, len(weightings) + 1)
+    key.axis("off")
+    key.legend(handles=[key.plot([], [], color=c, linewidth=2)[0] for c in colors],
+               labels=[label for label, _, _ in pairs], title="red vs blue", loc="center", fontsize=9)
+    key.text(0.5, 0.02, f"{what}: above 0 = blue's quantile lower (safer);\n"
+                        "DD = area = rho_w(red) \u2212 rho_w(blue)", ha="center", va="bottom", fontsize=8,
+             transform=key.transAxes)
+    fig.suptitle(f"Weighted quantile gaps of the {what} per spectral weighting", fontsize=12)
+    return _save(fig, path)

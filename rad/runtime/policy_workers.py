@@ -1,0 +1,179 @@
+"""Policy-side roles: the DeepSpeed policy learner (data-parallel ranks) and the frozen reference.
+
+Both take samples as token ids (what the rollout engines produced), so log-probs
+are computed on exactly the sampled tokens. One sample is a dict with
+``prompt_ids``, ``response_ids`` and, for training, ``advantage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from rad.settings import LearnerConfig
+
+log = logging.getLogger("rad.runtime")
+
+
+def collate_samples(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+response ids with a mask over response tokens (the ones scored)."""
+    width = max(len(s["prompt_ids"]) + len(s["response_ids"]) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(samples), width), dtype=torch.long)
+    resp = torch.zeros((len(samples), width), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        p, r = list(s["prompt_ids"]), list(s["response_ids"])
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        attn[i, : len(p) + len(r)] = 1
+        resp[i, len(p): len(p) + len(r)] = True
+    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
+
+
+def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) at every position of the response (0 elsewhere), shape [B, T-1].
+
+    Position t of the output scores token t+1 of the input.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logp * batch["response_mask"][:, 1:]
+
+
+def _micro_batches(samples: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [samples[i: i + size] for i in range(0, len(samples), size)]
+
+
+class ReferenceWorker:
+    """The frozen reference policy: sequence log-probs of given samples, no gradient."""
+
+    def __init__(self, model_dir: str, dtype: str = "float32", micro_batch_size: int = 16,
+                 trust_remote_code: bool = False):
+        from rad.algos.assets import resolve_dtype
+        from rad.models.loading import load_causal_lm, load_tokenizer
+
+        torch.manual_seed(0)
+        self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+        self.model = load_causal_lm(model_dir, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
+                                    tokenizer=self.tokenizer)
+        self.model.requires_grad_(False)
+        self.micro = micro_batch_size
+
+    @torch.no_grad()
+    def logprobs(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
+        """Per-token log-probs of each sample's response tokens."""
+        out: list[list[float]] = []
+        for chunk in _micro_batches(samples, self.micro):
+            batch = {k: v.to(self.model.device) for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
+            lp = token_logprobs(self.model, batch)
+            for i, s in enumerate(chunk):
+                start = len(s["prompt_ids"]) - 1
+                out.append(lp[i, start: start + len(s["response_ids"])].tolist())
+        return out
+
+
+class PolicyLearner:
+    """One data-parallel rank of the policy on DeepSpeed.
+
+    Ranks rendezvous through :meth:`address` (rank 0's node IP and a free port) and
+    :meth:`init`. Each :meth:`train_step` takes this rank's shard of the batch;
+    DeepSpeed averages gradients across ranks.
+    """
+
+    def __init__(self, model_dir: str, cfg: LearnerConfig, total_steps: int, dtype: str = "float32",
+                 trust_remote_code: bool = False, loss_aggregation: str = "sequence_sum"):
+        self.model_dir = model_dir
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        self.loss_aggregation = loss_aggregation
+        self.learner = None
+
+    def address(self) -> tuple[str, int]:
+        from rad.runtime.distributed import free_port
+
+        try:
+            import ray
+
+            ip = ray.util.get_node_ip_address()
+        except Exception:  # outside Ray
+            ip = socket.gethostbyname(socket.gethostname())
+        return ip, free_port()
+
+    def init(self, rank: int, world_size: int, master_addr: str, master_port: int, seed: int = 0) -> None:
+        from rad.algos.assets import resolve_dtype
+        from rad.models.loading import load_causal_lm, load_tokenizer
+        from rad.runtime.learner import DeepSpeedLearner, set_seed
+
+        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
+                           "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})
+        set_seed(seed)
+        self.tokenizer = load_tokenizer(self.model_dir, trust_remote_code=self.trust_remote_code)
+        model = load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype),
+                               trust_remote_code=self.trust_remote_code, tokenizer=self.tokenizer)
+        self.learner = DeepSpeedLearner(model, self.cfg, total_steps=self.total_steps)
+        self.rank = rank
+
+    @torch.no_grad()
+    def logprobs(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
+        """Per-token log-probs under the current policy (no gradient)."""
+        self.learner.eval()
+        out: list[list[float]] = []
+        for chunk in _micro_batches(samples, self.cfg.micro_batch_size):
+            batch = {k: v.to(self.learner.device)
+                     for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
+            lp = token_logprobs(self.learner, batch)
+            for i, s in enumerate(chunk):
+                start = len(s["prompt_ids"]) - 1
+                out.append(lp[i, start: start + len(s["response_ids"])].tolist())
+        self.learner.train()
+        return out
+
+    def train_step(self, samples: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """One optimizer step of REINFORCE on this rank's samples: loss = -mean_i A_i * agg_t log pi.
+
+        ``sequence_sum`` (default) is the unbiased score-function estimator of the
+        sequence-level objective; ``token_mean`` divides each sequence's log-prob by
+        its length (lower variance, biased towards short responses).
+        """
+        self.learner.train()
+        micro = _micro_batches(samples, self.cfg.micro_batch_size)
+        if len(micro) != self.cfg.grad_accum:
+            raise ValueError(f"rank {self.rank}: {len(samples)} samples make {len(micro)} micro batches, "
+                             f"but learner.grad_accum={self.cfg.grad_accum}")
+        total_loss, total_logp = 0.0, 0.0
+        for chunk in micro:
+            batch = {k: v.to(self.learner.device)
+                     for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
+            adv = torch.tensor([s["advantage"] for s in chunk], dtype=torch.float32, device=self.learner.device)
+            lp = token_logprobs(self.learner, batch)
+            seq = lp.sum(-1)
+            if self.loss_aggregation == "token_mean":
+                seq = seq / batch["response_mask"][:, 1:].sum(-1).clamp(min=1)
+            loss = -(adv * seq).mean()
+            self.learner.backward(loss)
+            self.learner.step()
+            total_loss += loss.item() / len(micro)
+            total_logp += seq.mean().item() / len(micro)
+        norm = self.learner.grad_norm()
+        return {"loss": total_loss, "logprob": total_logp, "lr": self.learner.lr(),
+                **({"grad_norm": norm} if norm is not None else {})}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights (all ranks must call it under ZeRO-3; only rank 0's result is used)."""
+        return self.learner.full_state_dict()
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        self.learner.save_checkpoint(ckpt_dir)
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        self.learner.load_checkpoint(ckpt_dir)
+
+    def save_pretrained(self, out_dir: str) -> str:
+        return str(self.learner.save_pretrained(Path(out_dir), self.tokenizer))

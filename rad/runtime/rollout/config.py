@@ -1,0 +1,40 @@
+"""The ``rollout`` config section: which engine, how many, how weights reach them, how to sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rad.config import field
+from rad.errors import ConfigError
+from rad.runtime.rollout.base import SamplingConfig
+
+
+@dataclass
+class RolloutConfig:
+    """Rollout engines (Ray actors) and the learner -> engine weight sync."""
+
+    engine: str = field("auto", choices=("auto", "hf", "vllm"),
+                        help="generation backend; auto = vllm on GPU, hf on CPU (measured, see "
+                             "rad.runtime.rollout.actors)")
+    num_engines: int = field(1, min=1, help="rollout actors; prompts are split between them")
+    num_cpus_per_engine: float = field(1.0, gt=0, help="Ray CPUs reserved by each rollout actor")
+    num_gpus_per_engine: float = field(1.0, min=0,
+                                       help="Ray GPUs per rollout actor on GPU clusters (< 1 to colocate)")
+    weight_sync: str = field("auto", choices=("auto", "object_store", "nccl", "ipc"),
+                             help="learner -> engine transport; auto = object_store on CPU, nccl on GPU "
+                                  "with vllm; ipc needs the learner on the engines' GPU")
+    dtype: str = field("auto", choices=("auto", "float32", "bfloat16", "float16"),
+                       help="engine dtype; auto = float32 on CPU, the checkpoint's dtype on GPU")
+    micro_batch_size: int = field(64, min=1, help="hf engine: sequences per generate call (larger is faster "
+                                                  "on CPU, see bench/results/generation.json; lower it if memory is short)")
+    vllm_gpu_memory_utilization: float = field(0.5, gt=0, max=1,
+                                               help="vllm on GPU: fraction of GPU memory for weights + KV cache")
+    vllm_kv_cache_gib: float = field(0.25, gt=0, help="vllm on CPU: KV cache size in GiB")
+    vllm_tensor_parallel_size: int = field(1, min=1, help="vllm: GPUs per engine (tensor parallel)")
+    vllm_max_model_len: int = field(0, min=0, help="vllm: context length (0 = the model's)")
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def validate(self) -> None:
+        if self.weight_sync in ("nccl", "ipc") and self.engine == "hf":
+            raise ConfigError(f"rollout.weight_sync={self.weight_sync} needs rollout.engine=vllm "
+                              "(the hf engine receives weights through the object store)")

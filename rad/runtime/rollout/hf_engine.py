@@ -1,0 +1,185 @@
+"""Rollouts with Hugging Face ``generate``: the engine that runs anywhere torch runs.
+
+Prompts are left-padded into micro-batches (``left_pad``; a decoder-only model must
+see every prompt end at the same position, and the attention mask keeps padding out
+of attention and position ids). Each micro-batch samples under its own seed derived
+from ``(sampling.seed, micro-batch index)`` inside ``torch.random.fork_rng``, so a
+call is reproducible for the same inputs and micro-batch size, and the caller's
+global RNG is left untouched.
+
+Sampling warpers (temperature, top-k, top-p) are applied by this engine's own
+logits-processor list rather than by ``generate``'s built-in ones, followed by a
+recorder that keeps the log-softmax of the processed scores of one step only and
+gathers the chosen token's log-prob on the next call. ``output_scores`` would keep
+``max_new_tokens x batch x vocab`` floats; this keeps one ``batch x vocab`` slice.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from rad.data.encode import left_pad
+from rad.errors import ConfigError
+from rad.models.loading import load_causal_lm, load_tokenizer
+from rad.runtime.rollout.base import (
+    Rollout,
+    RolloutEngine,
+    SamplingConfig,
+    Stopwatch,
+    Weights,
+    check_n,
+    cut_at_eos,
+    derived_seed,
+    encode_prompts,
+    named_tensors,
+)
+
+
+class _ChosenTokenLogprobs:
+    """Last logits processor: log-prob of each sampled token under the processed scores.
+
+    Called once per generated position with the scores the sampler will use; the
+    token chosen from them is only known at the next call (it is then the last
+    column of ``input_ids``) or, for the final step, from the returned sequences.
+    """
+
+    def __init__(self) -> None:
+        self._pending: torch.Tensor | None = None
+        self._steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._pending is not None:
+            self._steps.append(self._pending.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self._pending = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """``(batch, generated)`` log-probs, aligned with the generated columns of ``sequences``."""
+        if self._pending is not None:
+            self._steps.append(self._pending.gather(-1, sequences[:, -1:]).squeeze(-1))
+            self._pending = None
+        return torch.stack(self._steps, dim=1).cpu()
+
+
+class HFEngine(RolloutEngine):
+    """A causal LM sampled with ``model.generate`` in left-padded micro-batches."""
+
+    kind = "hf"
+
+    def __init__(self, model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+                 dtype: str = "float32", device: str | None = None, micro_batch_size: int = 64,
+                 trust_remote_code: bool = False) -> None:
+        if micro_batch_size < 1:
+            raise ConfigError(f"HFEngine: micro_batch_size must be >= 1, got {micro_batch_size}")
+        with Stopwatch() as sw:
+            self.tokenizer = load_tokenizer(tokenizer_dir or model_dir, trust_remote_code=trust_remote_code)
+            model = load_causal_lm(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                                   tokenizer=self.tokenizer)
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.model = model.to(self.device).eval().requires_grad_(False)
+        self.start_seconds = sw.seconds
+        self.micro_batch_size = micro_batch_size
+        self.model_dir = str(model_dir)
+
+    # -- generation ----------------------------------------------------------
+
+    def _generate_kwargs(self, sampling: SamplingConfig) -> tuple[dict, list]:
+        """``generate`` keyword arguments and the sampling warpers (applied by this engine, see module doc)."""
+        tok = self.tokenizer
+        kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id,
+                      # eos_token_id=None as a keyword (not in a GenerationConfig, where the
+                      # model's default would be filled back in) lets generation run past EOS.
+                      eos_token_id=tok.eos_token_id if sampling.stop_on_eos else None,
+                      temperature=None, top_k=None, top_p=None)
+        warpers: list = []
+        kwargs["do_sample"] = not sampling.greedy
+        if not sampling.greedy:
+            if sampling.temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k > 0:
+                warpers.append(TopKLogitsWarper(top_k=sampling.top_k))
+            if sampling.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(top_p=sampling.top_p))
+        return kwargs, warpers
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], n: int = 1, sampling: SamplingConfig | None = None) -> list[Rollout]:
+        sampling = sampling or SamplingConfig()
+        check_n(n)
+        prompt_ids = encode_prompts(self.tokenizer, prompts)
+        rows = [(i, j) for i in range(len(prompt_ids)) for j in range(n)]
+        kwargs, warpers = self._generate_kwargs(sampling)
+        rng_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        eos_id = self.tokenizer.eos_token_id
+        rollouts: list[Rollout] = []
+        for mb, start in enumerate(range(0, len(rows), self.micro_batch_size)):
+            chunk = rows[start: start + self.micro_batch_size]
+            batch = {k: v.to(self.device) for k, v in left_pad([prompt_ids[i] for i, _ in chunk],
+                                                                self.tokenizer.pad_token_id).items()}
+            recorder = _ChosenTokenLogprobs()
+            with torch.random.fork_rng(devices=rng_devices):
+                torch.manual_seed(derived_seed(sampling.seed, mb))
+                sequences = self.model.generate(**batch, **kwargs,
+                                                logits_processor=LogitsProcessorList([*warpers, recorder]))
+            new_tokens = sequences[:, batch["input_ids"].shape[1]:].cpu()
+            logprobs = recorder.finish(sequences)
+            for row, (i, j) in enumerate(chunk):
+                ids, reason = cut_at_eos(new_tokens[row].tolist(), eos_id, sampling.stop_on_eos)
+                rollouts.append(Rollout(
+                    prompt=prompts[i], prompt_token_ids=list(prompt_ids[i]), response_token_ids=ids,
+                    response_text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    logprobs=logprobs[row, : len(ids)].tolist(), finish_reason=reason,
+                    prompt_index=i, sample_index=j))
+        return rollouts
+
+    # -- weights -------------------------------------------------------------
+
+    def update_weights(self, weights: Weights) -> float:
+        """Copy ``weights`` (HF names, any dtype/device) into the model in place.
+
+        Every name must be a model parameter or buffer, and every parameter must be
+        covered, except tied aliases (e.g. ``lm_head.weight`` tied to the embeddings
+        may come under either name).
+        """
+        with Stopwatch() as sw:
+            state = dict(named_tensors(weights))
+            own = self.model.state_dict()
+            unexpected = sorted(set(state) - set(own))
+            if unexpected:
+                raise ConfigError(f"update_weights: names not in the model {self.model_dir!r}: {unexpected[:5]}")
+            by_storage: dict[int, list[str]] = {}
+            for name, tensor in own.items():
+                by_storage.setdefault(tensor.data_ptr(), []).append(name)
+            missing = [names[0] for names in by_storage.values() if not any(n in state for n in names)]
+            if missing:
+                raise ConfigError(f"update_weights: the update lacks parameters {missing[:5]}")
+            with torch.no_grad():
+                for name, tensor in state.items():
+                    target = own[name]
+                    if tuple(tensor.shape) != tuple(target.shape):
+                        raise ConfigError(f"update_weights: {name!r} has shape {tuple(tensor.shape)}, "
+                                          f"the model expects {tuple(target.shape)}")
+                    target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+        return sw.seconds
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        out = []
+        for seq in sequences:
+            ids = torch.tensor([list(seq)], device=self.device)
+            logits = self.model(input_ids=ids).logits.float()
+            lp = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+            out.append(lp.cpu().tolist())
+        return out
+
+    def close(self) -> None:
+        del self.model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

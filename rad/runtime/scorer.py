@@ -1,0 +1,130 @@
+"""Batched scoring service: (prompt, response) text in, rewards and costs out.
+
+The scorer only ever takes text. Each score model re-tokenizes with its own
+tokenizer and template (:func:`rad.models.score_model.encode_for_scoring`), so
+the policy's tokenizer never has to match the reward's or the cost's, and the
+two score models need not share one either.
+
+Input rules, so that a bad input is never a silent NaN:
+
+* ``prompts`` and ``responses`` must be lists of strings of equal length;
+* an empty or whitespace-only response raises :class:`DataError` naming its index;
+* a pair longer than ``max_length`` tokens (for that model's tokenizer) is
+  truncated, cutting the prompt from the left first and keeping the response's
+  end, where the score is read; with ``truncate=False`` it raises instead;
+* a non-finite score raises :class:`RadError` naming the indices.
+
+Work is batched by sorted length (less padding). ``Scorer`` runs in-process;
+:func:`remote_scorer` returns the same class as a Ray actor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from rad.errors import ConfigError, DataError, RadError
+from rad.models.loading import load_tokenizer
+from rad.models.score_model import ScoreModel, encode_for_scoring, load_score_model
+
+
+#: What an empty response is scored as when ``empty_response="placeholder"``.
+EMPTY_RESPONSE = "(no response)"
+
+
+class Scorer:
+    """Reward and/or cost model behind one ``score(prompts, responses)`` call.
+
+    ``max_length`` is capped by each backbone's ``max_position_embeddings``.
+    ``normalize=True`` applies the normalisation stored with each model
+    (``score_config.json``; raw scores when its mode is ``none``).
+    ``num_threads`` > 0 sets torch's intra-op threads (useful inside a Ray actor).
+    """
+
+    def __init__(self, reward_dir: str | Path | None = None, cost_dir: str | Path | None = None,
+                 batch_size: int = 32, max_length: int = 512, device: str = "cpu", dtype: str = "float32",
+                 truncate: bool = True, normalize: bool = True, num_threads: int = 0,
+                 empty_response: str = "error"):
+        if reward_dir is None and cost_dir is None:
+            raise ConfigError("scorer: give reward_dir, cost_dir or both")
+        if batch_size < 1 or max_length < 2:
+            raise ConfigError(f"scorer: batch_size must be >= 1 and max_length >= 2, got {batch_size}, {max_length}")
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        if empty_response not in ("error", "placeholder"):
+            raise ConfigError(f"scorer: empty_response must be 'error' or 'placeholder', got {empty_response!r}")
+        # RL policies do emit empty answers (EOS first); they must be scored, not crash the run.
+        self.empty_response = empty_response
+        self.batch_size = batch_size
+        self.truncate = truncate
+        self.normalize = normalize
+        self.device = torch.device(device)
+        self.models: dict[str, tuple[ScoreModel, Any, int]] = {}
+        for name, path in (("rewards", reward_dir), ("costs", cost_dir)):
+            if path is None:
+                continue
+            model = load_score_model(path, dtype=dtype).to(self.device).eval()
+            expected = "reward" if name == "rewards" else "cost"
+            if model.kind != expected:
+                raise ConfigError(f"scorer: {path} holds a {model.kind} model, given as the {expected} model")
+            tokenizer = load_tokenizer(path, padding_side="right")
+            limit = getattr(model.config, "max_position_embeddings", None) or max_length
+            self.models[name] = (model, tokenizer, min(max_length, int(limit)))
+
+    def info(self) -> dict[str, Any]:
+        return {name: {"kind": m.kind, "max_length": limit, "normalize": m.score_config.normalize if self.normalize
+                       else "none", "vocab_size": len(tok)} for name, (m, tok, limit) in self.models.items()}
+
+    def _check(self, prompts: Sequence[str], responses: Sequence[str]) -> None:
+        if len(prompts) != len(responses):
+            raise DataError(f"scorer: {len(prompts)} prompts but {len(responses)} responses")
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            if not isinstance(p, str) or not isinstance(r, str):
+                raise DataError(f"scorer: item {i}: prompt and response must be strings, "
+                                f"got {type(p).__name__} and {type(r).__name__}")
+            if not r.strip() and self.empty_response == "error":
+                raise DataError(f"scorer: item {i}: the response is empty; a score needs response text")
+
+    def _encode(self, tokenizer, template: str, limit: int, prompts: Sequence[str],
+                responses: Sequence[str]) -> list[list[int]]:
+        out = []
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            try:
+                out.append(encode_for_scoring(tokenizer, p, r, limit, template, truncate=self.truncate))
+            except DataError as exc:
+                raise DataError(f"scorer: item {i}: {exc}") from None
+        return out
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{"rewards": float32 [N], "costs": float32 [N]}`` (only the models this scorer holds)."""
+        prompts, responses = list(prompts), list(responses)
+        self._check(prompts, responses)
+        responses = [r if r.strip() else EMPTY_RESPONSE for r in responses]
+        result: dict[str, np.ndarray] = {}
+        for name, (model, tokenizer, limit) in self.models.items():
+            if not prompts:
+                result[name] = np.zeros(0, dtype=np.float32)
+                continue
+            seqs = self._encode(tokenizer, model.score_config.template, limit, prompts, responses)
+            scores = model.score_sequences(seqs, tokenizer.pad_token_id, self.batch_size)
+            if self.normalize:
+                scores = model.normalize(scores)
+            bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+            if bad:
+                raise RadError(f"scorer: the {model.kind} model gave non-finite scores for items {bad[:10]}")
+            result[name] = scores.numpy().astype(np.float32)
+        return result
+
+
+def remote_scorer(num_cpus: float = 1, **ray_options: Any):
+    """:class:`Scorer` as a Ray actor class: ``remote_scorer().remote(reward_dir, cost_dir, ...)``.
+
+    Built on call, so importing this module needs neither Ray nor a running cluster.
+    ``actor.score.remote(prompts, responses)`` returns the same dict as in-process.
+    """
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, **ray_options)(Scorer)

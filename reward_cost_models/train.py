@@ -1,0 +1,159 @@
+"""Train a reward or cost model on preference pairs (``rad rm train`` / ``rad cm train``).
+
+One example is one preference pair. A micro batch of B pairs becomes one forward
+of 2B sequences: the first B are the response that should score higher for a
+reward model (the better one) or lower for a cost model (the safer one), the
+last B the other response. Losses are in :mod:`reward_cost_models.losses`.
+
+The backbone starts from ``model.name_or_path`` (normally the SFT policy, as
+Safe RLHF does). The run directory gets ``model/`` (see
+:mod:`rad.models.score_model`), ``metrics.jsonl``, TensorBoard logs,
+checkpoints, ``score_hist.png`` and ``summary.json``. The normalisation
+statistics stored with the model are the mean/std of the held-out scores (of
+the first 512 training pairs when there is no held-out set).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from rad.algos.assets import load_records, model_dir, resolve_dtype
+from rad.algos.supervised import SupervisedTrainer
+from rad.data.filters import filter_preferences
+from rad.errors import DataError
+from rad.models.loading import load_tokenizer
+from rad.models.score_model import ScoreModel, build_score_model, encode_for_scoring, pad_right
+from reward_cost_models.config import ScoreModelConfig
+from reward_cost_models.losses import cost_loss, pair_accuracy, reward_loss, safety_sign, sign_accuracy
+from reward_cost_models.report import pair_metrics, plot_histogram, score_pairs
+
+log = logging.getLogger("rad.algos")
+
+_STATS_ROWS = 512
+
+
+@dataclass
+class PairExample:
+    """Token ids of the response that should score higher (reward) / lower (cost) first, then the other."""
+
+    first: list[int]
+    second: list[int]
+    first_safe: bool
+    second_safe: bool
+
+
+def check_pairs(records: Sequence[dict[str, Any]], source: str) -> None:
+    """Reject rows with an empty response, naming the row (a score needs response tokens)."""
+    for row, record in enumerate(records):
+        for i in (0, 1):
+            text = record[f"response_{i}"]
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{source}: row {row}: response_{i} is empty; a score model needs response text")
+
+
+class ScoreModelTrainer(SupervisedTrainer):
+    stage = "train"
+
+    def __init__(self, model: ScoreModel, tokenizer, train_records, eval_records, cfg: ScoreModelConfig):
+        self.kind = cfg.kind
+        self.tokenizer = tokenizer
+        self.max_length = cfg.data.max_length
+        self.template = model.score_config.template
+        self.reg = cfg.regularization
+        super().__init__(model, train_records, eval_records, cfg.learner, cfg.schedule, cfg.logging,
+                         cfg.output_dir, seed=cfg.seed, config=cfg)
+
+    def _ids(self, record: dict[str, Any], i: int) -> list[int]:
+        return encode_for_scoring(self.tokenizer, record["prompt"], record[f"response_{i}"], self.max_length,
+                                  self.template)
+
+    def encode(self, record: dict[str, Any]) -> PairExample:
+        key = "better_response_id" if self.kind == "reward" else "safer_response_id"
+        first = int(record[key])
+        second = 1 - first
+        return PairExample(self._ids(record, first), self._ids(record, second),
+                           bool(record[f"is_response_{first}_safe"]), bool(record[f"is_response_{second}_safe"]))
+
+    def collate(self, examples: Sequence[PairExample]) -> dict[str, torch.Tensor]:
+        batch = pad_right([e.first for e in examples] + [e.second for e in examples], self.tokenizer.pad_token_id)
+        batch["is_safe"] = torch.tensor([e.first_safe for e in examples] + [e.second_safe for e in examples])
+        return batch
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], train: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        scores = self.learner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        first, second = scores.chunk(2)
+        safe_first, safe_second = batch["is_safe"].chunk(2)
+        metrics = {"score_mean": scores.mean().item(), "score_std": scores.std(unbiased=False).item()}
+        if self.kind == "reward":
+            loss = reward_loss(first, second, self.reg)
+            metrics["accuracy"] = pair_accuracy(first, second).item()
+        else:
+            loss = cost_loss(first, second, safety_sign(safe_first), safety_sign(safe_second), self.reg)
+            metrics["accuracy"] = pair_accuracy(second, first).item()
+            metrics["sign_accuracy"] = sign_accuracy(scores.detach(), batch["is_safe"]).item()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"score-model loss is {loss.item()} at step {self.step}; "
+                                     "lower learner.lr or add regularization")
+        metrics["loss"] = loss.item()
+        return loss, metrics
+
+
+def run_score_model(cfg: ScoreModelConfig) -> dict[str, Any]:
+    """Train, evaluate, save ``<output_dir>/model``; returns (and writes) a summary dict."""
+    cfg.validate()  # fills the default output_dir also for configs built in code
+    started = time.perf_counter()
+    out = Path(cfg.output_dir)
+    train = load_records(cfg.data.train, "preference", cfg.world, cfg.seed)
+    held = load_records(cfg.data.eval, "preference", cfg.world, cfg.seed)
+    if cfg.data.max_eval_rows:
+        held = held[: cfg.data.max_eval_rows]
+    # The registry already drops contradictory rows when it loads a dataset (and logs
+    # the counts); this pass catches them in records handed over by other means.
+    train, skipped_train = filter_preferences(train, "score-model train set")
+    held, skipped_eval = filter_preferences(held, "score-model eval set")
+    check_pairs(train, "score-model train set")
+    check_pairs(held, "score-model eval set")
+
+    path = model_dir(cfg.model, cfg.world, cfg.seed)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or path, trust_remote_code=cfg.model.trust_remote_code,
+                               padding_side="right")
+    model = build_score_model(path, kind=cfg.kind, dtype=resolve_dtype(cfg.model.dtype), tokenizer=tokenizer,
+                              trust_remote_code=cfg.model.trust_remote_code,
+                              allow_pickle=cfg.model.allow_pickle_weights, normalize=cfg.normalize, seed=cfg.seed)
+    if cfg.lora.enabled:
+        model.add_lora(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    log.info("%s model from %s on %d pairs (%d held out)", cfg.kind, path, len(train), len(held))
+    trainer = ScoreModelTrainer(model, tokenizer, train, held, cfg)
+    final = trainer.train(resume=cfg.resume)
+    trained_at = time.perf_counter()
+
+    module: ScoreModel = trainer.learner.module
+    stats_records = held if held else train[:_STATS_ROWS]
+    pairs = score_pairs(module, tokenizer, stats_records, cfg.data.max_length, cfg.schedule.eval_batch_size)
+    heldout = pair_metrics(cfg.kind, stats_records, pairs)
+    module.score_config.mean = heldout["score_mean"]
+    module.score_config.std = max(heldout["score_std"], 1e-6)
+    model_out = trainer.learner.save_pretrained(out / "model", tokenizer)
+    hist = plot_histogram(cfg.kind, stats_records, pairs, out / "score_hist.png")
+
+    summary: dict[str, Any] = {
+        "kind": cfg.kind, "model_dir": str(model_out), "backbone": str(path), "lora": cfg.lora.enabled,
+        "steps": trainer.step, "train_rows": len(train), "eval_rows": len(held),
+        "skipped_rows": {"train": dict(skipped_train), "eval": dict(skipped_eval)},
+        "heldout_on": "eval" if held else f"train[:{_STATS_ROWS}]",
+        "initial_eval": trainer.initial_eval, "final_eval": final,
+        "heldout": heldout, "normalization": {"mode": cfg.normalize, "mean": module.score_config.mean,
+                                              "std": module.score_config.std},
+        "histogram": str(hist),
+        "timing": {"train_s": trained_at - started, "total_s": time.perf_counter() - started},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("%s model: held-out %s", cfg.kind, {k: round(v, 4) for k, v in heldout.items()})
+    return summary

@@ -1,0 +1,88 @@
+"""RAD's per-step arithmetic on hand-built numbers, batch geometry and fail-fast config errors."""
+
+import math
+
+import pytest
+import torch
+
+from rad.algos.rad import RADConfig, kl_per_sample, learner_geometry
+from rad.config import load_config
+from rad.errors import ConfigError
+from rad.risk import dominance_step, dual_ascent, rloo_advantages
+
+REQUIRED = ["reward_model=r", "cost_model=c"]
+
+
+def test_kl_estimators_by_hand():
+    logp, ref = [-1.0, -2.0], [-1.5, -1.0]
+    assert kl_per_sample(logp, ref, "k1") == pytest.approx(0.5 - 1.0)
+    # k3 = exp(ref - logp) - 1 - (ref - logp), per token
+    expected = (math.exp(-0.5) - 1 + 0.5) + (math.exp(1.0) - 1 - 1.0)
+    assert kl_per_sample(logp, ref, "k3") == pytest.approx(expected)
+    assert kl_per_sample(logp, ref, "k3") >= 0
+
+
+def test_shaped_reward_signal_and_rloo_by_hand():
+    # Two prompts, k = 2. Rewards, KL and a reference where the policy trails in the upper tail.
+    rewards = torch.tensor([[1.0, 3.0], [0.0, 2.0]], dtype=torch.float64)
+    kl = torch.tensor([[0.5, 1.5], [0.0, 1.0]], dtype=torch.float64)
+    beta, lam = 0.1, 2.0
+    costs = torch.tensor([[0.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
+    ref = torch.tensor([0.0, 1.0, 1.0, 2.0], dtype=torch.float64)
+    dom = dominance_step(costs, ref, "uniform", solver="exact", density="constant")
+    # Sorted policy particles (0,1,2,3) vs reference (0,1,1,2): policy is never below -> gain 0.
+    assert dom.gain_exact == pytest.approx(0.0) and dom.violation_exact == pytest.approx((1 + 1) / 4)
+    total = rewards - beta * kl + lam * dom.signal
+    adv = rloo_advantages(total)
+    # RLOO with k = 2: A_1 = R_1 - R_2, A_2 = R_2 - R_1
+    torch.testing.assert_close(adv[:, 0], total[:, 0] - total[:, 1])
+    torch.testing.assert_close(adv[:, 1], -adv[:, 0])
+    # Lambda grows while gain < delta and shrinks (clamped at 0) once it exceeds it.
+    assert dual_ascent(lam, dom.gain_exact, delta=0.1, lr=1.0, lambda_max=10) == pytest.approx(2.1)
+    assert dual_ascent(0.05, 1.0, delta=0.1, lr=1.0, lambda_max=10) == 0.0
+    assert dual_ascent(9.9, -5.0, delta=0.1, lr=1.0, lambda_max=10) == 10.0
+
+
+def test_signal_is_monotone_and_pushes_cheap_samples_at_the_reference():
+    # Policy == reference (the SFT start): the entropic plan still gives a gradient.
+    g = torch.Generator().manual_seed(0)
+    costs = torch.randn(16, 4, generator=g, dtype=torch.float64)
+    dom = dominance_step(costs, costs.reshape(-1), "cvar:0.5", solver="sinkhorn")
+    s, c = dom.signal.reshape(-1), costs.reshape(-1)
+    assert (s >= 0).all() and s.max() > 0
+    order = torch.argsort(c)
+    assert (s[order][1:] <= s[order][:-1] + 1e-12).all()  # non-increasing in cost
+    assert s[order[0]] > s[order[-1]]
+
+
+def test_exact_gain_has_no_gradient_where_the_policy_trails_everywhere():
+    # A property of gain_w = int w (Q_ref - Q_pi)_+: with no quantile below the reference
+    # the exact subgradient (and so the signal) is zero; only the entropic version moves.
+    ref = torch.linspace(-2, 0, 32, dtype=torch.float64)
+    costs = (ref + 1.0).view(8, 4)
+    exact = dominance_step(costs, ref, "uniform", solver="exact")
+    assert exact.gain_exact == 0 and torch.count_nonzero(exact.signal) == 0
+
+
+def test_learner_geometry_fits_one_step():
+    cfg = load_config(RADConfig, None, REQUIRED + ["algo.prompts_per_step=6", "algo.k=4",
+                                                    "resources.num_learners=2", "learner.micro_batch_size=5"])
+    lc = learner_geometry(cfg)
+    assert lc.micro_batch_size * lc.grad_accum == 12 and lc.micro_batch_size == 4
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algo.k=1", r"algo.k: RLOO needs at least 2"),
+    ("algo.delta=-0.1", r"algo.delta: must be >= 0"),
+    ("algo.weighting=tail:0.9", r"unknown weighting|allowed"),
+    ("algo.solver=emd", r"algo.solver: 'emd' is not allowed"),
+    ("resources.num_learners=3", r"must divide evenly over resources.num_learners"),
+])
+def test_bad_rad_config_fails_fast(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RADConfig, None, REQUIRED + [override])
+
+
+def test_score_models_are_required():
+    with pytest.raises(ConfigError, match="reward_model: a trained score-model directory is required"):
+        load_config(RADConfig, None, [])

@@ -1,0 +1,162 @@
+"""The whole arena on real outputs: tiny (untrained) vs SFT on the embedded world, seeded score heads.
+
+Every check recomputes the report's numbers from the files the report saved
+(per-prompt tables, per-response CSVs, per-verdict CSVs), independently of the
+code that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from rad.errors import ConfigError
+from rad.eval.cli import add_cli, load_eval_config
+from rad.eval.config import resolve_model_dir
+from rad.risk import as_weighting
+
+
+def _csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _brute_rho(values: np.ndarray, spec: str, grid: int = 200_000) -> float:
+    """integral_0^1 w(t) Q(t) dt by the midpoint rule on a fine grid (independent of the cell-mass formula)."""
+    x = np.sort(values)
+    t = (np.arange(grid) + 0.5) / grid
+    q = x[np.ceil(t * len(x)).astype(int) - 1]
+    w = as_weighting(spec).density(torch.tensor(t, dtype=torch.float64)).numpy()
+    return float(np.mean(w * q))
+
+
+def test_dominance_difference_equals_difference_of_spectral_risks(arena_run):
+    """Prop. 2 on the real outputs: gain_w - viol_w = rho_w(red) - rho_w(blue), for every weighting."""
+    _, out, _ = arena_run
+    rows = _csv(out / "tables" / "dominance.csv")
+    assert {r["measure"] for r in rows} == {"cost", "true_harm"}
+    assert len(rows) == 2 * 7
+    column = {"cost": "cost", "true_harm": "true_harm"}
+    nonzero = 0
+    for r in rows:
+        red = np.array([float(x[column[r["measure"]]]) for x in _csv(out / "responses" / f"{r['red']}_heldout_seed0.csv")])
+        blue = np.array([float(x[column[r["measure"]]]) for x in _csv(out / "responses" / f"{r['blue']}_heldout_seed0.csv")])
+        gain, viol, dd = float(r["gain"]), float(r["violation"]), float(r["dominance_difference"])
+        assert gain >= 0 and viol >= 0 and dd == pytest.approx(gain - viol, abs=1e-12)
+        # Prop. 2, with the spectral risks recomputed by numerical integration from the saved responses.
+        assert dd == pytest.approx(_brute_rho(red, r["weighting"]) - _brute_rho(blue, r["weighting"]), abs=2e-3)
+        assert dd == pytest.approx(float(r["rho_red"]) - float(r["rho_blue"]), abs=1e-9)
+        nonzero += abs(dd) > 1e-3
+    assert nonzero >= 7, "the two models should differ: the check must not pass on identical samples"
+
+
+def test_win_rates_and_cell_counts_match_the_per_prompt_table(arena_run):
+    _, out, _ = arena_run
+    pairs = _csv(out / "pairs" / "sft_vs_tiny.csv")
+    assert len(pairs) == 12 * 2
+    cell, win, tie = Counter(), Counter(), Counter()
+    for p in pairs:
+        rs = "safe" if float(p["red_cost"]) <= 0 else "unsafe"
+        bs = "safe" if float(p["blue_cost"]) <= 0 else "unsafe"
+        rb, bb = float(p["red_reward"]), float(p["blue_reward"])
+        for key in (f"{rs}/{bs}", "overall"):
+            cell[key] += 1
+            win[key] += bb > rb
+            tie[key] += bb == rb
+    table = {r["cell"]: r for r in _csv(out / "tables" / "winrate.csv")}
+    assert set(table) == {"safe/safe", "safe/unsafe", "unsafe/safe", "unsafe/unsafe", "overall"}
+    for key, row in table.items():
+        assert int(row["n"]) == cell[key] and int(row["wins"]) == win[key] and int(row["ties"]) == tie[key]
+        if cell[key]:
+            assert float(row["win_rate"]) == pytest.approx(win[key] / cell[key])
+    results = json.loads((out / "results.json").read_text())
+    (comp,) = results["competitions"]
+    assert [w["n"] for w in comp["win_rates"]] == [cell[k] for k in table]
+    # Table 2 from the same rows.
+    higher = [p for p in pairs if float(p["blue_reward"]) > float(p["red_reward"])]
+    assert comp["safety"]["blue_higher_n"] == len(higher)
+    if higher:
+        assert comp["safety"]["blue_higher_blue_safe"] == pytest.approx(
+            np.mean([float(p["blue_cost"]) <= 0 for p in higher]))
+
+
+def test_ood_tables_match_the_saved_verdicts(arena_run):
+    _, out, _ = arena_run
+    summary = {(r["judge"], int(r["seed"])): r for r in _csv(out / "tables" / "ood_seeds.csv")}
+    assert set(summary) == {("cost-model", 0), ("cost-model", 1), ("ground-truth", 0), ("ground-truth", 1)}
+    pct = []
+    for (judge, seed), row in summary.items():
+        verdicts = _csv(out / "ood" / judge / f"sft_vs_tiny_seed{seed}.csv")
+        assert len(verdicts) == 6
+        for p in verdicts:  # the cost judge: lower cost is less harmful
+            if judge == "cost-model":
+                d = float(p["red_cost"]) - float(p["blue_cost"])
+                assert p["verdict"] == ("win" if d > 0 else "loss" if d < 0 else "tie")
+        counts = Counter(p["verdict"] for p in verdicts)
+        assert int(row["win"]) == counts["win"] and int(row["loss"]) == counts["loss"]
+        assert float(row["win_pct"]) == pytest.approx(100 * counts["win"] / 6)
+        if judge == "cost-model":
+            pct.append(100 * counts["win"] / 6)
+    agg = {r["judge"]: r for r in _csv(out / "tables" / "ood.csv")}["cost-model"]
+    assert float(agg["win_pct_mean"]) == pytest.approx(np.mean(pct))
+    assert float(agg["win_pct_std"]) == pytest.approx(np.std(pct, ddof=1))
+
+
+def test_report_renders(arena_run):
+    summary, out, _ = arena_run
+    md = (out / "report.md").read_text()
+    for heading in ("Table 2", "Table 3", "Figure 1", "Table 4", "spectral risk"):
+        assert heading in md
+    assert "<table>" in (out / "report.html").read_text()
+    names = {p.split("/")[-1] for p in summary["figures"]}
+    assert names == {"winrate_heatmap.png", "cost_cdf.png", "quantile_gaps_cost.png", "quantile_gaps_true_harm.png"}
+    for name in names:
+        data = (out / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
+        assert f"figures/{name}" in md
+    results = json.loads((out / "results.json").read_text())
+    assert results["ground_truth"] == ["heldout", "redteam"]
+    assert {r["measure"] for r in results["risk"]} == {"cost", "reward", "true_harm", "true_helpfulness"}
+
+
+def test_second_run_reuses_the_cache(arena_run, tmp_path, make_eval_config):
+    from rad.eval import run_eval
+
+    first, out1, cache = arena_run
+    assert len(first["generated"]) == 6 and first["reused"] == []
+    gen_files = sorted((cache / "generations").iterdir())
+    stamps = [f.stat().st_mtime_ns for f in gen_files]
+    second = run_eval(make_eval_config(tmp_path / "again", cache, html="false", figures="false"))
+    assert second["generated"] == [] and len(second["reused"]) == 6
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["cache"]["scored"] == []
+    assert [f.stat().st_mtime_ns for f in sorted((cache / "generations").iterdir())] == stamps
+    assert (tmp_path / "again" / "tables" / "dominance.csv").read_text() == (out1 / "tables" / "dominance.csv").read_text()
+    assert not (tmp_path / "again" / "report.html").exists()
+    assert not list((tmp_path / "again" / "figures").glob("*.png"))
+
+
+def test_cli_maps_flags_onto_the_config():
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "--models", "sft=/m/sft", "rad-cvar=/m/rad", "ppo-lag=/m/ppo",
+                              "reward_model=/m/rm", "judge.seeds=[3]", "--red", "sft,ppo-lag", "cost_model=/m/cm"])
+    cfg = load_eval_config(args)
+    assert cfg.model_paths() == {"sft": "/m/sft", "rad-cvar": "/m/rad", "ppo-lag": "/m/ppo"}
+    assert (cfg.reward_model, cfg.cost_model, cfg.judge.seeds) == ("/m/rm", "/m/cm", [3])
+    assert cfg.competitions() == [("sft", "rad-cvar"), ("sft", "ppo-lag"), ("ppo-lag", "rad-cvar")]
+    with pytest.raises(ConfigError, match="red"):
+        load_eval_config(parser.parse_args(["eval", "--models", "a=x", "b=y", "--red", "c", "reward_model=r",
+                                            "cost_model=c"]))
+
+
+def test_model_dir_resolution(sft_model_dir, tmp_path):
+    assert resolve_model_dir("a", str(sft_model_dir)) == sft_model_dir.resolve()
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        resolve_model_dir("a", str(tmp_path / "run"))

