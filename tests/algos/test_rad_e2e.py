@@ -12,23 +12,9 @@ import torch
 
 from rad.algos.rad import RADConfig, RADTrainer
 from rad.config import load_config
-from rad.models.loading import load_tokenizer
-from rad.models.score_model import build_score_model, save_score_model
 from rad.runtime.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def score_dirs(sft_model_dir, tmp_path_factory):
-    """Untrained (seeded) reward and cost heads on the SFT backbone: enough for the mechanics."""
-    root = tmp_path_factory.mktemp("scores")
-    tok = load_tokenizer(sft_model_dir, padding_side="right")
-    out = {}
-    for kind, seed in (("reward", 1), ("cost", 2)):
-        model = build_score_model(sft_model_dir, kind=kind, tokenizer=tok, seed=seed)
-        out[kind] = str(save_score_model(model, root / kind, tok))
-    return out
 
 
 def _cfg(tmp_path, name, sft_model_dir, score_dirs, steps, **extra):

@@ -1,23 +1,8 @@
-"""Fixtures of the eval tests: untrained (seeded) score heads on the SFT backbone and one small arena run."""
+"""Fixtures of the eval tests: one small arena config (score heads come from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def score_dirs(sft_model_dir, tmp_path_factory):
-    """Reward and cost models with seeded, untrained heads: real models, arbitrary but fixed scores."""
-    from rad.models.loading import load_tokenizer
-    from rad.models.score_model import build_score_model, save_score_model
-
-    root = tmp_path_factory.mktemp("eval-scores")
-    tok = load_tokenizer(sft_model_dir, padding_side="right")
-    out = {}
-    for kind, seed in (("reward", 1), ("cost", 2)):
-        model = build_score_model(sft_model_dir, kind=kind, tokenizer=tok, seed=seed)
-        out[kind] = str(save_score_model(model, root / kind, tok))
-    return out
 
 
 @pytest.fixture(scope="session")

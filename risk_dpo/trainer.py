@@ -1,0 +1,268 @@
+"""``rad dpo``: offline preference optimisation (DPO, TDPO, Ra-DPO, KLDPO, WDPO) on the DeepSpeed learner.
+
+A micro batch of B pairs is one forward of 2B sequences (chosen rows first) through
+the policy, and one through the frozen reference, or the reference's statistics
+precomputed once before training (``precompute_reference``; the reference model is
+then freed). :func:`risk_dpo.token_stats.sequence_stats` turns the logits into
+per-sequence sums and the registered loss (:mod:`risk_dpo.losses`) into per-pair
+losses and metrics. The base :class:`~rad.algos.supervised.SupervisedTrainer`
+does the rest (epochs, accumulation, ZeRO stage from ``learner.zero_stage``,
+evaluation, checkpoints, resume). The final policy is written in HF format to
+``<output_dir>/model``, with metrics (JSONL / TensorBoard) and ``summary.json``.
+
+Memory note for ``precompute_reference``: DPO / KLDPO / WDPO store two numbers
+per pair; TDPO / Ra-DPO need the reference's distribution at every response
+token and store ``(response tokens) x vocabulary`` float32 values per sequence in
+host memory (the size is logged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from rad.algos.assets import load_policy, resolve_dtype
+from rad.algos.supervised import ScheduleConfig, SupervisedTrainer
+from rad.config import field
+from rad.data.encode import Encoded, collate_lm, encode_pair
+from rad.errors import ConfigError
+from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+from risk_dpo.losses import LossParams, PairBatch, get_loss
+from risk_dpo.pairs import PAIR_KINDS, load_pairs
+from risk_dpo.token_stats import RISKS, reference_stats, sequence_stats
+
+log = logging.getLogger("risk_dpo")
+
+
+@dataclass
+class DPODataConfig:
+    train: list[str] = field(default_factory=lambda: ["embedded/pref-train"],
+                             help="dataset specs NAME[:PROPORTION] (registry names or local files)")
+    eval: list[str] = field(default_factory=lambda: ["embedded/pref-test"], help="held-out specs")
+    pairs: str = field("helpfulness", choices=PAIR_KINDS,
+                       help="chosen response: better_response_id (helpfulness), safer_response_id (safety), "
+                            "or the data's own prompt/chosen/rejected columns (given)")
+    max_length: int = field(160, min=8, help="prompt + response tokens; longer responses are cut")
+    max_eval_rows: int = field(256, min=0, help="cap on held-out pairs (0 = all)")
+
+
+@dataclass
+class LossConfig:
+    name: str = field("dpo", help="registered loss: dpo, tdpo1, tdpo2, ra_dpo1, ra_dpo2, kldpo, wdpo")
+    beta: float = field(0.1, gt=0, help="inverse temperature of the implicit reward")
+    alpha: float = field(0.5, min=0, help="weight of the divergence term in tdpo2 / ra_dpo2")
+    risk: str = field("cvar", choices=RISKS, help="risk functional of ra_dpo1/2 over the reference's next token")
+    mu: float = field(0.95, gt=0, help="CVaR: tail mass in (0, 1] (1 = KL, i.e. TDPO); ERM: coefficient > 0")
+    tau: float = field(1.0, gt=0, help="kldpo: temperature of the exponential tilting (large = DPO)")
+    max_weight: float = field(0.0, min=0, help="kldpo: cap on exp((l - mean l)/tau) before normalising (0 = none)")
+    rho: float = field(0.01, min=0, help="wdpo: weight of the input-embedding gradient penalty (0 = DPO)")
+
+    def validate(self) -> None:
+        get_loss(self.name)
+        if self.risk == "cvar" and self.mu > 1:
+            raise ConfigError(f"loss.mu: the CVaR tail mass must be in (0, 1], got {self.mu}")
+
+    def params(self) -> LossParams:
+        return LossParams(beta=self.beta, alpha=self.alpha, risk=self.risk, mu=self.mu, tau=self.tau,
+                          max_weight=self.max_weight, rho=self.rho)
+
+
+@dataclass
+class DPOConfig:
+    """``rad dpo``: offline (risk-aware) preference optimisation from a policy init against a frozen reference."""
+
+    output_dir: str = field("runs/dpo", help="run directory (config, checkpoints, metrics, model/)")
+    seed: int = field(0)
+    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, help="the policy's initialisation (e.g. the SFT model)")
+    reference: str = field("", help="reference model directory ('' = the policy's initialisation)")
+    precompute_reference: bool = field(False, help="score the data with the reference once before training, "
+                                                   "then free it")
+    data: DPODataConfig = field(default_factory=DPODataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=5e-4, micro_batch_size=8))
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=1))
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        if get_loss(self.loss.name).needs_embeds and self.learner.zero_stage == 3:
+            raise ConfigError(f"loss.name={self.loss.name} needs learner.zero_stage <= 2: its gradient penalty is "
+                              "differentiated twice, and ZeRO-3 re-partitions the parameters after the first pass")
+
+
+@dataclass
+class PairExample:
+    """Encoded chosen / rejected sequences and, with a precomputed reference, its statistics."""
+
+    chosen: Encoded
+    rejected: Encoded
+    ref_logps: torch.Tensor | None = None          # (2,): chosen, rejected
+    ref_dist: tuple[torch.Tensor, torch.Tensor] | None = None  # packed (T, V) each
+
+
+class DPOTrainer(SupervisedTrainer):
+    """Pairs -> 2B sequences per micro batch -> token statistics -> registered loss."""
+
+    stage = "train"
+
+    def __init__(self, model: torch.nn.Module, reference: torch.nn.Module, tokenizer: Any,
+                 train_pairs: Sequence[dict[str, str]], eval_pairs: Sequence[dict[str, str]], cfg: DPOConfig):
+        self.tokenizer = tokenizer
+        self.max_length = cfg.data.max_length
+        self.spec = get_loss(cfg.loss.name)
+        self.params = cfg.loss.params()
+        self.precomputed = cfg.precompute_reference
+        # The KL is a cheap metric whenever the reference's distribution is at hand.
+        self.need_kl = self.spec.needs_kl or self.spec.needs_risk or not self.precomputed
+        self.need_risk = self.spec.needs_risk
+        if self.spec.needs_embeds and hasattr(model, "set_attn_implementation"):
+            # The gradient penalty differentiates twice through attention; fused SDPA
+            # kernels have no double backward, the eager implementation does.
+            model.set_attn_implementation("eager")
+        super().__init__(model, train_pairs, eval_pairs, cfg.learner, cfg.schedule, cfg.logging,
+                         cfg.output_dir, seed=cfg.seed, config=cfg)
+        self.reference: torch.nn.Module | None = reference.to(self.learner.device).eval().requires_grad_(False)
+        if self.precomputed:
+            self._precompute()
+            self.reference = None  # the point of precomputing: no reference model while training
+
+    # -- data ------------------------------------------------------------------------
+    def encode(self, record: dict[str, str]) -> PairExample:
+        return PairExample(encode_pair(self.tokenizer, record["prompt"], record["chosen"], self.max_length),
+                           encode_pair(self.tokenizer, record["prompt"], record["rejected"], self.max_length))
+
+    def _sequences(self, examples: Sequence[PairExample]) -> dict[str, torch.Tensor]:
+        """The 2B sequences of B pairs, chosen rows first."""
+        return collate_lm([e.chosen for e in examples] + [e.rejected for e in examples], self.tokenizer.pad_token_id)
+
+    def collate(self, examples: Sequence[PairExample]) -> dict[str, torch.Tensor]:
+        batch = self._sequences(examples)
+        if self.precomputed and examples[0].ref_logps is not None:
+            batch["ref_logps"] = torch.cat([torch.stack([e.ref_logps[k] for e in examples]) for k in (0, 1)])
+            if self.need_kl:
+                batch["ref_logprobs"] = torch.cat([e.ref_dist[k] for k in (0, 1) for e in examples])
+        return batch
+
+    @torch.no_grad()
+    def _precompute(self) -> None:
+        """Attach the reference's statistics to every example (same numbers as on the fly)."""
+        floats = 0
+        bs = self.schedule.eval_batch_size
+        for examples in (self.train_examples, self.eval_examples):
+            for start in range(0, len(examples), bs):
+                chunk = examples[start: start + bs]
+                batch = self._to_device(self._sequences(chunk))
+                logits = self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                sums, packed = reference_stats(logits, batch["labels"], keep_distribution=self.need_kl)
+                sums = sums.cpu()
+                rows = None
+                if packed is not None:
+                    counts = [len(e.chosen.response_ids) for e in chunk] + [len(e.rejected.response_ids) for e in chunk]
+                    rows = torch.split(packed.cpu(), counts)
+                    floats += packed.numel()
+                n = len(chunk)
+                for i, e in enumerate(chunk):
+                    e.ref_logps = torch.stack([sums[i], sums[n + i]])
+                    if rows is not None:
+                        e.ref_dist = (rows[i], rows[n + i])
+        if floats:
+            log.info("precomputed reference distributions: %.2f GiB of host memory", floats * 4 / 2**30)
+
+    # -- loss ------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, torch.Tensor], train: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        # WDPO needs d loss / d embeddings also in evaluation (which runs under no_grad).
+        grad_ctx = torch.enable_grad() if self.spec.needs_embeds else contextlib.nullcontext()
+        with grad_ctx:
+            embeds = None
+            if self.spec.needs_embeds:
+                # The bare module, not the engine: see engine_backward_hooks.
+                embeds = self.learner.module.get_input_embeddings()(ids)
+                logits = self.learner.module(inputs_embeds=embeds, attention_mask=mask).logits
+            else:
+                logits = self.learner(input_ids=ids, attention_mask=mask).logits
+            if "ref_logps" in batch:
+                ref = {"ref_logps": batch["ref_logps"], "ref_packed_logprobs": batch.get("ref_logprobs")}
+            else:
+                with torch.no_grad():
+                    ref = {"ref_logits": self.reference(input_ids=ids, attention_mask=mask).logits}
+            stats = sequence_stats(logits, labels, need_kl=self.need_kl, need_risk=self.need_risk,
+                                   risk=self.params.risk, mu=self.params.mu, **ref)
+            b = ids.shape[0] // 2
+            pairs = PairBatch(stats.select(slice(0, b)), stats.select(slice(b, None)), inputs_embeds=embeds,
+                              create_graph=train)
+            per_pair, metrics = self.spec.fn(pairs, self.params)
+            loss = per_pair.mean()
+            if train and self.spec.needs_embeds:
+                engine_backward_hooks(self.learner.engine, loss)
+        out = {"loss": float(loss.detach())}
+        out.update({k: float(v.float().mean()) for k, v in metrics.items()})
+        return (loss if train else loss.detach()), out
+
+
+def engine_backward_hooks(engine: Any, loss: torch.Tensor) -> None:
+    """Give ``loss`` the backward hooks DeepSpeed's ``engine.forward`` puts on its outputs.
+
+    WDPO differentiates the loss w.r.t. the input embeddings before the real
+    backward. Through ``engine.forward`` that inner ``torch.autograd.grad`` would
+    fire the engine's output hooks (the ZeRO backward prologue, gradient scaling
+    by 1/grad_accum; at ZeRO-0 it is refused). So WDPO runs the bare module and
+    the hooks go on the final loss, where ``engine.backward(loss)`` meets them
+    exactly once, as after a normal forward.
+    """
+    from deepspeed.runtime.utils import register_output_backward_hooks
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    if isinstance(engine.optimizer, ZeROOptimizer):
+        engine.optimizer.clear_backward_seen_flag()
+    register_output_backward_hooks(loss, preprocess_once_fn=engine._backward_prologue,
+                                   preprocess_per_tensor_fn=engine._backward_prologue_per_tensor)
+
+
+def load_reference(cfg: DPOConfig, policy: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+    """The frozen reference: ``cfg.reference`` or a copy of the policy's initial weights."""
+    if not cfg.reference:
+        return copy.deepcopy(policy)
+    from rad.models.loading import load_causal_lm
+
+    ref = load_causal_lm(cfg.reference, dtype=resolve_dtype(cfg.model.dtype),
+                         trust_remote_code=cfg.model.trust_remote_code,
+                         allow_pickle=cfg.model.allow_pickle_weights, tokenizer=tokenizer)
+    n_ref, n_pol = ref.get_output_embeddings().weight.shape[0], policy.get_output_embeddings().weight.shape[0]
+    if n_ref != n_pol:
+        raise ConfigError(f"reference: {cfg.reference!r} has {n_ref} output tokens but the policy has {n_pol}; "
+                          "policy and reference must share a vocabulary")
+    return ref
+
+
+def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
+    """Train, save ``<output_dir>/model`` and ``summary.json``; returns the summary."""
+    out = Path(cfg.output_dir)
+    train, skipped_train = load_pairs(cfg.data.train, cfg.data.pairs, cfg.world, cfg.seed)
+    held, skipped_eval = load_pairs(cfg.data.eval, cfg.data.pairs, cfg.world, cfg.seed)
+    if cfg.data.max_eval_rows:
+        held = held[: cfg.data.max_eval_rows]
+    model, tokenizer, path = load_policy(cfg.model, cfg.world, cfg.seed)
+    reference = load_reference(cfg, model, tokenizer)
+    log.info("%s from %s on %d %s pairs (%d held out); reference %s%s", cfg.loss.name, path, len(train),
+             cfg.data.pairs, len(held), cfg.reference or "= policy init",
+             " (precomputed)" if cfg.precompute_reference else "")
+    trainer = DPOTrainer(model, reference, tokenizer, train, held, cfg)
+    del reference
+    final = trainer.train(resume=cfg.resume)
+    model_out = trainer.learner.save_pretrained(out / "model", tokenizer)
+    summary: dict[str, Any] = {
+        "model_dir": str(model_out), "loss": cfg.loss.name, "pairs": cfg.data.pairs, "steps": trainer.step,
+        "train_pairs": len(train), "eval_pairs": len(held), "skipped_identical_pairs": skipped_train + skipped_eval,
+        "initial_eval": trainer.initial_eval, "final_eval": final,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
