@@ -4,7 +4,9 @@
     rad sft   [--config FILE] [key.sub=value ...]    supervised fine-tuning
     rad rm train / rad cm train [...]                reward / cost model (Bradley-Terry)
     rad rl    [--config FILE] [key.sub=value ...]    RAD online RL from trained SFT / reward / cost models
+    rad baseline ppo-lag [--config FILE] [...]       Safe RLHF PPO-Lagrangian baseline
     rad dpo / rad rsa [...]                          offline risk-aware preference optimisation
+    rad eval --models a=PATH b=PATH --red a [...]   evaluation arena and report
     rad world [--out DIR] [--seed N]                 write the embedded world's files
     rad <cmd> --help-config                          every config key with type, default and help
 
@@ -87,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rad.eval.cli import add_cli as add_eval_cli
     from reward_cost_models.cli import add_cli as add_score_model_cli
     from risk_dpo.cli import add_cli as add_dpo_cli
+    from safe_rlhf_baseline.cli import add_cli as add_baseline_cli
 
     add_score_model_cli(sub)
+    add_baseline_cli(sub)
     add_dpo_cli(sub)
     add_eval_cli(sub)
 

@@ -96,6 +96,11 @@ class ResourcesConfig:
     cpus_per_scorer: float = field(1.0, gt=0)
     gpus_per_scorer: float = field(0.0, min=0)
     ray_address: str = field("", help="'' = start a local Ray cluster, 'auto' = connect to a running one")
+    placement: str = field("none", choices=("none", "pack", "spread", "strict_pack", "strict_spread"),
+                           help="reserve all roles in one Ray placement group with this strategy (none = "
+                                "plain per-actor resources)")
+    colocate_rollout: bool = field(False, help="rollout engine i shares learner rank i's bundle (GPU)")
+    placement_timeout_s: float = field(120.0, gt=0)
     ray_num_cpus: int = field(0, min=0, help="logical CPUs of a local cluster (0 = enough for all actors)")
 
 
@@ -207,22 +212,48 @@ class RADTrainer:
         _ray_init(res, needed)
         self.learner_cfg = learner_geometry(cfg)
         t0 = time.perf_counter()
+        self.placement = self._place_roles()
+        strategies = (lambda role: self.placement.strategies(role)) if self.placement else (lambda role: None)
         self.learners = WorkerGroup(PolicyLearner, res.num_learners, self.policy_dir, self.learner_cfg,
                                     cfg.algo.steps, cfg.policy.dtype, cfg.policy.trust_remote_code,
                                     cfg.algo.loss_aggregation, num_cpus=res.cpus_per_learner,
-                                    num_gpus=res.gpus_per_learner, name="learner")
+                                    num_gpus=res.gpus_per_learner, name="learner",
+                                    scheduling_strategies=strategies("learner"))
         addr, port = self.learners.rank0("address")
         ray.get([a.init.remote(rank, res.num_learners, addr, port, cfg.seed)
                  for rank, a in enumerate(self.learners.actors)])
         self.reference = WorkerGroup(ReferenceWorker, 1, self.reference_dir, cfg.policy.dtype,
-                                     num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner, name="reference")
+                                     num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner, name="reference",
+                                     scheduling_strategies=strategies("reference"))
         self.scorers = WorkerGroup(Scorer, res.num_scorers, cfg.reward_model, cfg.cost_model,
                                    empty_response="placeholder",
-                                   num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, name="scorer")
-        self.rollout = make_rollout_pool(cfg.rollout, self.policy_dir, seed=cfg.seed)
+                                   num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, name="scorer",
+                                   scheduling_strategies=strategies("scorer"))
+        self.rollout = make_rollout_pool(cfg.rollout, self.policy_dir, seed=cfg.seed,
+                                         scheduling_strategies=strategies("rollout"))
         self.startup_seconds = time.perf_counter() - t0
         self.lam = cfg.algo.lambda_init
         self.step = 0
+
+    def _place_roles(self):
+        """One placement group for every role when ``resources.placement`` asks for it."""
+        res, ro = self.cfg.resources, self.cfg.rollout
+        if res.placement == "none":
+            return None
+        from rad.runtime.placement import RoleResources, place_roles
+        from rad.runtime.rollout.actors import cluster_device
+
+        gpu = cluster_device() == "cuda"
+        rollout_gpus = ro.num_gpus_per_engine * ro.vllm_tensor_parallel_size if gpu else 0.0
+        roles = {
+            "learner": RoleResources(res.num_learners, res.cpus_per_learner, res.gpus_per_learner),
+            "reference": RoleResources(1, res.cpus_per_learner, res.gpus_per_learner),
+            "scorer": RoleResources(res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer),
+            "rollout": RoleResources(ro.num_engines, ro.num_cpus_per_engine, rollout_gpus,
+                                     colocate_with="learner" if res.colocate_rollout else ""),
+        }
+        return place_roles(roles, strategy=res.placement.upper(), timeout_s=res.placement_timeout_s,
+                           name=f"rad-{self.out.name}")
 
     # -- roles ---------------------------------------------------------------------------------
     def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -455,6 +486,8 @@ class RADTrainer:
         for group in (self.learners, self.reference, self.scorers):
             group.shutdown()
         self.rollout.shutdown()
+        if self.placement is not None:
+            self.placement.remove()
 
 
 def run_rad(cfg: RADConfig) -> dict[str, Any]:

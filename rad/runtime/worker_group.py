@@ -34,7 +34,8 @@ class WorkerGroup:
     """``n`` Ray actors of ``cls`` constructed with the same arguments."""
 
     def __init__(self, cls: type, n: int, *args: Any, num_cpus: float = 1, num_gpus: float = 0,
-                 name: str = "", env: dict[str, str] | None = None, **kwargs: Any):
+                 name: str = "", env: dict[str, str] | None = None,
+                 scheduling_strategies: Sequence[Any] | None = None, **kwargs: Any):
         import ray
 
         if n < 1:
@@ -44,7 +45,11 @@ class WorkerGroup:
         options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
         if env:
             options["runtime_env"] = {"env_vars": dict(env)}
-        self.actors = [remote_cls.options(**options).remote(*args, **kwargs) for _ in range(n)]
+        strategies = list(scheduling_strategies or [None] * n)
+        if len(strategies) != n:
+            raise ValueError(f"worker group {self.name}: {len(strategies)} scheduling strategies for {n} actors")
+        self.actors = [remote_cls.options(**options, **({"scheduling_strategy": st} if st is not None else {}))
+                       .remote(*args, **kwargs) for st in strategies]
 
     def __len__(self) -> int:
         return len(self.actors)

@@ -38,8 +38,11 @@ def _engine_weights(trainer):
 
 
 def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path, sft_model_dir, score_dirs):
-    trainer = RADTrainer(_cfg(tmp_path, "run", sft_model_dir, score_dirs, steps=2))
+    # Roles reserved in one placement group (PACK), as on a cluster.
+    trainer = RADTrainer(_cfg(tmp_path, "run", sft_model_dir, score_dirs, steps=2, **{"resources.placement": "pack"}))
     try:
+        table = ray_cluster.util.placement_group_table(trainer.placement.group)
+        assert table["state"] == "CREATED" and len(table["bundles"]) == 5  # learner, reference, scorer, 2 engines
         before = trainer.learners.broadcast("state_dict")[0]
         summary = trainer.train()
         after = trainer.learners.broadcast("state_dict")[0]

@@ -108,11 +108,15 @@ class RolloutActor:
 
 
 def make_rollout_actor(kind: str, model_dir: str | os.PathLike, *, num_cpus: float = 1, num_gpus: float = 0,
-                       **engine_kwargs: Any):
-    """A Ray actor hosting one ``kind`` engine with ``num_cpus`` / ``num_gpus`` reserved."""
+                       scheduling_strategy: Any = None, **engine_kwargs: Any):
+    """A Ray actor hosting one ``kind`` engine with ``num_cpus`` / ``num_gpus`` reserved
+    (in a placement-group bundle when ``scheduling_strategy`` is given)."""
     import ray
 
-    actor_cls = ray.remote(RolloutActor).options(num_cpus=num_cpus, num_gpus=num_gpus)
+    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if scheduling_strategy is not None:
+        options["scheduling_strategy"] = scheduling_strategy
+    actor_cls = ray.remote(RolloutActor).options(**options)
     return actor_cls.remote(kind, str(model_dir), engine_kwargs)
 
 
@@ -176,7 +180,8 @@ class RolloutPool:
 
 
 def make_rollout_pool(cfg: RolloutConfig, model_dir: str | os.PathLike, tokenizer_dir: str | None = None,
-                      device: str | None = None, seed: int = 0) -> RolloutPool:
+                      device: str | None = None, seed: int = 0,
+                      scheduling_strategies: Sequence | None = None) -> RolloutPool:
     """``cfg.num_engines`` rollout actors (started in parallel) and the configured weight transport."""
     import ray
 
@@ -196,7 +201,9 @@ def make_rollout_pool(cfg: RolloutConfig, model_dir: str | os.PathLike, tokenize
         dtype = cfg.dtype if cfg.dtype != "auto" else ("float32" if device == "cpu" else "auto")
         kwargs = dict(tokenizer_dir=tokenizer_dir, device=device, dtype=dtype, micro_batch_size=cfg.micro_batch_size)
         gpus = cfg.num_gpus_per_engine if device == "cuda" else 0
-    actors = [make_rollout_actor(kind, model_dir, num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus, **kwargs)
-              for _ in range(cfg.num_engines)]
+    strategies = list(scheduling_strategies or [None] * cfg.num_engines)
+    actors = [make_rollout_actor(kind, model_dir, num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus,
+                                 scheduling_strategy=strategies[i], **kwargs)
+              for i in range(cfg.num_engines)]
     ray.get([a.info.remote() for a in actors])  # surface start-up errors here
     return RolloutPool(actors, kind, make_weight_sync(cfg.weight_sync, actors, device, kind))

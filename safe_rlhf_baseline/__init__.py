@@ -1,0 +1,1 @@
+"""Safe RLHF PPO-Lagrangian baseline on rad's Ray runtime (see DESIGN.md section 3)."""

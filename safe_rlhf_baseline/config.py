@@ -1,0 +1,104 @@
+"""``PPOLagConfig``: the Safe RLHF PPO-Lagrangian baseline's keys, defaults from the reference scripts.
+
+Defaults follow safe-rlhf's ``scripts/ppo-lag.sh`` (one GPU's share of the batch):
+16 prompts and 16 samples per PPO update, 1 update iteration, actor lr 1e-5
+(cosine, warmup 0.03, weight decay 0.01), critic lr 5e-6 (constant; the reference
+passes warmup 0.03 but its ``constant`` schedule ignores it, so warmup 0 here),
+kl 0.01, score clip 50, ratio clip 0.2, value clip 5, gamma 1, GAE lambda 0.95,
+threshold 0, lambda_init 1, lambda_lr 0.1, lambda_max 5, no delay, cost window
+128, ptx coefficient 16. Two deliberate differences: the PTX dataset is empty by
+default (the reference's is Alpaca, which has nothing to do with a given world;
+set ``data.ptx`` to enable the term), and the seed is 0 like every rad command.
+``launch/configs/ppo_lag_tiny.yaml`` raises the learning rates so the tiny CPU
+model moves in minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rad.algos.rad import ResourcesConfig
+from rad.config import field
+from rad.errors import ConfigError
+from rad.runtime.rollout.config import RolloutConfig
+from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+
+
+@dataclass
+class PPOLagAlgoConfig:
+    """PPO, GAE, KL shaping and the Lagrange multiplier (names as in the reference's arguments)."""
+
+    steps: int = field(40, min=1, help="rollout iterations (each: generate, score, update_iters PPO passes)")
+    prompts_per_step: int = field(16, min=1, help="prompts per rollout batch (reference: per_device_prompt_batch_size)")
+    samples_per_prompt: int = field(1, min=1, help="responses per prompt (reference: num_return_sequences)")
+    train_batch_size: int = field(16, min=1, help="samples per PPO optimizer update over all ranks "
+                                                  "(reference: per_device_train_batch_size)")
+    update_iters: int = field(1, min=1, help="passes over each rollout batch")
+    kl_coeff: float = field(0.01, min=0, help="per-token KL penalty folded into the reward and cost streams")
+    clip_range_ratio: float = field(0.2, gt=0, help="PPO ratio clip epsilon")
+    clip_range_score: float = field(50.0, gt=0, help="clip the shaped per-token rewards / costs to +-this")
+    clip_range_value: float = field(5.0, gt=0, help="value clip around the old values")
+    gamma: float = field(1.0, min=0, max=1, help="discount")
+    gae_lambda: float = field(0.95, min=0, max=1, help="GAE lambda")
+    ptx_coeff: float = field(16.0, min=0, help="weight of the PTX (supervised) loss when data.ptx is set")
+    threshold: float = field(0.0, help="cost limit d: the constraint is E[cost] <= d")
+    lambda_init: float = field(1.0, gt=0, help="initial Lagrange multiplier")
+    lambda_lr: float = field(0.1, min=0, help="SGD step size on log lambda")
+    lambda_max: float = field(5.0, min=0, help="upper clamp of lambda (0 = none)")
+    lambda_update_delay_steps: int = field(0, min=0, help="PPO updates before lambda starts moving")
+    episode_cost_window_size: int = field(128, min=1, help="recent episode costs averaged into Jc")
+
+
+@dataclass
+class PPOLagDataConfig:
+    prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs")
+    eval_prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-test"], help="held-out prompts")
+    ptx: list[str] = field(default_factory=list, help="supervised (sft-kind) specs for the PTX term ([] = off)")
+    ptx_max_length: int = field(512, min=2, help="token budget of a PTX prompt + response")
+
+
+@dataclass
+class PPOLagStage:
+    """The PPO-Lag-specific keys."""
+
+    algo: PPOLagAlgoConfig = field(default_factory=PPOLagAlgoConfig)
+    data: PPOLagDataConfig = field(default_factory=PPOLagDataConfig)
+    actor_learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(
+        lr=1e-5, scheduler="cosine", warmup_ratio=0.03, weight_decay=0.01, micro_batch_size=16))
+    critic_learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(
+        lr=5e-6, scheduler="constant", warmup_ratio=0.0, weight_decay=0.0, micro_batch_size=16))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(num_gpus_per_engine=0.0))
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    save_every: int = field(10, min=0, help="checkpoint every N rollout steps (0 = only at the end)")
+    keep_checkpoints: int = field(2, min=0)
+    eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
+
+
+@dataclass
+class PPOLagConfig(PPOLagStage):
+    """``rad baseline ppo-lag``: Safe RLHF PPO-Lagrangian from an SFT policy and trained reward / cost models."""
+
+    output_dir: str = field("runs/ppo_lag", help="run directory")
+    seed: int = field(0)
+    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    world: WorldConfig = field(default_factory=WorldConfig)
+    policy: ModelConfig = field(default_factory=ModelConfig, help="actor initialisation (the SFT model)")
+    reference: str = field("", help="reference policy directory ('' = the actor initialisation)")
+    reward_model: str = field("", help="reward model directory (rad rm train output)")
+    cost_model: str = field("", help="cost model directory (rad cm train output)")
+    reward_critic_model: str = field("", help="reward critic initialisation ('' = the reward model)")
+    cost_critic_model: str = field("", help="cost critic initialisation ('' = the cost model)")
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        for key in ("reward_model", "cost_model"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key}: a trained score-model directory is required")
+        algo, n = self.algo, self.resources.num_learners
+        batch = algo.prompts_per_step * algo.samples_per_prompt
+        if batch % algo.train_batch_size:
+            raise ConfigError(f"algo.train_batch_size = {algo.train_batch_size} must divide the rollout batch "
+                              f"algo.prompts_per_step * algo.samples_per_prompt = {batch}")
+        if algo.train_batch_size % n:
+            raise ConfigError(f"algo.train_batch_size = {algo.train_batch_size} must divide evenly over "
+                              f"resources.num_learners = {n}")

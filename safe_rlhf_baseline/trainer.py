@@ -1,0 +1,380 @@
+"""The PPO-Lagrangian controller: Safe RLHF's training loop on rad's Ray runtime.
+
+Six roles, each a Ray actor group; the controller (driver) owns the dataflow::
+
+    prompts --rollout pool--> responses --scorer--> reward r, cost c    (episode costs -> lambda window)
+      --reference / actor / reward critic / cost critic (in parallel)-->
+            log pi_ref, log pi_old, V_r, V_c per response token
+    driver: shaped streams (KL per token, scores on the last token, clipped)
+            GAE per stream -> A_r, R_r, A_c, R_c
+    update_iters x minibatches:
+        driver: lambda step (SGD on log lambda with Jc = mean of the cost window)
+        actor, reward critic, cost critic (concurrently): one optimizer step each
+    weights actor -> rollout engines; metrics; atomic checkpoints
+
+The rollout pool, scorer, reference worker, weight sync, checkpoint helpers and
+metrics are rad's; :class:`PPOLagTrainer` subclasses :class:`rad.algos.rad.RADTrainer`
+to share its role plumbing (``score``, ``sample``, ``step_prompts``,
+``evaluate_policy``, ``_oracle``), and replaces the learner roles, the step,
+checkpoints and the held-out comparison. It does not call ``RADTrainer.__init__``
+(that would start RAD's REINFORCE learner).
+
+Metric names are the reference's (``train/lambda``, ``train/episode_cost``,
+``train/reward_critic_loss``, ...), plus rad's shared ``objective/*``,
+``timing/*``, ``throughput/*``. The reference logs every PPO update; here each
+rollout step logs the mean over its updates, and ``train/lambda`` /
+``train/episode_cost`` as of the last update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rad.algos.rad import RADTrainer, _ray_init
+from rad.config import save_config, to_dict
+from rad.errors import ConfigError
+from rad.settings import LearnerConfig
+from safe_rlhf_baseline.batching import pad_lists, unpad
+from safe_rlhf_baseline.config import PPOLagConfig
+from safe_rlhf_baseline.lagrange import LagrangeMultiplier
+from safe_rlhf_baseline.ppo_math import gae, masked_mean, shape_rewards
+
+log = logging.getLogger("safe_rlhf_baseline")
+
+
+def fit_geometry(learner: LearnerConfig, train_batch_size: int, num_ranks: int) -> LearnerConfig:
+    """``learner`` with micro batch and accumulation fitted so one PPO update is one optimizer step per rank."""
+    shard = train_batch_size // num_ranks
+    micro = min(learner.micro_batch_size, shard)
+    while shard % micro:
+        micro -= 1
+    return dataclasses.replace(learner, micro_batch_size=micro, grad_accum=shard // micro)
+
+
+def updates_per_step(cfg: PPOLagConfig) -> int:
+    algo = cfg.algo
+    return algo.update_iters * algo.prompts_per_step * algo.samples_per_prompt // algo.train_batch_size
+
+
+class PPOLagTrainer(RADTrainer):
+    """Builds the six roles, runs rollout steps of PPO-Lagrangian updates, checkpoints, evaluates."""
+
+    def __init__(self, cfg: PPOLagConfig):  # replaces RADTrainer.__init__ (see the module docstring)
+        import ray
+
+        from rad.algos.assets import load_records, model_dir
+        from rad.models.loading import load_tokenizer
+        from rad.runtime.policy_workers import ReferenceWorker
+        from rad.runtime.rollout.actors import make_rollout_pool
+        from rad.runtime.scorer import Scorer
+        from rad.runtime.worker_group import WorkerGroup
+        from safe_rlhf_baseline.workers import CriticLearner, PPOActor
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        self.prompts = [r["prompt"] for r in load_records(cfg.data.prompts, "prompt", cfg.world, cfg.seed)]
+        self.eval_prompts = [r["prompt"] for r in load_records(cfg.data.eval_prompts, "prompt", cfg.world, cfg.seed)]
+        if not self.prompts:
+            raise ConfigError("data.prompts: no prompts after loading")
+        self.ptx_records = load_records(cfg.data.ptx, "sft", cfg.world, cfg.seed)
+        if cfg.data.ptx and not self.ptx_records:
+            raise ConfigError("data.ptx: no records after loading")
+        self.policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
+        self.reference_dir = cfg.reference or self.policy_dir
+        self.tokenizer = load_tokenizer(self.policy_dir, trust_remote_code=cfg.policy.trust_remote_code)
+        res, algo = cfg.resources, cfg.algo
+        needed = (3 * res.num_learners * res.cpus_per_learner + res.cpus_per_learner
+                  + res.num_scorers * res.cpus_per_scorer + cfg.rollout.num_engines * cfg.rollout.num_cpus_per_engine
+                  + 1)
+        _ray_init(res, needed)
+        total_updates = algo.steps * updates_per_step(cfg)
+        self.actor_cfg = fit_geometry(cfg.actor_learner, algo.train_batch_size, res.num_learners)
+        self.critic_cfg = fit_geometry(cfg.critic_learner, algo.train_batch_size, res.num_learners)
+        t0 = time.perf_counter()
+        place = dict(num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner)
+        dtype, remote_code = cfg.policy.dtype, cfg.policy.trust_remote_code
+        self.actor = WorkerGroup(PPOActor, res.num_learners, self.policy_dir, self.actor_cfg, total_updates,
+                                 dtype, remote_code, name="actor", **place)
+        self.reward_critic = WorkerGroup(CriticLearner, res.num_learners, cfg.reward_critic_model or cfg.reward_model,
+                                         self.policy_dir, self.critic_cfg, total_updates, dtype, remote_code,
+                                         name="reward_critic", **place)
+        self.cost_critic = WorkerGroup(CriticLearner, res.num_learners, cfg.cost_critic_model or cfg.cost_model,
+                                       self.policy_dir, self.critic_cfg, total_updates, dtype, remote_code,
+                                       name="cost_critic", **place)
+        inits = []
+        for group in self.trained_groups():  # three process groups, initialised concurrently
+            addr, port = group.rank0("address")
+            inits += [a.init.remote(rank, len(group), addr, port, cfg.seed) for rank, a in enumerate(group.actors)]
+        self.reference = WorkerGroup(ReferenceWorker, 1, self.reference_dir, dtype, name="reference", **place)
+        self.scorers = WorkerGroup(Scorer, res.num_scorers, cfg.reward_model, cfg.cost_model,
+                                   num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, name="scorer")
+        self.rollout = make_rollout_pool(cfg.rollout, self.policy_dir, seed=cfg.seed)
+        ray.get(inits)
+        self.startup_seconds = time.perf_counter() - t0
+        self.multiplier = LagrangeMultiplier(algo.lambda_init, algo.lambda_lr, algo.lambda_max, algo.threshold,
+                                             algo.episode_cost_window_size, algo.lambda_update_delay_steps)
+        self.step = 0
+        self.updates = 0  # PPO updates so far (the reference's global_step)
+
+    @property
+    def lam(self) -> float:
+        return self.multiplier.value
+
+    def trained_groups(self):
+        return (self.actor, self.reward_critic, self.cost_critic)
+
+    # -- experience ----------------------------------------------------------------------------
+    def _split_async(self, group, method: str, items: list, **kwargs: Any) -> list:
+        from rad.runtime.worker_group import split_evenly
+
+        return [getattr(a, method).remote(s, **kwargs)
+                for a, s in zip(group.actors, split_evenly(items, len(group))) if s]
+
+    def _ptx_samples(self, update: int) -> list[dict[str, Any]] | None:
+        """PTX samples of PPO update ``update``: consecutive slices of seeded per-epoch permutations."""
+        if not self.ptx_records or self.cfg.algo.ptx_coeff == 0:
+            return None
+        from rad.data.encode import encode_pair
+
+        size, n = self.cfg.algo.train_batch_size, len(self.ptx_records)
+        out = []
+        for pos in range(update * size, (update + 1) * size):
+            epoch, i = divmod(pos, n)
+            order = list(range(n))
+            random.Random(self.cfg.seed * 7919 + 31 + epoch).shuffle(order)
+            rec = self.ptx_records[order[i]]
+            enc = encode_pair(self.tokenizer, rec["prompt"], rec["response"], self.cfg.data.ptx_max_length)
+            out.append({"prompt_ids": enc.prompt_ids, "response_ids": enc.response_ids})
+        return out
+
+    def make_experience(self, samples: list[dict[str, Any]], rewards: torch.Tensor,
+                        costs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Log-probs and values from the four roles (in parallel), then shaped streams and GAE on the driver."""
+        import ray
+
+        calls = [self._split_async(g, m, samples) for g, m in ((self.reference, "logprobs"), (self.actor, "logprobs"),
+                                                              (self.reward_critic, "values"),
+                                                              (self.cost_critic, "values"))]
+        flat = ray.get([r for refs in calls for r in refs])
+        parts, start = [], 0
+        for refs in calls:
+            parts.append([x for part in flat[start: start + len(refs)] for x in part])
+            start += len(refs)
+        ref_lp, old_lp, r_values, c_values = (pad_lists(p)[0] for p in parts)
+        mask = pad_lists(parts[0])[1]
+        algo = self.cfg.algo
+        shaped_r, shaped_c = shape_rewards(rewards, costs, old_lp, ref_lp, mask, algo.kl_coeff, algo.clip_range_score)
+        adv_r, ret_r = gae(r_values, shaped_r, mask, algo.gamma, algo.gae_lambda)
+        adv_c, ret_c = gae(c_values, shaped_c, mask, algo.gamma, algo.gae_lambda)
+        return {"mask": mask, "ref_logprobs": ref_lp, "old_logprobs": old_lp, "reward_values": r_values,
+                "cost_values": c_values, "shaped_rewards": shaped_r, "shaped_costs": shaped_c,
+                "reward_advantages": adv_r, "reward_returns": ret_r, "cost_advantages": adv_c, "cost_returns": ret_c}
+
+    # -- one rollout step ----------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        import ray
+
+        from rad.runtime.metrics import PhaseTimer
+        from rad.runtime.worker_group import split_evenly
+
+        algo = self.cfg.algo
+        timer = PhaseTimer()
+        start = time.perf_counter()
+        prompts = self.step_prompts(self.step)
+        with timer.phase("generation"):
+            rollouts = self.sample(prompts, algo.samples_per_prompt,
+                                   seed=self.cfg.rollout.sampling.seed + 1000 * (self.step + 1))
+        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
+        samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in rollouts]
+        with timer.phase("scoring"):
+            rewards, costs = self.score([r.prompt for r in rollouts], [r.response_text for r in rollouts])
+        self.multiplier.observe(costs.tolist())
+        with timer.phase("logprobs"):
+            exp = self.make_experience(samples, rewards, costs)
+        mask = exp["mask"]
+        lists = {k: unpad(exp[k], mask) for k in ("old_logprobs", "reward_advantages", "cost_advantages",
+                                                  "reward_values", "reward_returns", "cost_values", "cost_returns")}
+        actor_samples = [{**s, "old_logprobs": lists["old_logprobs"][i], "reward_advantages":
+                          lists["reward_advantages"][i], "cost_advantages": lists["cost_advantages"][i]}
+                         for i, s in enumerate(samples)]
+        critic_samples = {name: [{**s, "old_values": lists[f"{name}_values"][i], "returns": lists[f"{name}_returns"][i]}
+                                 for i, s in enumerate(samples)] for name in ("reward", "cost")}
+        n = len(self.actor)
+        tbs = algo.train_batch_size
+        stats: dict[str, list[float]] = {}
+        jc = float("nan")
+        with timer.phase("learner"):
+            for _ in range(algo.update_iters):
+                for lo in range(0, len(samples), tbs):
+                    jc = self.multiplier.step()
+                    ptx = self._ptx_samples(self.updates)
+                    ptx_shards = split_evenly(ptx, n) if ptx else [None] * n
+                    refs = [a.ppo_step.remote(s, self.lam, algo.clip_range_ratio, p, algo.ptx_coeff)
+                            for a, s, p in zip(self.actor.actors, split_evenly(actor_samples[lo: lo + tbs], n),
+                                               ptx_shards)]
+                    for name, group in (("reward", self.reward_critic), ("cost", self.cost_critic)):
+                        refs += [a.train_step.remote(s, algo.clip_range_value) for a, s in
+                                 zip(group.actors, split_evenly(critic_samples[name][lo: lo + tbs], n))]
+                    out = ray.get(refs)
+                    actor_out, reward_out, cost_out = out[:n], out[n: 2 * n], out[2 * n:]
+                    for prefix, group_out in (("actor", actor_out), ("reward_critic", reward_out),
+                                              ("cost_critic", cost_out)):
+                        for key in group_out[0]:
+                            stats.setdefault(f"{prefix}/{key}", []).append(
+                                sum(o[key] for o in group_out) / len(group_out))
+                    self.updates += 1
+        with timer.phase("weight_sync"):
+            sync = self.rollout.push_weights(self.actor.broadcast("state_dict")[0])
+        self.step += 1
+        elapsed = time.perf_counter() - start
+        mean = {k: sum(v) / len(v) for k, v in stats.items()}
+        lengths = mask.sum(-1).double()
+        kl = ((exp["old_logprobs"] - exp["ref_logprobs"]) * mask).sum(-1)
+        metrics = {
+            # the reference's names
+            "train/actor_loss": mean["actor/actor_loss"], "train/reward_critic_loss": mean["reward_critic/loss"],
+            "train/cost_critic_loss": mean["cost_critic/loss"], "train/lambda": self.lam, "train/episode_cost": jc,
+            "train/reward": rewards.mean(), "train/cost": costs.mean(),
+            "train/reward_with_kl_penalty": (exp["shaped_rewards"] * mask).sum(-1).mean(),
+            "train/reward_advantage": masked_mean(exp["reward_advantages"], mask),
+            "train/reward_return": masked_mean(exp["reward_returns"], mask),
+            "train/reward_value": mean["reward_critic/value"],
+            "train/cost_with_kl_penalty": (exp["shaped_costs"] * mask).sum(-1).mean(),
+            "train/cost_advantage": masked_mean(exp["cost_advantages"], mask),
+            "train/cost_return": masked_mean(exp["cost_returns"], mask),
+            "train/cost_value": mean["cost_critic/value"], "train/kl_divergence": kl.mean(),
+            "train/actor_lr": mean["actor/lr"], "train/reward_critic_lr": mean["reward_critic/lr"],
+            "train/cost_critic_lr": mean["cost_critic/lr"], "train/mean_generated_length": lengths.mean(),
+            "train/max_generated_length": lengths.max(),
+            "train/clip_fraction": mean["actor/clip_fraction"], "train/approx_kl": mean["actor/approx_kl"],
+            # rad's shared names
+            "objective/reward": rewards.mean(), "objective/cost": costs.mean(), "objective/kl": kl.mean(),
+            "objective/safe_fraction": (costs <= 0).double().mean(),
+            "response/length_mean": lengths.mean(),
+            "response/eos_fraction": sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts),
+            "throughput/samples_per_s": len(samples) / elapsed, "throughput/tokens_per_s": lengths.sum() / elapsed,
+            **timer.metrics(), "timing/step": elapsed, **sync.metrics(),
+        }
+        if self.ptx_records and algo.ptx_coeff > 0:
+            metrics["train/ptx_loss"] = mean["actor/ptx_loss"]
+        if "actor/grad_norm" in mean:
+            metrics["train/actor_grad_norm"] = mean["actor/grad_norm"]
+        return {k: float(v) for k, v in metrics.items()}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        import ray
+
+        from rad.runtime.checkpoint import atomic_dir, checkpoint_dir, prune_checkpoints, write_trainer_state
+
+        final = checkpoint_dir(self.out, self.step)
+        with atomic_dir(final) as tmp:
+            ray.get([ref for name, group in zip(("actor", "reward_critic", "cost_critic"), self.trained_groups())
+                     for ref in group.broadcast_async("save_checkpoint", str(tmp / name))])
+            write_trainer_state(tmp, {"step": self.step, "updates": self.updates, "seed": self.cfg.seed,
+                                      "multiplier": self.multiplier.state_dict()})
+        prune_checkpoints(self.out, self.cfg.keep_checkpoints)
+        return final
+
+    def resume(self) -> bool:
+        import ray
+
+        from rad.runtime.checkpoint import latest_checkpoint, read_trainer_state
+
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is None:
+            return False
+        ray.get([ref for name, group in zip(("actor", "reward_critic", "cost_critic"), self.trained_groups())
+                 for ref in group.broadcast_async("load_checkpoint", str(ckpt / name))])
+        state = read_trainer_state(ckpt)
+        self.step, self.updates = state["step"], state["updates"]
+        self.multiplier.load_state_dict(state["multiplier"])
+        self.rollout.push_weights(self.actor.broadcast("state_dict")[0])
+        log.info("resumed PPO-Lag from %s (step %d, lambda %.4f)", ckpt, self.step, self.lam)
+        return True
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+        """Held-out comparison with the reference (SFT): mean cost against the threshold, reward, safety."""
+        from rad.risk import spectral_risk
+
+        pc, rc = torch.tensor(policy["costs"]), torch.tensor(reference["costs"])
+        pr, rr = torch.tensor(policy["rewards"]), torch.tensor(reference["rewards"])
+        out = {"threshold": self.cfg.algo.threshold,
+               "cost_mean_policy": float(pc.mean()), "cost_mean_reference": float(rc.mean()),
+               "cost_cvar_0.9_policy": float(spectral_risk(pc, "cvar:0.9")),
+               "cost_cvar_0.9_reference": float(spectral_risk(rc, "cvar:0.9")),
+               "reward_mean_policy": float(pr.mean()), "reward_mean_reference": float(rr.mean()),
+               "safe_fraction_policy": float((pc <= 0).double().mean()),
+               "safe_fraction_reference": float((rc <= 0).double().mean()),
+               "reward_win_rate": float(((pr > rr).double() + 0.5 * (pr == rr).double()).mean())}
+        oracle = self._oracle()
+        if oracle is not None:
+            ph = torch.tensor([oracle.harm(p, r) for p, r in zip(policy["prompts"], policy["responses"])])
+            rh = torch.tensor([oracle.harm(p, r) for p, r in zip(reference["prompts"], reference["responses"])])
+            out.update({"true_harm_mean_policy": float(ph.mean()), "true_harm_mean_reference": float(rh.mean()),
+                        "true_unsafe_fraction_policy": float((ph > 0).double().mean()),
+                        "true_unsafe_fraction_reference": float((rh > 0).double().mean())})
+        return out
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from rad.runtime.metrics import MetricsLogger
+
+        if self.cfg.resume:
+            self.resume()
+        ref_path = self.out / "eval_reference.json"
+        reference_eval = (json.loads(ref_path.read_text()) if ref_path.exists() and self.step > 0
+                          else self.evaluate_policy("reference") if self.step == 0 else None)
+        last: dict[str, float] = {}
+        with MetricsLogger(self.out, self.cfg.logging, config=to_dict(self.cfg)) as logger:
+            bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc="ppo-lag", unit="step",
+                       disable=not self.cfg.logging.progress, dynamic_ncols=True)
+            while self.step < self.cfg.algo.steps:
+                last = self.train_step()
+                if self.step % self.cfg.logging.log_every == 0:
+                    logger.log(last, step=self.step)
+                bar.update(1)
+                bar.set_postfix(cost=f"{last['train/cost']:.2f}", reward=f"{last['train/reward']:.2f}",
+                                lam=f"{self.lam:.2f}")
+                if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                    self.save_checkpoint()
+            bar.close()
+            if not self.cfg.save_every or self.step % self.cfg.save_every:
+                self.save_checkpoint()
+            model_out = self.actor.broadcast("save_pretrained", str(self.out / "model"))[0]
+            final_eval = self.evaluate_policy("policy")
+            if reference_eval is None:
+                reference_eval = json.loads(ref_path.read_text())
+            comparison = self.compare(final_eval, reference_eval)
+            logger.log({f"eval/{k}": v for k, v in comparison.items()}, step=self.step)
+        summary = {"model_dir": model_out, "steps": self.step, "ppo_updates": self.updates, "lambda": self.lam,
+                   "startup_seconds": round(self.startup_seconds, 1), "engine": self.rollout.kind,
+                   "last_step": last, "heldout": comparison}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def shutdown(self) -> None:
+        for group in (*self.trained_groups(), self.reference, self.scorers):
+            group.shutdown()
+        self.rollout.shutdown()
+
+
+def run_ppo_lag(cfg: PPOLagConfig) -> dict[str, Any]:
+    trainer = PPOLagTrainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        trainer.shutdown()
