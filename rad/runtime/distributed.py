@@ -51,22 +51,23 @@ def backend_name(requested: str = "auto") -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init_distributed(backend: str = "auto", rank: int | None = None, world_size: int | None = None,
-                     master_addr: str | None = None, master_port: int | None = None) -> None:
+def init_distributed(backend: str = "auto") -> None:
     """Initialise torch.distributed through DeepSpeed once per process.
 
-    Without arguments and without rendezvous variables this makes a one-rank group,
-    which is what a single-process ``rad sft`` needs.
+    With rendezvous variables in the environment (Ray learner ranks, ``deepspeed``/
+    ``torchrun`` launchers) they are used as given. Without them this makes a
+    one-rank group on a free loopback port *without* writing ``RANK``/``MASTER_PORT``
+    into the environment: child processes (a ``ray job``, a forked worker) would
+    inherit them and try to listen on the same port.
     """
     ensure_torch_extensions_cache()
     import deepspeed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    env = os.environ
-    env.setdefault("RANK", str(rank if rank is not None else 0))
-    env.setdefault("WORLD_SIZE", str(world_size if world_size is not None else 1))
-    env.setdefault("LOCAL_RANK", env["RANK"] if world_size is None else str(rank or 0))
-    env.setdefault("MASTER_ADDR", master_addr or "127.0.0.1")
-    env.setdefault("MASTER_PORT", str(master_port or free_port()))
-    deepspeed.init_distributed(dist_backend=backend_name(backend), auto_mpi_discovery=False)
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it to pick the device
+    if "MASTER_ADDR" in os.environ and "RANK" in os.environ:
+        deepspeed.init_distributed(dist_backend=backend_name(backend), auto_mpi_discovery=False)
+        return
+    deepspeed.init_distributed(dist_backend=backend_name(backend), auto_mpi_discovery=False,
+                               init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)

@@ -127,8 +127,9 @@ def _gather_worker(rank: int, world: int, init_file: str, queue) -> None:
 
 
 def test_kldpo_gathers_losses_across_workers(tmp_path):
-    # fork: the children reuse the imported modules (spawn would re-import torch for seconds).
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a forked child inherits this process's torch.distributed group
+    # (earlier tests initialise one) and cannot make its own.
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_gather_worker, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
     for p in procs:
