@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import cpu_model
+
 import numpy
 import ot
 import torch
@@ -35,14 +37,6 @@ from rad.risk.dominance import DEFAULT_EPS, dominance_step, empirical_quantiles
 RESULTS = Path(__file__).resolve().parent / "results" / "dominance.json"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _time_step(costs, ref, *, repeats: int, **kwargs) -> tuple[list[float], object]:
@@ -89,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
         "command": " ".join([Path(sys.executable).name, "-m", "bench.dominance", *sys.argv[1:]]),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch_threads": args.threads,
             "loadavg_at_start": os.getloadavg(),

@@ -26,18 +26,12 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import cpu_model
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _versions() -> dict[str, str]:
@@ -133,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": " ".join([Path(sys.executable).name, "-m", "bench.generation", *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(), "cpu_cores": os.cpu_count(),
+        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(),
         # other processes shared the cores; the 1/5/15-min load averages say how busy the machine was
         "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
         "versions": _versions(), "settings": {k: v for k, v in vars(args).items() if k != "out"},
