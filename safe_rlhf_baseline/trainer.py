@@ -29,7 +29,6 @@ rollout step logs the mean over its updates, and ``train/lambda`` /
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import time
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 
 from rad.algos.rad import RADTrainer, _ray_init
-from rad.config import save_config, to_dict
+from rad.config import save_config
 from rad.errors import ConfigError
 from rad.settings import LearnerConfig
 from safe_rlhf_baseline.batching import pad_lists, unpad
@@ -306,65 +305,22 @@ class PPOLagTrainer(RADTrainer):
     # -- evaluation ------------------------------------------------------------------------------
     def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
         """Held-out comparison with the reference (SFT): mean cost against the threshold, reward, safety."""
-        from rad.risk import spectral_risk
+        return {"threshold": self.cfg.algo.threshold, **self.common_comparison(policy, reference)}
 
-        pc, rc = torch.tensor(policy["costs"]), torch.tensor(reference["costs"])
-        pr, rr = torch.tensor(policy["rewards"]), torch.tensor(reference["rewards"])
-        out = {"threshold": self.cfg.algo.threshold,
-               "cost_mean_policy": float(pc.mean()), "cost_mean_reference": float(rc.mean()),
-               "cost_cvar_0.9_policy": float(spectral_risk(pc, "cvar:0.9")),
-               "cost_cvar_0.9_reference": float(spectral_risk(rc, "cvar:0.9")),
-               "reward_mean_policy": float(pr.mean()), "reward_mean_reference": float(rr.mean()),
-               "safe_fraction_policy": float((pc <= 0).double().mean()),
-               "safe_fraction_reference": float((rc <= 0).double().mean()),
-               "reward_win_rate": float(((pr > rr).double() + 0.5 * (pr == rr).double()).mean())}
-        oracle = self._oracle()
-        if oracle is not None:
-            ph = torch.tensor([oracle.harm(p, r) for p, r in zip(policy["prompts"], policy["responses"])])
-            rh = torch.tensor([oracle.harm(p, r) for p, r in zip(reference["prompts"], reference["responses"])])
-            out.update({"true_harm_mean_policy": float(ph.mean()), "true_harm_mean_reference": float(rh.mean()),
-                        "true_unsafe_fraction_policy": float((ph > 0).double().mean()),
-                        "true_unsafe_fraction_reference": float((rh > 0).double().mean())})
-        return out
+    # -- the loop: RADTrainer.train with these hooks ------------------------------------------------
+    name = "ppo-lag"
 
-    # -- the loop --------------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+    def policy_group(self):
+        return self.actor
 
-        from rad.runtime.metrics import MetricsLogger
+    def before_loop(self) -> tuple[tuple, dict[str, Any]]:
+        return (), {}
 
-        if self.cfg.resume:
-            self.resume()
-        ref_path = self.out / "eval_reference.json"
-        reference_eval = (json.loads(ref_path.read_text()) if ref_path.exists() and self.step > 0
-                          else self.evaluate_policy("reference") if self.step == 0 else None)
-        last: dict[str, float] = {}
-        with MetricsLogger(self.out, self.cfg.logging, config=to_dict(self.cfg)) as logger:
-            bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc="ppo-lag", unit="step",
-                       disable=not self.cfg.logging.progress, dynamic_ncols=True)
-            while self.step < self.cfg.algo.steps:
-                last = self.train_step()
-                if self.step % self.cfg.logging.log_every == 0:
-                    logger.log(last, step=self.step)
-                bar.update(1)
-                bar.set_postfix(cost=f"{last['train/cost']:.2f}", reward=f"{last['train/reward']:.2f}",
-                                lam=f"{self.lam:.2f}")
-                if self.cfg.save_every and self.step % self.cfg.save_every == 0:
-                    self.save_checkpoint()
-            bar.close()
-            if not self.cfg.save_every or self.step % self.cfg.save_every:
-                self.save_checkpoint()
-            model_out = self.actor.broadcast("save_pretrained", str(self.out / "model"))[0]
-            final_eval = self.evaluate_policy("policy")
-            if reference_eval is None:
-                reference_eval = json.loads(ref_path.read_text())
-            comparison = self.compare(final_eval, reference_eval)
-            logger.log({f"eval/{k}": v for k, v in comparison.items()}, step=self.step)
-        summary = {"model_dir": model_out, "steps": self.step, "ppo_updates": self.updates, "lambda": self.lam,
-                   "startup_seconds": round(self.startup_seconds, 1), "engine": self.rollout.kind,
-                   "last_step": last, "heldout": comparison}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
+    def progress(self, last: dict[str, float]) -> dict[str, str]:
+        return {"cost": f"{last['train/cost']:.2f}", "reward": f"{last['train/reward']:.2f}", "lam": f"{self.lam:.2f}"}
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"ppo_updates": self.updates}
 
     def shutdown(self) -> None:
         for group in (*self.trained_groups(), self.reference, self.scorers):

@@ -409,12 +409,20 @@ class RADTrainer:
 
     def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
         """Held-out comparison of the trained policy against the reference (SFT)."""
-        from rad.risk import empirical_gain_violation, spectral_risk
+        from rad.risk import empirical_gain_violation
+
+        gain, viol = empirical_gain_violation(torch.tensor(policy["costs"]), torch.tensor(reference["costs"]),
+                                              self.weighting)
+        return {"gain": float(gain), "violation": float(viol), "delta": self.cfg.algo.delta,
+                **self.common_comparison(policy, reference)}
+
+    def common_comparison(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+        """Cost, reward, safety and (on the embedded world) hidden-harm numbers of policy vs reference."""
+        from rad.risk import spectral_risk
 
         pc, rc = torch.tensor(policy["costs"]), torch.tensor(reference["costs"])
         pr, rr = torch.tensor(policy["rewards"]), torch.tensor(reference["rewards"])
-        gain, viol = empirical_gain_violation(pc, rc, self.weighting)
-        out = {"gain": float(gain), "violation": float(viol), "delta": self.cfg.algo.delta,
+        out = {"cost_mean_policy": float(pc.mean()), "cost_mean_reference": float(rc.mean()),
                "cost_cvar_0.9_policy": float(spectral_risk(pc, "cvar:0.9")),
                "cost_cvar_0.9_reference": float(spectral_risk(rc, "cvar:0.9")),
                "reward_mean_policy": float(pr.mean()), "reward_mean_reference": float(rr.mean()),
@@ -439,7 +447,25 @@ class RADTrainer:
 
         return build_world(self.cfg.world.seed).oracle
 
-    # -- the loop --------------------------------------------------------------------------------
+    # -- the loop (shared with the PPO-Lagrangian baseline through the hooks below) ----------------
+    name = "rad"
+
+    def policy_group(self):
+        """The worker group holding the trained policy."""
+        return self.learners
+
+    def before_loop(self) -> tuple[tuple, dict[str, Any]]:
+        """Arguments of every ``train_step`` and extra summary entries; RAD: the reference particles."""
+        start = time.perf_counter()
+        particles = self.reference_particles()
+        return (particles,), {"reference_particles_seconds": round(time.perf_counter() - start, 1)}
+
+    def progress(self, last: dict[str, float]) -> dict[str, str]:
+        return {"cost": f"{last['objective/cost']:.2f}", "gain": f"{last['rad/gain']:.3f}", "lam": f"{self.lam:.2f}"}
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {}
+
     def train(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
@@ -450,34 +476,30 @@ class RADTrainer:
         ref_path = self.out / "eval_reference.json"
         reference_eval = (json.loads(ref_path.read_text()) if ref_path.exists() and self.step > 0
                           else self.evaluate_policy("reference") if self.step == 0 else None)
-        t_ref = time.perf_counter()
-        particles = self.reference_particles()
-        ref_seconds = time.perf_counter() - t_ref
+        step_args, extra = self.before_loop()
         last: dict[str, float] = {}
         with MetricsLogger(self.out, self.cfg.logging, config=to_dict(self.cfg)) as logger:
-            bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc="rad", unit="step",
+            bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc=self.name, unit="step",
                        disable=not self.cfg.logging.progress, dynamic_ncols=True)
             while self.step < self.cfg.algo.steps:
-                last = self.train_step(particles)
+                last = self.train_step(*step_args)
                 if self.step % self.cfg.logging.log_every == 0:
                     logger.log(last, step=self.step)
                 bar.update(1)
-                bar.set_postfix(cost=f"{last['objective/cost']:.2f}", gain=f"{last['rad/gain']:.3f}",
-                                lam=f"{self.lam:.2f}")
+                bar.set_postfix(**self.progress(last))
                 if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                     self.save_checkpoint()
             bar.close()
             if not self.cfg.save_every or self.step % self.cfg.save_every:
                 self.save_checkpoint()
-            model_out = self.learners.broadcast("save_pretrained", str(self.out / "model"))[0]
+            model_out = self.policy_group().broadcast("save_pretrained", str(self.out / "model"))[0]
             final_eval = self.evaluate_policy("policy")
             if reference_eval is None:
                 reference_eval = json.loads(ref_path.read_text())
             comparison = self.compare(final_eval, reference_eval)
             logger.log({f"eval/{k}": v for k, v in comparison.items()}, step=self.step)
-        summary = {"model_dir": model_out, "steps": self.step, "lambda": self.lam,
-                   "startup_seconds": round(self.startup_seconds, 1),
-                   "reference_particles_seconds": round(ref_seconds, 1), "engine": self.rollout.kind,
+        summary = {"model_dir": model_out, "steps": self.step, "lambda": self.lam, **self.summary_extra(),
+                   "startup_seconds": round(self.startup_seconds, 1), **extra, "engine": self.rollout.kind,
                    "last_step": last, "heldout": comparison}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary

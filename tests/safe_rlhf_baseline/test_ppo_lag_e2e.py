@@ -11,25 +11,11 @@ import pytest
 import torch
 
 from rad.config import load_config
-from rad.models.loading import load_tokenizer
-from rad.models.score_model import build_score_model, save_score_model
 from rad.runtime.metrics import read_metrics
 from safe_rlhf_baseline.config import PPOLagConfig
 from safe_rlhf_baseline.trainer import PPOLagTrainer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def score_dirs(sft_model_dir, tmp_path_factory):
-    """Untrained (seeded) reward and cost heads on the SFT backbone: enough for the mechanics."""
-    root = tmp_path_factory.mktemp("scores")
-    tok = load_tokenizer(sft_model_dir, padding_side="right")
-    out = {}
-    for kind, seed in (("reward", 1), ("cost", 2)):
-        model = build_score_model(sft_model_dir, kind=kind, tokenizer=tok, seed=seed)
-        out[kind] = str(save_score_model(model, root / kind, tok))
-    return out
 
 
 def test_two_steps_train_the_actor_and_both_critics(ray_cluster, tmp_path, sft_model_dir, score_dirs):
