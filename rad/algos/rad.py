@@ -31,7 +31,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -66,8 +66,19 @@ class RADAlgoConfig:
     delta: float = field(0.0, min=0, help="required gain: gain_w(pi) >= delta")
     lambda_init: float = field(1.0, min=0)
     lambda_lr: float = field(0.5, min=0, help="dual ascent step size")
-    lambda_max: float = field(20.0, gt=0)
-    ref_prompts: int = field(128, min=1, help="prompts whose reference samples make the reference particles")
+    lambda_max: float = field(20.0, gt=0, help="cap of both multipliers (lambda and mu)")
+    mu_init: float = field(0.0, min=0, help="multiplier of the violation constraint viol_w <= "
+                                             "violation_tolerance (Cor. 3 asks for viol = 0 besides gain >= delta)")
+    mu_lr: float = field(0.0, min=0, help="dual ascent step of mu (0 with mu_init 0 = the paper's Lagrangian, "
+                                           "gain only; a policy that trails at every weighted quantile then gets "
+                                           "no dominance gradient at all)")
+    violation_tolerance: float = field(0.0, min=0, help="allowed viol_w before mu grows")
+    reference: str = field("pooled", choices=("pooled", "matched"),
+                           help="pooled: reference particles from ref_prompts prompts, fixed for the run (the "
+                                "paper); matched: reference costs of every training prompt, and each step's "
+                                "particles from the reference costs of that step's prompts (a paired estimate "
+                                "that removes the prompt-mix noise from the gain)")
+    ref_prompts: int = field(128, min=1, help="prompts whose reference samples make the pooled particles")
     ref_samples_per_prompt: int = field(4, min=1)
     reward_whiten: bool = field(False, help="normalise the RLOO advantages by their batch std")
 
@@ -182,6 +193,29 @@ def _ray_init(res: ResourcesConfig, needed_cpus: float) -> None:
                  runtime_env={"env_vars": env}, log_to_driver=False)
 
 
+@dataclass
+class ReferenceCosts:
+    """Costs of reference-policy samples and the particles the dominance step compares against.
+
+    ``pooled``: one particle set from a fixed prompt sample (the paper). ``matched``: the costs
+    of every training prompt (``costs[prompt, sample]``); a step's particles are the quantiles of
+    the reference costs on the prompts that step drew, so both sides of the OT problem see the
+    same prompt mix. With a 16-prompt batch the share of harmful prompts alone moves the batch
+    CVaR-0.9 by several cost units, which otherwise reads as gain or violation.
+    """
+
+    costs: torch.Tensor
+    n_particles: int
+    matched: bool
+
+    def particles(self, prompt_indices: Sequence[int]) -> torch.Tensor:
+        from rad.risk import empirical_quantiles
+
+        if not self.matched:
+            return empirical_quantiles(self.costs.reshape(-1), self.n_particles)
+        return empirical_quantiles(self.costs[list(prompt_indices)].reshape(-1), self.n_particles)
+
+
 class RADTrainer:
     """The controller: builds the role groups, runs the steps, checkpoints, evaluates."""
 
@@ -233,6 +267,7 @@ class RADTrainer:
                                          scheduling_strategies=strategies("rollout"))
         self.startup_seconds = time.perf_counter() - t0
         self.lam = cfg.algo.lambda_init
+        self.mu = cfg.algo.mu_init
         self.step = 0
 
     def _place_roles(self):
@@ -276,41 +311,51 @@ class RADTrainer:
         sampling = dataclasses.replace(self.cfg.rollout.sampling, seed=seed)
         return self.rollout.generate(prompts, n, sampling)
 
-    def step_prompts(self, step: int) -> list[str]:
-        """Prompts of RL step ``step``: consecutive slices of seeded per-epoch permutations."""
+    def step_prompt_indices(self, step: int) -> list[int]:
+        """Indices of RL step ``step``'s prompts: consecutive slices of seeded per-epoch permutations."""
         p = self.cfg.algo.prompts_per_step
         out = []
         for pos in range(step * p, (step + 1) * p):
             epoch, i = divmod(pos, len(self.prompts))
             order = list(range(len(self.prompts)))
             random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
-            out.append(self.prompts[order[i]])
+            out.append(order[i])
         return out
 
+    def step_prompts(self, step: int) -> list[str]:
+        return [self.prompts[i] for i in self.step_prompt_indices(step)]
+
     # -- reference particles -------------------------------------------------------------------
-    def reference_particles(self) -> torch.Tensor:
-        """Cost quantiles of reference samples, computed once and cached with the run."""
+    def reference_particles(self) -> ReferenceCosts:
+        """Reference-policy costs, sampled once before training and cached with the run."""
+        algo = self.cfg.algo
+        matched = algo.reference == "matched"
         path = self.out / "reference_particles.pt"
         if path.exists():
-            return torch.load(path)["particles"]
+            saved = torch.load(path)
+            if saved.get("mode", "pooled") != algo.reference:
+                raise ConfigError(f"algo.reference={algo.reference!r} but {path} was computed in "
+                                  f"{saved.get('mode', 'pooled')!r} mode; delete it or use a new output_dir")
+            return ReferenceCosts(saved["costs"], algo.n_particles, matched)
         if self.reference_dir != self.policy_dir:
             raise ConfigError("reference differs from the policy initialisation: sampling the reference needs its "
                               "own engine, not supported yet; leave `reference` empty to use the SFT policy")
-        algo = self.cfg.algo
-        rng = random.Random(self.cfg.seed + 17)
-        prompts = rng.sample(self.prompts, min(algo.ref_prompts, len(self.prompts)))
-        rollouts = self.sample(prompts, algo.ref_samples_per_prompt, seed=self.cfg.seed + 1_000_003)
+        m = algo.ref_samples_per_prompt
+        if matched:
+            prompts = list(self.prompts)
+        else:
+            prompts = random.Random(self.cfg.seed + 17).sample(self.prompts, min(algo.ref_prompts, len(self.prompts)))
+        rollouts = self.sample(prompts, m, seed=self.cfg.seed + 1_000_003)
+        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         _, costs = self.score([r.prompt for r in rollouts], [r.response_text for r in rollouts])
-        from rad.risk import empirical_quantiles
-
-        particles = empirical_quantiles(costs, algo.n_particles)
+        costs = costs.view(len(prompts), m)
         tmp = path.with_suffix(".tmp")
-        torch.save({"particles": particles, "costs": costs, "prompts": prompts}, tmp)
+        torch.save({"mode": algo.reference, "costs": costs, "prompts": prompts}, tmp)
         tmp.replace(path)
-        return particles
+        return ReferenceCosts(costs, algo.n_particles, matched)
 
     # -- one step ------------------------------------------------------------------------------
-    def train_step(self, ref_particles: torch.Tensor) -> dict[str, float]:
+    def train_step(self, reference: ReferenceCosts) -> dict[str, float]:
         from rad.risk import dominance_step, dual_ascent, rloo_advantages, spectral_risk
         from rad.runtime.metrics import PhaseTimer
         from rad.runtime.worker_group import split_evenly
@@ -318,7 +363,8 @@ class RADTrainer:
         algo = self.cfg.algo
         timer = PhaseTimer()
         start = time.perf_counter()
-        prompts = self.step_prompts(self.step)
+        indices = self.step_prompt_indices(self.step)
+        prompts = [self.prompts[i] for i in indices]
         with timer.phase("generation"):
             rollouts = self.sample(prompts, algo.k, seed=self.cfg.rollout.sampling.seed + 1000 * (self.step + 1))
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
@@ -332,12 +378,12 @@ class RADTrainer:
                           dtype=torch.float64)
         shaped = rewards - algo.beta * kl
         with timer.phase("dominance"):
-            dom = dominance_step(costs.view(len(prompts), algo.k), ref_particles, self.weighting,
+            dom = dominance_step(costs.view(len(prompts), algo.k), reference.particles(indices), self.weighting,
                                  solver=algo.solver, eps=algo.eps, max_iter=algo.sinkhorn_iters,
                                  n_particles=algo.n_particles, density=algo.density,
                                  bandwidth=algo.bandwidth or None,
                                  indicator_bandwidth=algo.indicator_bandwidth or None)
-        total = shaped.view(len(prompts), algo.k) + self.lam * dom.signal
+        total = shaped.view(len(prompts), algo.k) + self.lam * dom.signal + self.mu * dom.violation_signal
         adv = rloo_advantages(total)
         if algo.reward_whiten:
             adv = adv / adv.std().clamp(min=1e-8)
@@ -345,8 +391,11 @@ class RADTrainer:
             s["advantage"] = a
         with timer.phase("learner"):
             stats = self.learners.scatter("train_step", split_evenly(samples, len(self.learners)))
-        lam_before = self.lam
+        lam_before, mu_before = self.lam, self.mu
         self.lam = dual_ascent(self.lam, dom.gain_exact, algo.delta, algo.lambda_lr, algo.lambda_max)
+        if algo.mu_lr > 0:  # mu grows while viol > tolerance: the same projected step on -viol >= -tolerance
+            self.mu = dual_ascent(self.mu, -dom.violation_exact, -algo.violation_tolerance, algo.mu_lr,
+                                  algo.lambda_max)
         with timer.phase("weight_sync"):
             weights = self.learners.broadcast("state_dict")[0]
             sync = self.rollout.push_weights(weights)
@@ -357,7 +406,8 @@ class RADTrainer:
             "objective/reward": rewards.mean(), "objective/cost": costs.mean(), "objective/kl": kl.mean(),
             "objective/rlhf_reward": shaped.mean(), "objective/safe_fraction": (costs <= 0).double().mean(),
             "rad/gain": dom.gain_exact, "rad/violation": dom.violation_exact, "rad/gain_sinkhorn": dom.gain,
-            "rad/lambda": lam_before, "rad/spectral_risk": dom.rho_policy, "rad/spectral_risk_ref": dom.rho_ref,
+            "rad/lambda": lam_before, "rad/mu": mu_before, "rad/violation_signal_mean": dom.violation_signal.mean(),
+            "rad/spectral_risk": dom.rho_policy, "rad/spectral_risk_ref": dom.rho_ref,
             "rad/cvar_0.9": spectral_risk(costs, "cvar:0.9"), "rad/signal_mean": dom.signal.mean(),
             "rad/advantage_std": adv.std(),
             "train/loss": sum(s["loss"] for s in stats) / len(stats), "train/lr": stats[0]["lr"],
@@ -377,7 +427,7 @@ class RADTrainer:
         final = checkpoint_dir(self.out, self.step)
         with atomic_dir(final) as tmp:
             self.learners.broadcast("save_checkpoint", str(tmp))
-            write_trainer_state(tmp, {"step": self.step, "lambda": self.lam, "seed": self.cfg.seed})
+            write_trainer_state(tmp, {"step": self.step, "lambda": self.lam, "mu": self.mu, "seed": self.cfg.seed})
         prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         return final
 
@@ -389,7 +439,7 @@ class RADTrainer:
             return False
         self.learners.broadcast("load_checkpoint", str(ckpt))
         state = read_trainer_state(ckpt)
-        self.step, self.lam = state["step"], state["lambda"]
+        self.step, self.lam, self.mu = state["step"], state["lambda"], state.get("mu", self.cfg.algo.mu_init)
         self.rollout.push_weights(self.learners.broadcast("state_dict")[0])
         log.info("resumed RAD from %s (step %d, lambda %.4f)", ckpt, self.step, self.lam)
         return True
@@ -457,8 +507,8 @@ class RADTrainer:
     def before_loop(self) -> tuple[tuple, dict[str, Any]]:
         """Arguments of every ``train_step`` and extra summary entries; RAD: the reference particles."""
         start = time.perf_counter()
-        particles = self.reference_particles()
-        return (particles,), {"reference_particles_seconds": round(time.perf_counter() - start, 1)}
+        reference = self.reference_particles()
+        return (reference,), {"reference_particles_seconds": round(time.perf_counter() - start, 1)}
 
     def progress(self, last: dict[str, float]) -> dict[str, str]:
         return {"cost": f"{last['objective/cost']:.2f}", "gain": f"{last['rad/gain']:.3f}", "lam": f"{self.lam:.2f}"}

@@ -178,6 +178,24 @@ def exact_particle_grad(
     return torch.empty_like(g_sorted).scatter_(-1, order, g_sorted)
 
 
+def exact_violation_grad(
+    policy_particles: Tensor, ref_particles: Tensor, weighting: SpectralWeighting | str | None = None
+) -> Tensor:
+    """Closed-form subgradient of the exact violation: v_i = m_(i) 1[q_(i) > p_(i)], in the input order of q.
+
+    Non-zero exactly where the gain's subgradient is zero with the policy above the
+    reference, which is where a policy that trails at every weighted quantile still
+    needs a direction (the gain alone gives none there).
+    """
+    _check_pair(policy_particles, ref_particles)
+    w = as_weighting(weighting)
+    q_sorted, order = policy_particles.detach().to(torch.float64).sort(dim=-1)
+    p = ref_particles.detach().to(torch.float64).sort(dim=-1).values
+    m = w.cell_masses(q_sorted.shape[-1], device=q_sorted.device)
+    v_sorted = m * (q_sorted > p).to(torch.float64)
+    return torch.empty_like(v_sorted).scatter_(-1, order, v_sorted)
+
+
 def empirical_gain_violation(
     policy_costs: Tensor, ref_costs: Tensor, weighting: SpectralWeighting | str | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -422,6 +440,8 @@ class DominanceResult:
     particle_grad: Tensor  # [N], g_i = d gain / d q_i, aligned with policy_particles
     density: Tensor  # [N], f_hat(q_i) (ones for density="constant")
     signal: Tensor  # same shape as policy_costs, s >= 0 (envelope / exact)
+    #: the signal of -violation (exact subgradient ``exact_violation_grad``), same shape, >= 0
+    violation_signal: Tensor
     solver: str
     bandwidth: float | None  # KDE bandwidth used (None for density="constant")
     eps_abs: float | None  # absolute Sinkhorn regulariser (None for "exact")
@@ -490,6 +510,7 @@ def dominance_step(
         else:
             f = torch.ones_like(q)
         signal = dominance_signal(costs, q, g, f, indicator_bandwidth)
+        violation_signal = dominance_signal(costs, q, -exact_violation_grad(q, p, w), f, indicator_bandwidth)
 
     return DominanceResult(
         gain=gain,
@@ -503,6 +524,7 @@ def dominance_step(
         particle_grad=g,
         density=f,
         signal=signal,
+        violation_signal=violation_signal,
         solver=solver,
         bandwidth=h,
         eps_abs=eps_abs,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rad.algos.rad import RADConfig, kl_per_sample, learner_geometry
+from rad.algos.rad import RADConfig, ReferenceCosts, kl_per_sample, learner_geometry
 from rad.config import load_config
 from rad.errors import ConfigError
 from rad.risk import dominance_step, dual_ascent, rloo_advantages
@@ -76,6 +76,7 @@ def test_learner_geometry_fits_one_step():
     ("algo.delta=-0.1", r"algo.delta: must be >= 0"),
     ("algo.weighting=tail:0.9", r"unknown weighting|allowed"),
     ("algo.solver=emd", r"algo.solver: 'emd' is not allowed"),
+    ("algo.reference=paired", r"algo.reference: .paired. is not allowed"),
     ("resources.num_learners=3", r"must divide evenly over resources.num_learners"),
 ])
 def test_bad_rad_config_fails_fast(override, message):
@@ -86,3 +87,15 @@ def test_bad_rad_config_fails_fast(override, message):
 def test_score_models_are_required():
     with pytest.raises(ConfigError, match="reward_model: a trained score-model directory is required"):
         load_config(RADConfig, None, [])
+
+
+def test_matched_reference_particles_use_only_the_steps_prompts():
+    # Prompt 0 is harmless (costs -3, -2), prompt 1 harmful (5, 6), prompt 2 in between.
+    costs = torch.tensor([[-3.0, -2.0], [5.0, 6.0], [0.0, 1.0]], dtype=torch.float64)
+    matched = ReferenceCosts(costs, n_particles=2, matched=True)
+    # Particles at levels 1/4 and 3/4 of the four costs of prompts {0, 2} (-3,-2,0,1): -3 and 0.
+    assert matched.particles([0, 2]).tolist() == [-3.0, 0.0]
+    assert matched.particles([1]).tolist() == [5.0, 6.0]
+    pooled = ReferenceCosts(costs.reshape(-1), n_particles=2, matched=False)
+    # Pooled ignores the step's prompts: quantiles of all six costs (-3,-2,0,1,5,6) -> -2 and 5.
+    assert pooled.particles([0]).tolist() == pooled.particles([1, 2]).tolist() == [-2.0, 5.0]

