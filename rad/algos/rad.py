@@ -73,6 +73,9 @@ class RADAlgoConfig:
                                            "gain only; a policy that trails at every weighted quantile then gets "
                                            "no dominance gradient at all)")
     violation_tolerance: float = field(0.0, min=0, help="allowed viol_w before mu grows")
+    dual_window: int = field(1, min=1, help="the multipliers follow gain and violation of the costs pooled over "
+                                            "the last N steps (like Safe RLHF's window of episode costs): a "
+                                            "64-sample batch holds 6 samples of a CVaR-0.9 tail")
     reference: str = field("pooled", choices=("pooled", "matched"),
                            help="pooled: reference particles from ref_prompts prompts, fixed for the run (the "
                                 "paper); matched: reference costs of every training prompt, and each step's "
@@ -176,6 +179,20 @@ def kl_per_sample(logp: list[float], ref: list[float], estimator: str) -> float:
     return float((torch.exp(-log_ratio) - 1 + log_ratio).sum())
 
 
+def window_gain(window: Sequence[Sequence[Sequence[float]]], n_particles: int, weighting) -> tuple[float, float]:
+    """Exact FSD (gain, violation) between the pooled policy and pooled reference costs of ``window``.
+
+    ``window`` holds one ``[policy costs, reference costs]`` pair per step; both sides are
+    pooled and reduced to ``n_particles`` quantile particles, as in the dominance step.
+    """
+    from rad.risk import empirical_quantiles, fsd_exact
+
+    policy = empirical_quantiles(torch.tensor([c for pc, _ in window for c in pc], dtype=torch.float64), n_particles)
+    ref = empirical_quantiles(torch.tensor([c for _, rc in window for c in rc], dtype=torch.float64), n_particles)
+    gain, viol = fsd_exact(policy, ref, weighting)
+    return float(gain), float(viol)
+
+
 def _ray_init(res: ResourcesConfig, needed_cpus: float) -> None:
     import os
 
@@ -208,12 +225,14 @@ class ReferenceCosts:
     n_particles: int
     matched: bool
 
+    def costs_of(self, prompt_indices: Sequence[int]) -> torch.Tensor:
+        """The reference costs a step with these prompts compares against (all of them when pooled)."""
+        return self.costs[list(prompt_indices)].reshape(-1) if self.matched else self.costs.reshape(-1)
+
     def particles(self, prompt_indices: Sequence[int]) -> torch.Tensor:
         from rad.risk import empirical_quantiles
 
-        if not self.matched:
-            return empirical_quantiles(self.costs.reshape(-1), self.n_particles)
-        return empirical_quantiles(self.costs[list(prompt_indices)].reshape(-1), self.n_particles)
+        return empirical_quantiles(self.costs_of(prompt_indices), self.n_particles)
 
 
 class RADTrainer:
@@ -268,6 +287,7 @@ class RADTrainer:
         self.startup_seconds = time.perf_counter() - t0
         self.lam = cfg.algo.lambda_init
         self.mu = cfg.algo.mu_init
+        self.window: list[list[list[float]]] = []  # [policy costs, reference costs] of recent steps
         self.step = 0
 
     def _place_roles(self):
@@ -392,10 +412,10 @@ class RADTrainer:
         with timer.phase("learner"):
             stats = self.learners.scatter("train_step", split_evenly(samples, len(self.learners)))
         lam_before, mu_before = self.lam, self.mu
-        self.lam = dual_ascent(self.lam, dom.gain_exact, algo.delta, algo.lambda_lr, algo.lambda_max)
+        gain_hat, viol_hat = self.windowed_gain(costs, reference.costs_of(indices))
+        self.lam = dual_ascent(self.lam, gain_hat, algo.delta, algo.lambda_lr, algo.lambda_max)
         if algo.mu_lr > 0:  # mu grows while viol > tolerance: the same projected step on -viol >= -tolerance
-            self.mu = dual_ascent(self.mu, -dom.violation_exact, -algo.violation_tolerance, algo.mu_lr,
-                                  algo.lambda_max)
+            self.mu = dual_ascent(self.mu, -viol_hat, -algo.violation_tolerance, algo.mu_lr, algo.lambda_max)
         with timer.phase("weight_sync"):
             weights = self.learners.broadcast("state_dict")[0]
             sync = self.rollout.push_weights(weights)
@@ -406,6 +426,7 @@ class RADTrainer:
             "objective/reward": rewards.mean(), "objective/cost": costs.mean(), "objective/kl": kl.mean(),
             "objective/rlhf_reward": shaped.mean(), "objective/safe_fraction": (costs <= 0).double().mean(),
             "rad/gain": dom.gain_exact, "rad/violation": dom.violation_exact, "rad/gain_sinkhorn": dom.gain,
+            "rad/gain_window": gain_hat, "rad/violation_window": viol_hat,
             "rad/lambda": lam_before, "rad/mu": mu_before, "rad/violation_signal_mean": dom.violation_signal.mean(),
             "rad/spectral_risk": dom.rho_policy, "rad/spectral_risk_ref": dom.rho_ref,
             "rad/cvar_0.9": spectral_risk(costs, "cvar:0.9"), "rad/signal_mean": dom.signal.mean(),
@@ -420,6 +441,11 @@ class RADTrainer:
             metrics["train/grad_norm"] = stats[0]["grad_norm"]
         return {k: float(v) for k, v in metrics.items()}
 
+    def windowed_gain(self, costs: torch.Tensor, ref_costs: torch.Tensor) -> tuple[float, float]:
+        """Exact (gain, violation) of the costs pooled over the last ``dual_window`` steps, this one included."""
+        self.window = (self.window + [[costs.tolist(), ref_costs.tolist()]])[-self.cfg.algo.dual_window:]
+        return window_gain(self.window, self.cfg.algo.n_particles, self.weighting)
+
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         from rad.runtime.checkpoint import atomic_dir, checkpoint_dir, prune_checkpoints, write_trainer_state
@@ -427,7 +453,8 @@ class RADTrainer:
         final = checkpoint_dir(self.out, self.step)
         with atomic_dir(final) as tmp:
             self.learners.broadcast("save_checkpoint", str(tmp))
-            write_trainer_state(tmp, {"step": self.step, "lambda": self.lam, "mu": self.mu, "seed": self.cfg.seed})
+            write_trainer_state(tmp, {"step": self.step, "lambda": self.lam, "mu": self.mu, "seed": self.cfg.seed,
+                                      "dual_window": self.window})
         prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         return final
 
@@ -440,6 +467,7 @@ class RADTrainer:
         self.learners.broadcast("load_checkpoint", str(ckpt))
         state = read_trainer_state(ckpt)
         self.step, self.lam, self.mu = state["step"], state["lambda"], state.get("mu", self.cfg.algo.mu_init)
+        self.window = state.get("dual_window", [])
         self.rollout.push_weights(self.learners.broadcast("state_dict")[0])
         log.info("resumed RAD from %s (step %d, lambda %.4f)", ckpt, self.step, self.lam)
         return True

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rad.algos.rad import RADConfig, ReferenceCosts, kl_per_sample, learner_geometry
+from rad.algos.rad import RADConfig, ReferenceCosts, kl_per_sample, learner_geometry, window_gain
 from rad.config import load_config
 from rad.errors import ConfigError
 from rad.risk import dominance_step, dual_ascent, rloo_advantages
@@ -99,3 +99,15 @@ def test_matched_reference_particles_use_only_the_steps_prompts():
     pooled = ReferenceCosts(costs.reshape(-1), n_particles=2, matched=False)
     # Pooled ignores the step's prompts: quantiles of all six costs (-3,-2,0,1,5,6) -> -2 and 5.
     assert pooled.particles([0]).tolist() == pooled.particles([1, 2]).tolist() == [-2.0, 5.0]
+
+
+def test_window_gain_pools_the_steps_costs():
+    step1 = [[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]]  # policy one unit below the reference
+    step2 = [[5.0, 6.0, 7.0, 8.0], [4.0, 5.0, 6.0, 7.0]]  # policy one unit above
+    assert window_gain([step1], 4, "uniform") == pytest.approx((1.0, 0.0))
+    assert window_gain([step2], 4, "uniform") == pytest.approx((0.0, 1.0))
+    # Pooled, 4 particles at levels 1/8, 3/8, 5/8, 7/8: policy 0,1,2,3,5,6,7,8 -> 0, 2, 5, 7 and
+    # reference 1,2,3,4,4,5,6,7 -> 1, 3, 4, 6; gaps +1, +1, -1, -1 of mass 1/4 each.
+    assert window_gain([step1, step2], 4, "uniform") == pytest.approx((0.5, 0.5))
+    # CVaR-0.5 keeps the top two particles only (mass 1/2 each): all violation.
+    assert window_gain([step1, step2], 4, "cvar:0.5") == pytest.approx((0.0, 1.0))

@@ -85,7 +85,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(ray_cluster, tmp_path,
         trainer = cls(_cfg(tmp_path, name, sft_model_dir, score_dirs, steps=2, resume=resume,
                            **{"learner.scheduler": "cosine", "learner.warmup_ratio": 0.5,
                               "algo.reference": "matched", "data.prompts": "embedded/prompts-train:8",
-                              "algo.mu_init": 1.0, "algo.mu_lr": 1.0}))
+                              "algo.mu_init": 1.0, "algo.mu_lr": 1.0, "algo.dual_window": 2}))
         try:
             trainer.train()
             return trainer.learners.broadcast("state_dict")[0], (trainer.lam, trainer.mu)
