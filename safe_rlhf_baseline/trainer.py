@@ -63,6 +63,21 @@ def updates_per_step(cfg: PPOLagConfig) -> int:
     return algo.update_iters * algo.prompts_per_step * algo.samples_per_prompt // algo.train_batch_size
 
 
+def constraint_report(policy_costs: list[float], reference_costs: list[float], threshold: float) -> dict[str, Any]:
+    """Whether the held-out mean costs meet the constraint ``E[cost] <= threshold``, stated outright.
+
+    ``cost_mean_policy_stderr`` (sample standard deviation / sqrt(n)) says how far
+    from the threshold a mean must be for the verdict not to be noise; it treats
+    samples as independent, though several share a prompt, so it errs small.
+    """
+    pc = torch.tensor(policy_costs, dtype=torch.float64)
+    policy_mean, reference_mean = float(pc.mean()), float(torch.tensor(reference_costs, dtype=torch.float64).mean())
+    stderr = float(pc.std() / len(pc) ** 0.5) if len(pc) > 1 else float("nan")
+    return {"threshold": threshold, "cost_within_threshold_policy": policy_mean <= threshold,
+            "cost_within_threshold_reference": reference_mean <= threshold,
+            "cost_mean_policy_stderr": stderr}
+
+
 class PPOLagTrainer(RADTrainer):
     """Builds the six roles, runs rollout steps of PPO-Lagrangian updates, checkpoints, evaluates."""
 
@@ -303,9 +318,10 @@ class PPOLagTrainer(RADTrainer):
         return True
 
     # -- evaluation ------------------------------------------------------------------------------
-    def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+    def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
         """Held-out comparison with the reference (SFT): mean cost against the threshold, reward, safety."""
-        return {"threshold": self.cfg.algo.threshold, **self.common_comparison(policy, reference)}
+        return {**constraint_report(policy["costs"], reference["costs"], self.cfg.algo.threshold),
+                **self.common_comparison(policy, reference)}
 
     # -- the loop: RADTrainer.train with these hooks ------------------------------------------------
     name = "ppo-lag"

@@ -6,8 +6,9 @@
   log-probs, and the optional PTX (supervised) term.
 * :class:`ValueModel` turns a saved score model (backbone + scalar head) into a
   per-token value head: the head applied to the hidden state at *every* position.
-* :class:`CriticLearner` trains one ValueModel (reward critic or cost critic) on
-  DeepSpeed with the clipped value loss.
+* :class:`CriticLearner` trains one ValueModel (reward critic or cost critic) with
+  the clipped value loss; like the actor it is a
+  :class:`~rad.runtime.deepspeed_rank.DeepSpeedRank` (rendezvous, engine, checkpoints).
 
 Samples are dicts with ``prompt_ids`` and ``response_ids`` (the rollout's token
 ids) plus per-response-token lists, placed into the shifted sequence coordinates
@@ -19,23 +20,17 @@ value of the state whose next token is input token ``p + 1``, the log-prob at
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from rad.errors import ConfigError
-from rad.runtime.policy_workers import PolicyLearner, _micro_batches, collate_samples, token_logprobs
+from rad.runtime.deepspeed_rank import DeepSpeedRank, micro_batches
+from rad.runtime.policy_workers import PolicyLearner, collate_samples, token_logprobs
 from rad.settings import LearnerConfig
 from safe_rlhf_baseline.batching import gather_responses, place
 from safe_rlhf_baseline.ppo_math import actor_loss, clip_fraction, critic_loss, masked_mean
-
-
-def _check_micro(n_micro: int, cfg: LearnerConfig, who: str) -> None:
-    # DeepSpeed steps the optimizer after grad_accum micro batches; any other count desynchronises it.
-    if n_micro != cfg.grad_accum:
-        raise ValueError(f"{who}: {n_micro} micro batches per update, but learner.grad_accum={cfg.grad_accum}")
 
 
 class PPOActor(PolicyLearner):
@@ -55,9 +50,8 @@ class PPOActor(PolicyLearner):
         absorbs (up to gradient clipping).
         """
         self.learner.train()
-        micro = _micro_batches(samples, self.cfg.micro_batch_size)
-        _check_micro(len(micro), self.cfg, f"actor rank {self.rank}")
-        ptx_micro = _micro_batches(ptx, self.cfg.micro_batch_size) if ptx else [None] * len(micro)
+        micro = self.step_micro_batches(samples, "actor")
+        ptx_micro = micro_batches(ptx, self.cfg.micro_batch_size) if ptx else [None] * len(micro)
         if len(ptx_micro) != len(micro):
             raise ValueError(f"actor rank {self.rank}: {len(ptx)} PTX samples for {len(samples)} RL samples")
         pad = self.tokenizer.pad_token_id
@@ -123,37 +117,25 @@ def check_same_vocab(critic_dir: str, policy_dir: str, trust_remote_code: bool =
                           "(reward_critic_model / cost_critic_model)")
 
 
-class CriticLearner:
+class CriticLearner(DeepSpeedRank):
     """One data-parallel rank of a critic (per-token value head on a score-model backbone) on DeepSpeed."""
-
-    # The rendezvous of PolicyLearner is model-agnostic; share it rather than copy it.
-    address = PolicyLearner.address
 
     def __init__(self, critic_dir: str, policy_dir: str, cfg: LearnerConfig, total_steps: int,
                  dtype: str = "float32", trust_remote_code: bool = False):
+        super().__init__(cfg, total_steps, dtype, trust_remote_code)
         self.critic_dir = critic_dir
         self.policy_dir = policy_dir
-        self.cfg = cfg
-        self.total_steps = total_steps
-        self.dtype = dtype
-        self.trust_remote_code = trust_remote_code
-        self.learner = None
 
-    def init(self, rank: int, world_size: int, master_addr: str, master_port: int, seed: int = 0) -> None:
+    def build_model(self) -> nn.Module:
         from rad.algos.assets import resolve_dtype
         from rad.models.loading import load_tokenizer
         from rad.models.score_model import load_score_model
-        from rad.runtime.learner import DeepSpeedLearner, set_seed
 
-        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
-                           "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})
-        set_seed(seed)
         check_same_vocab(self.critic_dir, self.policy_dir, self.trust_remote_code)
         self.pad_id = load_tokenizer(self.policy_dir, trust_remote_code=self.trust_remote_code).pad_token_id
         score_model = load_score_model(self.critic_dir, dtype=resolve_dtype(self.dtype),
                                        trust_remote_code=self.trust_remote_code)
-        self.learner = DeepSpeedLearner(ValueModel(score_model).train(), self.cfg, total_steps=self.total_steps)
-        self.rank = rank
+        return ValueModel(score_model).train()
 
     def _batch(self, chunk: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.learner.device) for k, v in collate_samples(chunk, self.pad_id).items()}
@@ -163,7 +145,7 @@ class CriticLearner:
         """The value of the state before each response token, per sample."""
         self.learner.eval()
         out: list[list[float]] = []
-        for chunk in _micro_batches(samples, self.cfg.micro_batch_size):
+        for chunk in micro_batches(samples, self.cfg.micro_batch_size):
             batch = self._batch(chunk)
             v = self.learner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[:, :-1]
             out.extend(gather_responses(v, chunk))
@@ -173,8 +155,7 @@ class CriticLearner:
     def train_step(self, samples: Sequence[dict[str, Any]], clip_range_value: float) -> dict[str, float]:
         """One optimizer step of the clipped value loss; samples carry ``old_values`` and ``returns``."""
         self.learner.train()
-        micro = _micro_batches(samples, self.cfg.micro_batch_size)
-        _check_micro(len(micro), self.cfg, f"critic rank {self.rank}")
+        micro = self.step_micro_batches(samples, "critic")
         total_loss, total_value = 0.0, 0.0
         for chunk in micro:
             batch = self._batch(chunk)
@@ -188,12 +169,3 @@ class CriticLearner:
             total_loss += loss.item() / len(micro)
             total_value += masked_mean(values.detach(), mask).item() / len(micro)
         return {"loss": total_loss, "value": total_value, "lr": self.learner.lr()}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.learner.full_state_dict()
-
-    def save_checkpoint(self, ckpt_dir: str) -> None:
-        self.learner.save_checkpoint(ckpt_dir)
-
-    def load_checkpoint(self, ckpt_dir: str) -> None:
-        self.learner.load_checkpoint(ckpt_dir)

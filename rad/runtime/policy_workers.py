@@ -7,17 +7,13 @@ are computed on exactly the sampled tokens. One sample is a dict with
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from rad.runtime.deepspeed_rank import DeepSpeedRank, micro_batches
 from rad.settings import LearnerConfig
-
-log = logging.getLogger("rad.runtime")
 
 
 def collate_samples(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -45,10 +41,6 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return logp * batch["response_mask"][:, 1:]
 
 
-def _micro_batches(samples: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [samples[i: i + size] for i in range(0, len(samples), size)]
-
-
 class ReferenceWorker:
     """The frozen reference policy: sequence log-probs of given samples, no gradient."""
 
@@ -68,7 +60,7 @@ class ReferenceWorker:
     def logprobs(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
         """Per-token log-probs of each sample's response tokens."""
         out: list[list[float]] = []
-        for chunk in _micro_batches(samples, self.micro):
+        for chunk in micro_batches(samples, self.micro):
             batch = {k: v.to(self.model.device) for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
             lp = token_logprobs(self.model, batch)
             for i, s in enumerate(chunk):
@@ -77,55 +69,34 @@ class ReferenceWorker:
         return out
 
 
-class PolicyLearner:
-    """One data-parallel rank of the policy on DeepSpeed.
+class PolicyLearner(DeepSpeedRank):
+    """One data-parallel rank of the policy (a causal LM) on DeepSpeed.
 
-    Ranks rendezvous through :meth:`address` (rank 0's node IP and a free port) and
-    :meth:`init`. Each :meth:`train_step` takes this rank's shard of the batch;
-    DeepSpeed averages gradients across ranks.
+    Ranks rendezvous through :meth:`address` and :meth:`init` (see
+    :class:`~rad.runtime.deepspeed_rank.DeepSpeedRank`). Each :meth:`train_step`
+    takes this rank's shard of the batch; DeepSpeed averages gradients across ranks.
     """
 
     def __init__(self, model_dir: str, cfg: LearnerConfig, total_steps: int, dtype: str = "float32",
                  trust_remote_code: bool = False, loss_aggregation: str = "sequence_sum"):
+        super().__init__(cfg, total_steps, dtype, trust_remote_code)
         self.model_dir = model_dir
-        self.cfg = cfg
-        self.total_steps = total_steps
-        self.dtype = dtype
-        self.trust_remote_code = trust_remote_code
         self.loss_aggregation = loss_aggregation
-        self.learner = None
 
-    def address(self) -> tuple[str, int]:
-        from rad.runtime.distributed import free_port
-
-        try:
-            import ray
-
-            ip = ray.util.get_node_ip_address()
-        except Exception:  # outside Ray
-            ip = socket.gethostbyname(socket.gethostname())
-        return ip, free_port()
-
-    def init(self, rank: int, world_size: int, master_addr: str, master_port: int, seed: int = 0) -> None:
+    def build_model(self) -> torch.nn.Module:
         from rad.algos.assets import resolve_dtype
         from rad.models.loading import load_causal_lm, load_tokenizer
-        from rad.runtime.learner import DeepSpeedLearner, set_seed
 
-        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
-                           "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})
-        set_seed(seed)
         self.tokenizer = load_tokenizer(self.model_dir, trust_remote_code=self.trust_remote_code)
-        model = load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype),
-                               trust_remote_code=self.trust_remote_code, tokenizer=self.tokenizer)
-        self.learner = DeepSpeedLearner(model, self.cfg, total_steps=self.total_steps)
-        self.rank = rank
+        return load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype),
+                              trust_remote_code=self.trust_remote_code, tokenizer=self.tokenizer)
 
     @torch.no_grad()
     def logprobs(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
         """Per-token log-probs under the current policy (no gradient)."""
         self.learner.eval()
         out: list[list[float]] = []
-        for chunk in _micro_batches(samples, self.cfg.micro_batch_size):
+        for chunk in micro_batches(samples, self.cfg.micro_batch_size):
             batch = {k: v.to(self.learner.device)
                      for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
             lp = token_logprobs(self.learner, batch)
@@ -143,10 +114,7 @@ class PolicyLearner:
         its length (lower variance, biased towards short responses).
         """
         self.learner.train()
-        micro = _micro_batches(samples, self.cfg.micro_batch_size)
-        if len(micro) != self.cfg.grad_accum:
-            raise ValueError(f"rank {self.rank}: {len(samples)} samples make {len(micro)} micro batches, "
-                             f"but learner.grad_accum={self.cfg.grad_accum}")
+        micro = self.step_micro_batches(samples, "policy")
         total_loss, total_logp = 0.0, 0.0
         for chunk in micro:
             batch = {k: v.to(self.learner.device)
@@ -164,16 +132,6 @@ class PolicyLearner:
         norm = self.learner.grad_norm()
         return {"loss": total_loss, "logprob": total_logp, "lr": self.learner.lr(),
                 **({"grad_norm": norm} if norm is not None else {})}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full weights (all ranks must call it under ZeRO-3; only rank 0's result is used)."""
-        return self.learner.full_state_dict()
-
-    def save_checkpoint(self, ckpt_dir: str) -> None:
-        self.learner.save_checkpoint(ckpt_dir)
-
-    def load_checkpoint(self, ckpt_dir: str) -> None:
-        self.learner.load_checkpoint(ckpt_dir)
 
     def save_pretrained(self, out_dir: str) -> str:
         return str(self.learner.save_pretrained(Path(out_dir), self.tokenizer))

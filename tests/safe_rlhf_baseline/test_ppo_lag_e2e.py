@@ -74,3 +74,5 @@ def test_two_steps_train_the_actor_and_both_critics(ray_cluster, tmp_path, sft_m
     assert state["updates"] == 4 and len(state["multiplier"]["costs"]) == 16
     held = json.loads((tmp_path / "run" / "summary.json").read_text())["heldout"]
     assert 0 <= held["reward_win_rate"] <= 1 and "true_harm_mean_policy" in held
+    assert held["threshold"] == -3.0
+    assert held["cost_within_threshold_policy"] is (held["cost_mean_policy"] <= -3.0)

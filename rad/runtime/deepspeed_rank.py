@@ -1,0 +1,84 @@
+"""``DeepSpeedRank``: one data-parallel rank of any model trained on DeepSpeed, run as a Ray actor.
+
+What every trained role shares, whatever its model: the rendezvous (rank 0's
+:meth:`~DeepSpeedRank.address`, then :meth:`~DeepSpeedRank.init` on every rank),
+seeding, the DeepSpeed engine, micro batches that match the engine's gradient
+accumulation, full weights and checkpoints. A subclass says which model to
+train (:meth:`~DeepSpeedRank.build_model`) and what one step computes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Sequence
+
+import torch
+
+from rad.settings import LearnerConfig
+
+
+def micro_batches(samples: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """Consecutive chunks of at most ``size`` samples."""
+    return [samples[i: i + size] for i in range(0, len(samples), size)]
+
+
+class DeepSpeedRank:
+    """A rank's config and DeepSpeed engine (``self.learner``, built by :meth:`init`)."""
+
+    def __init__(self, cfg: LearnerConfig, total_steps: int, dtype: str = "float32",
+                 trust_remote_code: bool = False):
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        self.learner = None
+        self.rank = -1
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port: the rendezvous of a group, asked of its rank 0."""
+        from rad.runtime.distributed import free_port
+
+        try:
+            import ray
+
+            ip = ray.util.get_node_ip_address()
+        except Exception:  # outside Ray
+            ip = socket.gethostbyname(socket.gethostname())
+        return ip, free_port()
+
+    def build_model(self) -> torch.nn.Module:
+        """The model this rank trains (called once, by :meth:`init`, after seeding)."""
+        raise NotImplementedError(f"{type(self).__name__} must define build_model()")
+
+    def init(self, rank: int, world_size: int, master_addr: str, master_port: int, seed: int = 0) -> None:
+        """Join the process group at ``master_addr:master_port`` and build the DeepSpeed engine."""
+        from rad.runtime.learner import DeepSpeedLearner, set_seed
+
+        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
+                           "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})
+        set_seed(seed)
+        self.learner = DeepSpeedLearner(self.build_model(), self.cfg, total_steps=self.total_steps)
+        self.rank = rank
+
+    def step_micro_batches(self, samples: Sequence[Any], who: str) -> list[Sequence[Any]]:
+        """``samples`` cut into the micro batches of one optimizer step.
+
+        DeepSpeed steps the optimizer after ``grad_accum`` micro batches; any other
+        count would desynchronise it, so that is an error.
+        """
+        micro = micro_batches(samples, self.cfg.micro_batch_size)
+        if len(micro) != self.cfg.grad_accum:
+            raise ValueError(f"{who} rank {self.rank}: {len(samples)} samples make {len(micro)} micro batches, "
+                             f"but learner.grad_accum={self.cfg.grad_accum}")
+        return micro
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights (all ranks must call it under ZeRO-3; only rank 0's result is used)."""
+        return self.learner.full_state_dict()
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        self.learner.save_checkpoint(ckpt_dir)
+
+    def load_checkpoint(self, ckpt_dir: str) -> None:
+        self.learner.load_checkpoint(ckpt_dir)
