@@ -108,8 +108,10 @@ def ray_cluster():
     """One local Ray cluster for the whole session (logical CPUs > cores so several actors fit)."""
     import ray
 
+    from rad.runtime.local_ray import init_local_ray
+
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}})
+        init_local_ray(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                       runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()

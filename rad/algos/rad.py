@@ -206,8 +206,10 @@ def _ray_init(res: ResourcesConfig, needed_cpus: float) -> None:
     if res.ray_address:
         ray.init(address=res.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
-        ray.init(num_cpus=res.ray_num_cpus or max(2, int(math.ceil(needed_cpus))), include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=False)
+        from rad.runtime.local_ray import init_local_ray
+
+        init_local_ray(num_cpus=res.ray_num_cpus or max(2, int(math.ceil(needed_cpus))), include_dashboard=False,
+                       runtime_env={"env_vars": env}, log_to_driver=False)
 
 
 @dataclass
