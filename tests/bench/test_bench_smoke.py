@@ -16,10 +16,12 @@ import pytest
 
 from bench import dominance, report
 from bench.__main__ import FULL, QUICK, RL_BENCHMARKS, benchmark_args
+from bench.common import REPORT_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 META_KEYS = {"benchmark", "command", "date", "cpu_model", "cpu_cores", "load_average_before", "load_average_after",
              "versions", "settings", "results", "ratios"}
+assert META_KEYS == set(REPORT_KEYS)
 
 
 def _check_report(rep: dict, name: str) -> None:
@@ -82,6 +84,14 @@ def test_markdown_table_from_json(quick_dominance):
         assert f"| dominance | `{key}` |" in text
     assert rep["command"] in text and "| RL step (cvar:0.9) |" in text
     assert "rloo_vs_trl" not in text.split("## Ratios")[1]  # only benchmarks that have a JSON
+
+
+def test_markdown_table_leaves_out_old_format_results(quick_dominance, tmp_path):
+    (tmp_path / "dominance.json").write_text((quick_dominance / "dominance.json").read_text())
+    (tmp_path / "generation.json").write_text(json.dumps({"command": "old", "results": []}))
+    text = report.markdown(tmp_path)
+    assert "older version of the benchmarks (re-run them): generation" in text
+    assert "## generation" not in text and "## dominance:" in text
 
 
 def test_entry_point_arguments_cover_every_benchmark(tmp_path):
