@@ -60,12 +60,18 @@ QUICK = {
 RL_BENCHMARKS = ("rloo_vs_trl", "ppo_lag_vs_rad", "scaling")
 
 
+def _path(path: Path) -> str:
+    """``path`` relative to the repository root (where the benchmarks run) when it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def benchmark_args(name: str, quick: bool, out_dir: Path, run_dir: str | None, extra: list[str]) -> list[str]:
-    args = [*(QUICK if quick else FULL)[name], "--out", str(out_dir / f"{name}.json")]
+    args = [*(QUICK if quick else FULL)[name], "--out", _path(out_dir / f"{name}.json")]
     if name in RL_BENCHMARKS and run_dir:
         args += ["--run-dir", run_dir]
     if name == "dominance":  # its step share is measured against the RAD step of this run's rloo_vs_trl
-        args += ["--rl-step-from", str(out_dir / "rloo_vs_trl.json")]
+        args += ["--rl-step-from", _path(out_dir / "rloo_vs_trl.json")]
     return args + extra
 
 

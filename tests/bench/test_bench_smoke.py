@@ -94,11 +94,20 @@ def test_markdown_table_leaves_out_old_format_results(quick_dominance, tmp_path)
     assert "## generation" not in text and "## dominance:" in text
 
 
+def test_committed_results_are_well_formed():
+    for name in report.BENCHMARKS:
+        path = ROOT / "bench" / "results" / f"{name}.json"
+        if path.is_file():
+            _check_report(json.loads(path.read_text()), name)
+
+
 def test_entry_point_arguments_cover_every_benchmark(tmp_path):
     assert set(FULL) == set(QUICK) == set(report.BENCHMARKS)
     args = benchmark_args("scaling", True, tmp_path, "runs/tiny", ["--steps", "3"])
     assert args[-2:] == ["--steps", "3"] and args[args.index("--run-dir") + 1] == "runs/tiny"
     assert "--run-dir" not in benchmark_args("dominance", False, tmp_path, "runs/tiny", [])
+    inside = benchmark_args("dominance", False, ROOT / "bench" / "results", None, [])
+    assert inside[inside.index("--out") + 1] == "bench/results/dominance.json"  # relative: commands stay portable
     assert set(RL_BENCHMARKS) < set(report.BENCHMARKS)
 
 
