@@ -79,12 +79,14 @@ def cost_cdfs(costs: Mapping[str, np.ndarray], path: Path, harm: Mapping[str, np
             v = np.asarray(values, dtype=np.float64)
             _ecdf(ax, v, f"{name} (safe {100 * np.mean(v <= 0):.0f}%)")
         ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
-        ax.text(0.0, 0.02, "  unsafe \u2192", fontsize=8, ha="left", va="bottom")
-        ax.text(0.0, 0.02, "\u2190 safe  ", fontsize=8, ha="right", va="bottom")
+        # Above the frame, where no curve can run through them.
+        for label, ha in (("\u2190 safe ", "right"), (" unsafe \u2192", "left")):
+            ax.annotate(label, xy=(0.0, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
+                        textcoords="offset points", fontsize=8, ha=ha, va="bottom")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("fraction of responses with value \u2264 x")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"CDF of the {title}")
+        ax.set_title(f"CDF of the {title}", pad=14)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right" if k == 0 and not harm else "best")
     return _save(fig, path)
