@@ -112,17 +112,20 @@ def quantile_gaps(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], weighting
             t, g = weighted_gap(red, blue, spec)
             ax.plot(t, g, color=color, linewidth=1.3, label=f"DD {dominance[(label, spec)]:+.3f}")
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_title(spec + (" (unweighted)" if as_weighting(spec).spec == "uniform" else ""), fontsize=10)
         ax.set_xlabel("quantile level t", fontsize=9)
         if k % ncols == 0:
             ax.set_ylabel("w(t)(Q_red(t) \u2212 Q_blue(t))", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", handlelength=1.2)
+        # Above the frame (titled with the weighting), where it cannot hide a gap curve.
+        ax.legend(title=spec + (" (unweighted)" if as_weighting(spec).spec == "uniform" else ""),
+                  title_fontproperties={"size": 10}, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                  ncols=min(3, len(pairs)), frameon=False, handlelength=1.2, columnspacing=1.0, borderaxespad=0.2)
     key = fig.add_subplot(nrows, ncols, len(weightings) + 1)
     key.axis("off")
     key.legend(handles=[key.plot([], [], color=c, linewidth=2)[0] for c in colors],
-               labels=[label for label, _, _ in pairs], title="red vs blue", loc="center", fontsize=9)
+               labels=[label for label, _, _ in pairs], title="red vs blue", loc="center",
+               bbox_to_anchor=(0.5, 0.62), fontsize=9)
     key.text(0.5, 0.02, f"{what}: above 0 = blue's quantile lower (safer);\n"
                         "DD = area = rho_w(red) \u2212 rho_w(blue)", ha="center", va="bottom", fontsize=8,
              transform=key.transAxes)
