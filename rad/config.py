@@ -10,6 +10,18 @@ Field metadata understood by the loader:
   ``choices``  allowed values (for ``str`` fields)
   ``min`` / ``max``  inclusive numeric bounds; ``gt`` exclusive lower bound
   ``help``  one line shown by ``rad <cmd> --help-config``
+  ``whole``  for a section that is part of a command's config (a pipeline stage): that
+             command's config class (see ``base`` below)
+
+Inheritance: a mapping (the whole file or any section) may carry ``base: FILE`` (or a
+list of files): it starts from FILE's mapping, deep-merged under its own keys (mappings
+merge, lists and values replace). A relative FILE is resolved against the directory of
+the file that names it (against the working directory in an override). A section's
+FILE holds that section's keys, or, for a section with ``whole``, may be a whole config
+of that command: its keys outside the section (the run wiring the pipeline sets, e.g.
+``output_dir``, ``policy``) are then dropped. So ``tiny_compare.yaml`` is
+``base: tiny.yaml`` plus a few keys, and its ``ppo_lag: {base: ppo_lag_tiny.yaml}``
+takes the tuned baseline settings from the one file that holds them.
 """
 
 from __future__ import annotations
@@ -27,12 +39,16 @@ from rad.errors import ConfigError
 
 T = TypeVar("T")
 
+#: The inheritance key of config mappings (see the module docstring).
+BASE_KEY = "base"
+
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", choices: typing.Sequence | None = None,
           min: float | None = None, max: float | None = None, gt: float | None = None,
-          default_factory: Any = dataclasses.MISSING) -> Any:
+          whole: type | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field carrying validation metadata (see module docstring)."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "max": max, "gt": gt}
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "max": max, "gt": gt,
+            "whole": whole}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -160,10 +176,23 @@ def _deep_merge(base: dict, update: typing.Mapping) -> dict:
     return out
 
 
+def _expand_base(cls: type, data: typing.Mapping, prefix: str, whole: type | None = None) -> typing.Mapping:
+    """``data`` merged over the file(s) its ``base`` key names (see the module docstring)."""
+    if BASE_KEY not in data:
+        return data
+    rest = dict(data)
+    base = _load_base(rest.pop(BASE_KEY), f"{prefix}.{BASE_KEY}" if prefix else BASE_KEY, ())
+    if whole is not None:
+        wiring = {f.name for f in dataclasses.fields(whole)} - {f.name for f in dataclasses.fields(cls)}
+        base = {k: v for k, v in base.items() if k not in wiring}
+    return _deep_merge(base, rest)
+
+
 def from_dict(cls: type[T], data: typing.Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, validating every key recursively."""
     if not isinstance(data, typing.Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    data = _expand_base(cls, data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -175,6 +204,9 @@ def from_dict(cls: type[T], data: typing.Mapping[str, Any], prefix: str = "") ->
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, typing.Mapping):
+            # Before the field's defaults are merged in: the base sits between them and the given keys.
+            value = _expand_base(hints[name], value, key, fields[name].metadata.get("whole"))
         value = _merge_section_defaults(fields[name], hints[name], value)
         coerced = _coerce(value, hints[name], key)
         _check_meta(coerced, fields[name].metadata, key)
@@ -254,17 +286,54 @@ def _fix_yaml_floats(obj: Any) -> Any:
     return obj
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+def _absolute_bases(obj: Any, root: Path) -> Any:
+    """Every ``base`` path in ``obj`` made absolute against ``root`` (the directory of the file naming it)."""
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: _absolute_bases(v, root) for k, v in obj.items()}
+    spec = out.get(BASE_KEY)
+    if isinstance(spec, (str, list)):
+        out[BASE_KEY] = ([str(root / Path(f).expanduser()) if isinstance(f, str) else f for f in spec]
+                         if isinstance(spec, list) else str(root / Path(spec).expanduser()))
+    return out
+
+
+def _load_base(spec: Any, key: str, chain: tuple[Path, ...]) -> dict:
+    """The merged mapping of the file(s) ``spec`` names, each expanded through its own ``base`` first."""
+    files = spec if isinstance(spec, list) else [spec]
+    if not files or not all(isinstance(f, str) and f for f in files):
+        raise ConfigError(f"{key}: expected a config file path or a list of them, got {spec!r}")
+    merged: dict = {}
+    for f in files:
+        path = Path(f).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"{key}: config file {f} does not exist")
+        if path in chain:
+            raise ConfigError(f"{key}: {' -> '.join(str(p) for p in (*chain, path))} includes itself")
+        merged = _deep_merge(merged, _read_yaml(path, (*chain, path)))
+    return merged
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections")
-    return _fix_yaml_floats(data)
+    data = _absolute_bases(_fix_yaml_floats(data), path.parent)
+    if BASE_KEY in data:
+        spec = data.pop(BASE_KEY)
+        data = _deep_merge(_load_base(spec, f"{path}: {BASE_KEY}", chain), data)
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """The mapping of a config file, its top-level ``base`` expanded (section bases are left to from_dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return _read_yaml(path, (path.resolve(),))
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = (),

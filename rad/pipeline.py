@@ -1,7 +1,7 @@
-"""``rad train``: the main job. Runs every stage whose output is missing, in order.
+"""``rad train``: the main job. Runs the selected stages, in order, skipping finished ones.
 
 This is the top (CLI) layer: it is the one place in ``rad`` that reaches into the
-sibling package ``reward_cost_models``, lazily, as the CLI does. Stages write into
+sibling packages ``reward_cost_models`` and ``safe_rlhf_baseline``. Stages write into
 one run directory::
 
     <output_dir>/config.yaml      resolved pipeline config
@@ -9,11 +9,20 @@ one run directory::
     <output_dir>/reward/          reward model (model/, metrics, score histogram)
     <output_dir>/cost/            cost model
     <output_dir>/rad/             RAD policy (model/, checkpoints/, metrics, held-out comparison)
+    <output_dir>/ppo_lag/         optional: Safe RLHF PPO-Lagrangian from the same SFT / reward / cost models
+    <output_dir>/eval/            optional: the arena report over every policy of the run (rad eval)
     <output_dir>/summary.json     per-stage summaries and timings
 
-A stage is skipped when its summary is recorded and its model exists, so
-re-running the same command resumes the pipeline; with ``resume: true`` an
-interrupted stage continues from its newest checkpoint.
+``stages`` selects among :data:`STAGES` (default: the first four); they always run
+in pipeline order. A training stage is skipped when its summary is recorded and its
+model exists, so re-running the same command resumes the pipeline; with ``resume:
+true`` an interrupted stage continues from its newest checkpoint. The eval stage
+runs every time: its generations and scores are cached per model, so rebuilding the
+report of unchanged policies costs only the tables and figures.
+
+The eval stage compares ``sft``, ``rad`` and ``ppo-lag`` (the policies whose stage
+is selected or whose model already exists in the run directory), with SFT and
+PPO-Lag as the red (baseline) models, scored by the run's reward and cost models.
 """
 
 from __future__ import annotations
@@ -29,57 +38,97 @@ from typing import Any, Callable
 from rad.algos.rad import RADConfig, RADStage, run_rad
 from rad.algos.sft import SFTConfig, SFTStage, run_sft
 from rad.config import field, from_dict, save_config, to_dict
+from rad.errors import ConfigError
+from rad.eval.config import EvalConfig, EvalStage
 from rad.settings import LoggingConfig, ModelConfig, WorldConfig
 from reward_cost_models.config import ScoreModelConfig, ScoreModelStage
+from safe_rlhf_baseline.config import PPOLagConfig, PPOLagStage
 
 log = logging.getLogger("rad")
 
-STAGES = ("sft", "reward", "cost", "rad")
+STAGES = ("sft", "reward", "cost", "rad", "ppo_lag", "eval")
+DEFAULT_STAGES = ("sft", "reward", "cost", "rad")
+#: Eval model name of each policy stage, and which of them are red (baselines) when present.
+POLICIES = {"sft": "sft", "rad": "rad", "ppo_lag": "ppo-lag"}
+RED = ("sft", "ppo_lag")
+#: Stages whose Ray actors need a cluster sized for them (a local one is shut down after the stage).
+RAY_STAGES = ("rad", "ppo_lag")
 
 
 @dataclass
 class PipelineConfig:
-    """``rad train``: SFT -> reward model -> cost model -> RAD."""
+    """``rad train``: SFT -> reward model -> cost model -> RAD [-> PPO-Lag baseline] [-> eval report]."""
 
     output_dir: str = field("runs/tiny", help="run directory for all stages")
     seed: int = field(0)
     resume: bool = field(True, help="skip finished stages and resume an interrupted one")
-    stages: list[str] = field(default_factory=lambda: list(STAGES), help=f"stages to run, in order, of {STAGES}")
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES),
+                              help=f"stages to run (always in pipeline order), of {list(STAGES)}")
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig, help="the base model SFT starts from")
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    sft: SFTStage = field(default_factory=SFTStage)
-    reward: ScoreModelStage = field(default_factory=ScoreModelStage)
-    cost: ScoreModelStage = field(default_factory=ScoreModelStage)
-    rad: RADStage = field(default_factory=RADStage)
+    sft: SFTStage = field(default_factory=SFTStage, whole=SFTConfig)
+    reward: ScoreModelStage = field(default_factory=ScoreModelStage, whole=ScoreModelConfig)
+    cost: ScoreModelStage = field(default_factory=ScoreModelStage, whole=ScoreModelConfig)
+    rad: RADStage = field(default_factory=RADStage, whole=RADConfig)
+    ppo_lag: PPOLagStage = field(default_factory=PPOLagStage, whole=PPOLagConfig,
+                                 help="the baseline's keys; defaults are safe_rlhf_baseline's (the reference's)")
+    eval: EvalStage = field(default_factory=EvalStage, whole=EvalConfig)
 
     def validate(self) -> None:
-        from rad.errors import ConfigError
-
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ConfigError(f"stages: unknown stage {unknown[0]!r}; choose from {list(STAGES)}")
+        if len(set(self.stages)) != len(self.stages):
+            raise ConfigError(f"stages: each stage once, got {self.stages}")
+
+    def selected(self) -> list[str]:
+        """The selected stages in pipeline order."""
+        return [s for s in STAGES if s in self.stages]
 
 
 def _fields(obj: Any, cls: type) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}
 
 
+def _eval_models(cfg: PipelineConfig, out: Path) -> list[str]:
+    """``NAME=PATH`` of the policies the eval stage compares (see the module docstring)."""
+    return [f"{name}={out / stage / 'model'}" for stage, name in POLICIES.items()
+            if stage in cfg.stages or (out / stage / "model" / "config.json").is_file()]
+
+
 def stage_configs(cfg: PipelineConfig) -> dict[str, Any]:
-    """The stand-alone config of every stage, wired to the previous stages' outputs."""
+    """The stand-alone config of every selected stage (in pipeline order), wired to the other stages' outputs."""
     out = Path(cfg.output_dir)
     common = dict(seed=cfg.seed, resume=cfg.resume, world=cfg.world, logging=cfg.logging)
     sft_model = out / "sft" / "model"
     backbone = dataclasses.replace(cfg.model, name_or_path=str(sft_model), tokenizer="")
-    return {
-        "sft": SFTConfig(output_dir=str(out / "sft"), model=cfg.model, **common, **_fields(cfg.sft, SFTStage)),
-        "reward": ScoreModelConfig(kind="reward", output_dir=str(out / "reward"), model=backbone, **common,
-                                   **_fields(cfg.reward, ScoreModelStage)),
-        "cost": ScoreModelConfig(kind="cost", output_dir=str(out / "cost"), model=backbone, **common,
-                                 **_fields(cfg.cost, ScoreModelStage)),
-        "rad": RADConfig(output_dir=str(out / "rad"), policy=backbone, reward_model=str(out / "reward" / "model"),
-                         cost_model=str(out / "cost" / "model"), **common, **_fields(cfg.rad, RADStage)),
+    scores = dict(reward_model=str(out / "reward" / "model"), cost_model=str(out / "cost" / "model"))
+    build: dict[str, Callable[[], Any]] = {
+        "sft": lambda: SFTConfig(output_dir=str(out / "sft"), model=cfg.model, **common,
+                                 **_fields(cfg.sft, SFTStage)),
+        "reward": lambda: ScoreModelConfig(kind="reward", output_dir=str(out / "reward"), model=backbone, **common,
+                                           **_fields(cfg.reward, ScoreModelStage)),
+        "cost": lambda: ScoreModelConfig(kind="cost", output_dir=str(out / "cost"), model=backbone, **common,
+                                         **_fields(cfg.cost, ScoreModelStage)),
+        "rad": lambda: RADConfig(output_dir=str(out / "rad"), policy=backbone, **scores, **common,
+                                 **_fields(cfg.rad, RADStage)),
+        "ppo_lag": lambda: PPOLagConfig(output_dir=str(out / "ppo_lag"), policy=backbone, **scores, **common,
+                                        **_fields(cfg.ppo_lag, PPOLagStage)),
+        "eval": lambda: _eval_config(cfg, out, scores),
     }
+    return {name: build[name]() for name in cfg.selected()}
+
+
+def _eval_config(cfg: PipelineConfig, out: Path, scores: dict[str, str]) -> EvalConfig:
+    models = _eval_models(cfg, out)
+    names = [m.partition("=")[0] for m in models]
+    if len(models) < 2:
+        raise ConfigError(f"stages: eval compares at least two policies of the run, found {names}; select rad "
+                          f"and/or ppo_lag too (or run them into {out} first)")
+    red = [POLICIES[s] for s in RED if POLICIES[s] in names]
+    return EvalConfig(output_dir=str(out / "eval"), seed=cfg.seed, world=cfg.world, models=models, red=red,
+                      **scores, **_fields(cfg.eval, EvalStage))
 
 
 def _runner(name: str) -> Callable[[Any], dict[str, Any]]:
@@ -89,28 +138,52 @@ def _runner(name: str) -> Callable[[Any], dict[str, Any]]:
         from reward_cost_models.train import run_score_model
 
         return run_score_model
+    if name == "ppo_lag":
+        from safe_rlhf_baseline.trainer import run_ppo_lag
+
+        return run_ppo_lag
+    if name == "eval":
+        from rad.eval.run import run_eval
+
+        return run_eval
     return run_rad
+
+
+def _run_stage(name: str, stage_cfg: Any) -> dict[str, Any]:
+    if name not in RAY_STAGES:
+        return _runner(name)(stage_cfg)
+    import ray
+
+    started_here = not ray.is_initialized()
+    try:
+        return _runner(name)(stage_cfg)
+    finally:
+        # A stage that started a local cluster sized it for its own actors (PPO-Lag has more than RAD).
+        if started_here and ray.is_initialized():
+            ray.shutdown()
+
+
+def _finished(name: str, stage_cfg: Any, summary: dict[str, Any]) -> bool:
+    return name != "eval" and name in summary["stages"] and (Path(stage_cfg.output_dir) / "model").exists()
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
+    # Validate every selected stage's resolved config before any work starts.
+    configs = {name: from_dict(type(c), to_dict(c), prefix=name) for name, c in stage_configs(cfg).items()}
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     summary_path = out / "summary.json"
     summary: dict[str, Any] = {"output_dir": str(out), "stages": {}}
     if summary_path.exists() and cfg.resume:
         summary["stages"] = json.loads(summary_path.read_text()).get("stages", {})
-    # Validate every stage's resolved config before any work starts.
-    configs = {name: from_dict(type(c), to_dict(c), prefix=name) for name, c in stage_configs(cfg).items()}
-    for name in cfg.stages:
-        stage_cfg = configs[name]
-        done = name in summary["stages"] and (Path(stage_cfg.output_dir) / "model").exists()
-        if done:
+    for name, stage_cfg in configs.items():
+        if _finished(name, stage_cfg, summary):
             log.info("stage %s already finished in %s; skipping", name, stage_cfg.output_dir)
             continue
         log.info("stage %s -> %s", name, stage_cfg.output_dir)
         start = time.perf_counter()
-        result = _runner(name)(stage_cfg)
+        result = _run_stage(name, stage_cfg)
         result["seconds"] = round(time.perf_counter() - start, 1)
         summary["stages"][name] = result
         tmp = summary_path.with_suffix(".tmp")

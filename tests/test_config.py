@@ -93,3 +93,61 @@ def test_partial_section_keeps_the_parent_default():
     assert cfg.learner.zero_stage == 2
     assert cfg.learner.scheduler == "constant" and cfg.learner.lr == pytest.approx(1e-4)
     assert cfg.learner.warmup_ratio == 0.0
+
+
+# -- base: inheritance between config files ---------------------------------------------------------
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_file_is_deep_merged_under_the_file_and_overrides(tmp_path):
+    _write(tmp_path / "presets" / "root.yaml", "seed: 3\nsft:\n  learner:\n    lr: 1e-3\n    zero_stage: 2\n"
+                                               "  data:\n    train: [embedded/sft-train, x.jsonl]\n")
+    # A chain: child -> mid (relative to child's directory) -> root (relative to mid's).
+    _write(tmp_path / "presets" / "mid.yaml", "base: root.yaml\noutput_dir: runs/mid\n")
+    child = _write(tmp_path / "child.yaml", "base: presets/mid.yaml\nsft:\n  learner:\n    lr: 2e-3\n"
+                                            "  data:\n    train: [embedded/sft-train:10]\n")
+    cfg = load_config(PipelineConfig, child, ["seed=5"])
+    assert cfg.output_dir == "runs/mid"                       # from the grandparent chain
+    assert cfg.sft.learner.lr == pytest.approx(2e-3)          # the child's key wins
+    assert cfg.sft.learner.zero_stage == 2                    # a sibling key of the base survives the merge
+    assert cfg.sft.data.train == ["embedded/sft-train:10"]    # lists replace, not concatenate
+    assert cfg.seed == 5                                      # overrides win over every file
+    saved = save_config(cfg, tmp_path / "resolved.yaml")
+    assert "base" not in saved.read_text() and load_config(PipelineConfig, saved) == cfg
+
+
+def test_base_errors_name_the_key_and_the_file(tmp_path):
+    a = _write(tmp_path / "a.yaml", "base: b.yaml\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"base: .*a\.yaml -> .*b\.yaml -> .*a\.yaml includes itself"):
+        load_config(PipelineConfig, a)
+    missing = _write(tmp_path / "m.yaml", "sft:\n  learner:\n    base: nope.yaml\n")
+    with pytest.raises(ConfigError, match=r"sft\.learner\.base: config file .*nope\.yaml does not exist"):
+        load_config(PipelineConfig, missing)
+    with pytest.raises(ConfigError, match=r"base: expected a config file path"):
+        load_config(PipelineConfig, None, ["base=[]"])
+    # A base's keys are validated like the file's own, with the dotted key.
+    _write(tmp_path / "typo.yaml", "learner:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key sft\.learner\.lrr"):
+        load_config(PipelineConfig, _write(tmp_path / "t.yaml", "sft:\n  base: typo.yaml\n"))
+
+
+def test_section_base_may_be_a_whole_command_config(tmp_path):
+    """A pipeline stage's base may be that command's own config: its run wiring is dropped, the rest kept."""
+    _write(tmp_path / "rl.yaml", "output_dir: elsewhere\nreward_model: r\npolicy:\n  name_or_path: p\n"
+                                 "algo:\n  steps: 7\n  k: 3\nlearner:\n  lr: 5e-5\n")
+    run = _write(tmp_path / "run.yaml", "rad:\n  base: rl.yaml\n  algo:\n    k: 2\n")
+    cfg = load_config(PipelineConfig, run, ["rad.learner.zero_stage=2"])
+    assert (cfg.rad.algo.steps, cfg.rad.algo.k) == (7, 2)     # the base's key; the section's own key wins
+    assert cfg.rad.learner.lr == pytest.approx(5e-5) and cfg.rad.learner.zero_stage == 2
+    assert cfg.rad.learner.scheduler == "constant"            # keys neither sets keep the stage's default
+    assert cfg.output_dir == PipelineConfig().output_dir      # the base's output_dir is not the pipeline's
+    # Keys that belong to neither the stage nor its command still fail.
+    _write(tmp_path / "bad.yaml", "algo:\n  steps: 7\noutptu_dir: x\n")
+    with pytest.raises(ConfigError, match=r"unknown config key rad\.outptu_dir"):
+        load_config(PipelineConfig, None, [f"rad.base={tmp_path / 'bad.yaml'}"])

@@ -77,17 +77,9 @@ class ScoringConfig:
 
 
 @dataclass
-class EvalConfig:
-    """``rad eval``: blue-vs-red arena, spectral-risk tables, OOD judge, report."""
+class EvalStage:
+    """What the arena measures and how (the ``eval:`` section of a pipeline config)."""
 
-    output_dir: str = field("runs/eval", help="report directory")
-    seed: int = field(0, help="prompt sub-sampling and the judge's A/B order")
-    world: WorldConfig = field(default_factory=WorldConfig)
-    models: list[str] = field(default_factory=list, help="NAME=PATH entries (a policy directory, or a run "
-                                                         "directory holding model/)")
-    red: list[str] = field(default_factory=list, help="red (baseline) model names; [] = the first model")
-    reward_model: str = field("", help="reward model directory")
-    cost_model: str = field("", help="cost model directory")
     prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-test"],
                                help="held-out prompt specs (NAME[:amount])")
     redteam: list[str] = field(default_factory=lambda: ["embedded/redteam"],
@@ -109,6 +101,32 @@ class EvalConfig:
     def validate(self) -> None:
         from rad.risk import weighting_from_spec
 
+        if not self.prompts:
+            raise ConfigError("prompts: give at least one held-out prompt spec")
+        if not self.weightings:
+            raise ConfigError("weightings: give at least one spectral weighting spec")
+        for spec in self.weightings:
+            weighting_from_spec(spec)
+        for q in self.quantiles:
+            if not 0.0 <= q <= 1.0:
+                raise ConfigError(f"quantiles: {q} is not a level in [0, 1]")
+
+
+@dataclass
+class EvalConfig(EvalStage):
+    """``rad eval``: blue-vs-red arena, spectral-risk tables, OOD judge, report."""
+
+    output_dir: str = field("runs/eval", help="report directory")
+    seed: int = field(0, help="prompt sub-sampling and the judge's A/B order")
+    world: WorldConfig = field(default_factory=WorldConfig)
+    models: list[str] = field(default_factory=list, help="NAME=PATH entries (a policy directory, or a run "
+                                                         "directory holding model/)")
+    red: list[str] = field(default_factory=list, help="red (baseline) model names; [] = the first model")
+    reward_model: str = field("", help="reward model directory")
+    cost_model: str = field("", help="cost model directory")
+
+    def validate(self) -> None:
+        super().validate()
         names = list(self.model_paths())
         if len(names) < 2:
             raise ConfigError(f"models: give at least two NAME=PATH entries, got {self.models}")
@@ -120,15 +138,6 @@ class EvalConfig:
         for key in ("reward_model", "cost_model"):
             if not getattr(self, key):
                 raise ConfigError(f"{key}: a trained score-model directory is required")
-        if not self.prompts:
-            raise ConfigError("prompts: give at least one held-out prompt spec")
-        if not self.weightings:
-            raise ConfigError("weightings: give at least one spectral weighting spec")
-        for spec in self.weightings:
-            weighting_from_spec(spec)
-        for q in self.quantiles:
-            if not 0.0 <= q <= 1.0:
-                raise ConfigError(f"quantiles: {q} is not a level in [0, 1]")
 
     def model_paths(self) -> dict[str, str]:
         """``{name: path}`` from the ``NAME=PATH`` entries (order kept)."""

@@ -79,12 +79,14 @@ def cost_cdfs(costs: Mapping[str, np.ndarray], path: Path, harm: Mapping[str, np
             v = np.asarray(values, dtype=np.float64)
             _ecdf(ax, v, f"{name} (safe {100 * np.mean(v <= 0):.0f}%)")
         ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
-        ax.text(0.0, 0.02, "  unsafe \u2192", fontsize=8, ha="left", va="bottom")
-        ax.text(0.0, 0.02, "\u2190 safe  ", fontsize=8, ha="right", va="bottom")
+        # Above the frame, where no curve can run through them.
+        for label, ha in (("\u2190 safe ", "right"), (" unsafe \u2192", "left")):
+            ax.annotate(label, xy=(0.0, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
+                        textcoords="offset points", fontsize=8, ha=ha, va="bottom")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("fraction of responses with value \u2264 x")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"CDF of the {title}")
+        ax.set_title(f"CDF of the {title}", pad=14)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right" if k == 0 and not harm else "best")
     return _save(fig, path)
@@ -110,17 +112,20 @@ def quantile_gaps(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], weighting
             t, g = weighted_gap(red, blue, spec)
             ax.plot(t, g, color=color, linewidth=1.3, label=f"DD {dominance[(label, spec)]:+.3f}")
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_title(spec + (" (unweighted)" if as_weighting(spec).spec == "uniform" else ""), fontsize=10)
         ax.set_xlabel("quantile level t", fontsize=9)
         if k % ncols == 0:
             ax.set_ylabel("w(t)(Q_red(t) \u2212 Q_blue(t))", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", handlelength=1.2)
+        # Above the frame (titled with the weighting), where it cannot hide a gap curve.
+        ax.legend(title=spec + (" (unweighted)" if as_weighting(spec).spec == "uniform" else ""),
+                  title_fontproperties={"size": 10}, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                  ncols=min(3, len(pairs)), frameon=False, handlelength=1.2, columnspacing=1.0, borderaxespad=0.2)
     key = fig.add_subplot(nrows, ncols, len(weightings) + 1)
     key.axis("off")
     key.legend(handles=[key.plot([], [], color=c, linewidth=2)[0] for c in colors],
-               labels=[label for label, _, _ in pairs], title="red vs blue", loc="center", fontsize=9)
+               labels=[label for label, _, _ in pairs], title="red vs blue", loc="center",
+               bbox_to_anchor=(0.5, 0.62), fontsize=9)
     key.text(0.5, 0.02, f"{what}: above 0 = blue's quantile lower (safer);\n"
                         "DD = area = rho_w(red) \u2212 rho_w(blue)", ha="center", va="bottom", fontsize=8,
              transform=key.transAxes)

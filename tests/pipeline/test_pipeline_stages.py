@@ -1,0 +1,70 @@
+"""``rad train`` stage selection and wiring: which stages run, from which configs, into which directories."""
+
+from pathlib import Path
+
+import pytest
+
+from rad.config import load_config
+from rad.errors import ConfigError
+from rad.pipeline import PipelineConfig, stage_configs
+from safe_rlhf_baseline.config import PPOLagConfig, PPOLagStage
+
+CONFIGS = Path(__file__).resolve().parents[2] / "launch" / "configs"
+
+
+@pytest.mark.parametrize("stages, needle", [
+    ("[sft, reward, rlhf]", r"stages: unknown stage 'rlhf'; choose from \['sft', 'reward', 'cost', 'rad', "
+                            r"'ppo_lag', 'eval'\]"),
+    ("[sft, sft]", r"stages: each stage once"),
+])
+def test_bad_stage_lists_fail_naming_the_key(stages, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(PipelineConfig, None, [f"stages={stages}"])
+
+
+def test_an_unknown_stage_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("base: " + str(CONFIGS / "tiny.yaml") + "\nstages: [sft, ppo-lag]\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: stages: unknown stage 'ppo-lag'"):
+        load_config(PipelineConfig, path)
+
+
+def test_the_main_job_keeps_its_four_stages():
+    cfg = load_config(PipelineConfig, CONFIGS / "tiny.yaml")
+    assert list(stage_configs(cfg)) == ["sft", "reward", "cost", "rad"]
+
+
+def test_stages_run_in_pipeline_order_and_eval_needs_two_policies(tmp_path):
+    cfg = load_config(PipelineConfig, None, [f"output_dir={tmp_path}", "stages=[eval, rad, sft, reward, cost]"])
+    assert list(stage_configs(cfg)) == ["sft", "reward", "cost", "rad", "eval"]
+    assert stage_configs(cfg)["eval"].competitions() == [("sft", "rad")]
+    cfg = load_config(PipelineConfig, None, [f"output_dir={tmp_path}", "stages=[sft, eval]"])
+    with pytest.raises(ConfigError, match=r"stages: eval compares at least two policies of the run, found \['sft'\]"):
+        stage_configs(cfg)
+    # A policy an earlier run left in the directory takes part without its stage being selected.
+    (tmp_path / "ppo_lag" / "model").mkdir(parents=True)
+    (tmp_path / "ppo_lag" / "model" / "config.json").write_text("{}")
+    assert stage_configs(cfg)["eval"].competitions() == [("sft", "ppo-lag")]
+
+
+def test_tiny_compare_is_tiny_plus_ppo_lag_and_eval_from_the_one_tuned_preset():
+    tiny = load_config(PipelineConfig, CONFIGS / "tiny.yaml")
+    cfg = load_config(PipelineConfig, CONFIGS / "tiny_compare.yaml")
+    for key in ("output_dir", "seed", "world", "model", "logging", "sft", "reward", "cost", "rad"):
+        assert getattr(cfg, key) == getattr(tiny, key), key
+    assert cfg.stages == ["sft", "reward", "cost", "rad", "ppo_lag", "eval"]
+    # The baseline's keys are exactly those `rad baseline ppo-lag --config ppo_lag_tiny.yaml` runs with.
+    preset = load_config(PPOLagConfig, CONFIGS / "ppo_lag_tiny.yaml")
+    for f in PPOLagStage.__dataclass_fields__:
+        assert getattr(cfg.ppo_lag, f) == getattr(preset, f), f
+    assert cfg.ppo_lag != PPOLagStage()  # the preset is not the reference defaults
+    stages = stage_configs(cfg)
+    out = Path(cfg.output_dir)
+    ppo = stages["ppo_lag"]
+    assert ppo.output_dir == str(out / "ppo_lag") and ppo.policy.name_or_path == str(out / "sft" / "model")
+    assert (ppo.reward_model, ppo.cost_model) == (str(out / "reward" / "model"), str(out / "cost" / "model"))
+    ev = stages["eval"]
+    assert ev.output_dir == str(out / "eval") and (ev.reward_model, ev.cost_model) == (ppo.reward_model,
+                                                                                        ppo.cost_model)
+    assert ev.competitions() == [("sft", "rad"), ("sft", "ppo-lag"), ("ppo-lag", "rad")]
+    assert ev.model_paths()["ppo-lag"] == str(out / "ppo_lag" / "model")
