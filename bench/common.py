@@ -72,6 +72,14 @@ def ratio(value: float, means: str) -> dict[str, Any]:
     return {"value": float(value), "means": means}
 
 
+def publish(report: dict[str, Any], out: str | Path, markdown) -> dict[str, Any]:
+    """Write the report (``finish_report``) and print its Markdown table and where it went."""
+    path = finish_report(report, out)
+    print(markdown(report))
+    print(f"\nwritten {path}")
+    return report
+
+
 def finish_report(report: dict[str, Any], out: str | Path) -> Path:
     """Record the load average after the run, check the ratios and write the JSON."""
     report["load_average_after"] = list(os.getloadavg())
@@ -89,24 +97,11 @@ def default_out(name: str) -> Path:
 
 
 def ray_init(num_cpus: int, one_thread_per_actor: bool = True) -> None:
-    """A local Ray cluster with ``num_cpus`` logical CPUs (and, as ``rad rl`` runs, one intra-op thread per actor).
-
-    Ray gives its node 30 s to register; on an overloaded machine that can run out, so
-    a failed start is retried once.
-    """
-    import ray
+    """A local Ray cluster with ``num_cpus`` logical CPUs (and, as ``rad rl`` runs, one intra-op thread per actor)."""
+    from rad.runtime.local_ray import init_local_ray
 
     env = {"TOKENIZERS_PARALLELISM": "false", **({"OMP_NUM_THREADS": "1"} if one_thread_per_actor else {})}
-    for attempt in (1, 2):
-        try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": env})
-            return
-        except Exception as exc:  # Ray raises a bare Exception when its node does not come up in time
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
-            print(f"Ray did not start ({exc}); retrying once", file=sys.stderr, flush=True)
-            ray.shutdown()
+    init_local_ray(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
 
 
 # -- the models the RL benchmarks run -------------------------------------------------------------

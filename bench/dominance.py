@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import default_out, finish_report, new_report, ratio
+from bench.common import default_out, new_report, publish, ratio
 from rad.risk.dominance import DEFAULT_EPS, dominance_step, empirical_quantiles
 
 NAME = "dominance"
@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["ratios"][f"{solver}_share_of_rl_step"] = ratio(
                 r["median_s"] / step["seconds"],
                 f"{solver} dominance call / mean RAD RL step ({step['source']}, batch {step['batch']}); goal < 0.01")
-    out = finish_report(report, args.out)
-    print(markdown(report))
-    print(f"\nwritten {out}")
-    return report
+    return publish(report, args.out, markdown)
 
 
 def _rad_step_seconds(path: Path, batch: int) -> dict | None:

@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.common import default_out, finish_report, new_report, ratio, ray_init
+from bench.common import default_out, new_report, publish, ratio, ray_init
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -119,10 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["ratios"][f"vllm_over_hf_tokens_per_s_best_{size}"] = ratio(
                 by["vllm"]["tokens_per_s_best"] / by["hf"]["tokens_per_s_best"],
                 f"tiny:{size}: vLLM / HF tokens/s, best call of each")
-    out = finish_report(report, args.out)
-    print(markdown(report))
-    print(f"written to {out}")
-    return report
+    return publish(report, args.out, markdown)
 
 
 def markdown(report: dict) -> str:

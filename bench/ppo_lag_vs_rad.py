@@ -37,7 +37,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.common import add_model_args, default_out, finish_report, new_report, ratio, ray_init, resolve_models
+from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
 from bench.rl_runs import common_overrides, ppo_lag_overrides, rad_overrides, run_trainer
 
 NAME = "ppo_lag_vs_rad"
@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ppo_lag_over_rad_trained_state": ratio(lag["trained_model_state_bytes"] / rad["trained_model_state_bytes"],
                                                 "PPO-Lag / RAD bytes of the trained models' state"),
     }
-    out = finish_report(report, args.out)
-    print(markdown(report))
-    print(f"\nwritten {out}")
-    return report
+    return publish(report, args.out, markdown)
 
 
 def markdown(report: dict) -> str:

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import add_model_args, default_out, finish_report, new_report, ratio, ray_init, resolve_models
+from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
 from bench.rl_runs import PHASES, common_overrides, phase_cell, rad_overrides, run_trainer, summarize_steps
 
 NAME = "rloo_vs_trl"
@@ -195,10 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     for phase in ("generation", "scoring", "logprobs", "learner"):
         report["ratios"][f"rad_over_trl_{phase}_seconds"] = ratio(
             ph[phase] / trl["phase_seconds_mean"][phase], f"RAD / TRL mean {phase} phase time (< 1: RAD faster)")
-    out = finish_report(report, args.out)
-    print(markdown(report))
-    print(f"\nwritten {out}")
-    return report
+    return publish(report, args.out, markdown)
 
 
 def markdown(report: dict) -> str:

@@ -18,7 +18,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.common import add_model_args, default_out, finish_report, new_report, ratio, ray_init, resolve_models
+from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
 from bench.rl_runs import PHASES, common_overrides, phase_cell, rad_overrides, run_trainer
 
 NAME = "scaling"
@@ -74,10 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["ratios"][key] = ratio(r["samples_per_s"] / base["samples_per_s"],
                                           f"{r['engines']} rollout actors x {r['learners']} learner ranks vs 1 x 1: "
                                           f"samples/s on {report['cpu_cores']} cores (> 1: faster)")
-    out = finish_report(report, args.out)
-    print(markdown(report))
-    print(f"\nwritten {out}")
-    return report
+    return publish(report, args.out, markdown)
 
 
 def markdown(report: dict) -> str:
