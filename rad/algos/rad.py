@@ -73,6 +73,10 @@ class RADAlgoConfig:
                                            "gain only; a policy that trails at every weighted quantile then gets "
                                            "no dominance gradient at all)")
     violation_tolerance: float = field(0.0, min=0, help="allowed viol_w before mu grows")
+    dual_kp: float = field(0.0, min=0, help="proportional gain of a PI Lagrangian (Stooke et al. 2020): the "
+                                             "multipliers applied are clip(lambda + kp (delta - gain), 0, "
+                                             "lambda_max) and clip(mu + kp (viol - tolerance), ...) with the last "
+                                             "windowed estimates; damps the overshoot of pure dual ascent")
     dual_window: int = field(1, min=1, help="the multipliers follow gain and violation of the costs pooled over "
                                             "the last N steps (like Safe RLHF's window of episode costs): a "
                                             "64-sample batch holds 6 samples of a CVaR-0.9 tail")
@@ -290,6 +294,7 @@ class RADTrainer:
         self.lam = cfg.algo.lambda_init
         self.mu = cfg.algo.mu_init
         self.window: list[list[list[float]]] = []  # [policy costs, reference costs] of recent steps
+        self.errors = [0.0, 0.0]  # last (delta - gain, viol - tolerance), for dual_kp
         self.step = 0
 
     def _place_roles(self):
@@ -405,7 +410,8 @@ class RADTrainer:
                                  n_particles=algo.n_particles, density=algo.density,
                                  bandwidth=algo.bandwidth or None,
                                  indicator_bandwidth=algo.indicator_bandwidth or None)
-        total = shaped.view(len(prompts), algo.k) + self.lam * dom.signal + self.mu * dom.violation_signal
+        lam, mu = self.applied_multipliers()
+        total = shaped.view(len(prompts), algo.k) + lam * dom.signal + mu * dom.violation_signal
         adv = rloo_advantages(total)
         if algo.reward_whiten:
             adv = adv / adv.std().clamp(min=1e-8)
@@ -413,8 +419,9 @@ class RADTrainer:
             s["advantage"] = a
         with timer.phase("learner"):
             stats = self.learners.scatter("train_step", split_evenly(samples, len(self.learners)))
-        lam_before, mu_before = self.lam, self.mu
+        lam_integral = self.lam
         gain_hat, viol_hat = self.windowed_gain(costs, reference.costs_of(indices))
+        self.errors = [algo.delta - gain_hat, viol_hat - algo.violation_tolerance]
         self.lam = dual_ascent(self.lam, gain_hat, algo.delta, algo.lambda_lr, algo.lambda_max)
         if algo.mu_lr > 0:  # mu grows while viol > tolerance: the same projected step on -viol >= -tolerance
             self.mu = dual_ascent(self.mu, -viol_hat, -algo.violation_tolerance, algo.mu_lr, algo.lambda_max)
@@ -429,7 +436,7 @@ class RADTrainer:
             "objective/rlhf_reward": shaped.mean(), "objective/safe_fraction": (costs <= 0).double().mean(),
             "rad/gain": dom.gain_exact, "rad/violation": dom.violation_exact, "rad/gain_sinkhorn": dom.gain,
             "rad/gain_window": gain_hat, "rad/violation_window": viol_hat,
-            "rad/lambda": lam_before, "rad/mu": mu_before, "rad/violation_signal_mean": dom.violation_signal.mean(),
+            "rad/lambda": lam, "rad/mu": mu, "rad/lambda_integral": lam_integral, "rad/violation_signal_mean": dom.violation_signal.mean(),
             "rad/spectral_risk": dom.rho_policy, "rad/spectral_risk_ref": dom.rho_ref,
             "rad/cvar_0.9": spectral_risk(costs, "cvar:0.9"), "rad/signal_mean": dom.signal.mean(),
             "rad/advantage_std": adv.std(),
@@ -442,6 +449,14 @@ class RADTrainer:
         if "grad_norm" in stats[0]:
             metrics["train/grad_norm"] = stats[0]["grad_norm"]
         return {k: float(v) for k, v in metrics.items()}
+
+    def applied_multipliers(self) -> tuple[float, float]:
+        """(lambda, mu) this step applies: the dual-ascent states plus ``dual_kp`` times the last errors."""
+        algo = self.cfg.algo
+        lam = min(max(self.lam + algo.dual_kp * self.errors[0], 0.0), algo.lambda_max)
+        mu_on = algo.mu_lr > 0 or algo.mu_init > 0
+        mu = min(max(self.mu + algo.dual_kp * self.errors[1], 0.0), algo.lambda_max) if mu_on else 0.0
+        return lam, mu
 
     def windowed_gain(self, costs: torch.Tensor, ref_costs: torch.Tensor) -> tuple[float, float]:
         """Exact (gain, violation) of the costs pooled over the last ``dual_window`` steps, this one included."""
@@ -456,7 +471,7 @@ class RADTrainer:
         with atomic_dir(final) as tmp:
             self.learners.broadcast("save_checkpoint", str(tmp))
             write_trainer_state(tmp, {"step": self.step, "lambda": self.lam, "mu": self.mu, "seed": self.cfg.seed,
-                                      "dual_window": self.window})
+                                      "dual_window": self.window, "dual_errors": self.errors})
         prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         return final
 
@@ -470,6 +485,7 @@ class RADTrainer:
         state = read_trainer_state(ckpt)
         self.step, self.lam, self.mu = state["step"], state["lambda"], state.get("mu", self.cfg.algo.mu_init)
         self.window = state.get("dual_window", [])
+        self.errors = state.get("dual_errors", [0.0, 0.0])
         self.rollout.push_weights(self.learners.broadcast("state_dict")[0])
         log.info("resumed RAD from %s (step %d, lambda %.4f)", ckpt, self.step, self.lam)
         return True

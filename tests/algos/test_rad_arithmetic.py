@@ -111,3 +111,20 @@ def test_window_gain_pools_the_steps_costs():
     assert window_gain([step1, step2], 4, "uniform") == pytest.approx((0.5, 0.5))
     # CVaR-0.5 keeps the top two particles only (mass 1/2 each): all violation.
     assert window_gain([step1, step2], 4, "cvar:0.5") == pytest.approx((0.0, 1.0))
+
+
+def test_pi_multipliers_add_kp_times_the_last_error_and_clip():
+    from rad.algos.rad import RADTrainer
+
+    def applied(kp, lam, mu, errors, **algo):
+        trainer = object.__new__(RADTrainer)  # the arithmetic only: no actors
+        trainer.cfg = load_config(RADConfig, None, ["reward_model=r", "cost_model=c", f"algo.dual_kp={kp}",
+                                                    "algo.lambda_max=10"] + [f"algo.{k}={v}" for k, v in algo.items()])
+        trainer.lam, trainer.mu, trainer.errors = lam, mu, errors
+        return trainer.applied_multipliers()
+
+    assert applied(0.0, 3.0, 1.0, [0.4, 0.2], mu_lr=1.0) == (3.0, 1.0)  # kp 0: pure dual ascent
+    assert applied(5.0, 3.0, 1.0, [0.4, 0.2], mu_lr=1.0) == pytest.approx((5.0, 2.0))  # gain short, viol high
+    assert applied(5.0, 1.0, 0.5, [-0.6, -0.1], mu_lr=1.0) == (0.0, 0.0)  # both met: clipped at 0
+    assert applied(50.0, 3.0, 1.0, [0.4, 0.2], mu_lr=1.0) == (10.0, 10.0)  # clipped at lambda_max
+    assert applied(5.0, 3.0, 0.0, [0.4, 0.2]) == pytest.approx((5.0, 0.0))  # mu switched off stays 0
