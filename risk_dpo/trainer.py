@@ -18,7 +18,6 @@ host memory (the size is logged).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -178,53 +177,39 @@ class DPOTrainer(SupervisedTrainer):
 
     # -- loss ------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor], train: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        # WDPO needs d loss / d embeddings also in evaluation (which runs under no_grad).
-        grad_ctx = torch.enable_grad() if self.spec.needs_embeds else contextlib.nullcontext()
-        with grad_ctx:
-            embeds = None
-            if self.spec.needs_embeds:
-                # The bare module, not the engine: see engine_backward_hooks.
-                embeds = self.learner.module.get_input_embeddings()(ids)
-                logits = self.learner.module(inputs_embeds=embeds, attention_mask=mask).logits
-            else:
-                logits = self.learner(input_ids=ids, attention_mask=mask).logits
-            if "ref_logps" in batch:
-                ref = {"ref_logps": batch["ref_logps"], "ref_packed_logprobs": batch.get("ref_logprobs")}
-            else:
-                with torch.no_grad():
-                    ref = {"ref_logits": self.reference(input_ids=ids, attention_mask=mask).logits}
-            stats = sequence_stats(logits, labels, need_kl=self.need_kl, need_risk=self.need_risk,
-                                   risk=self.params.risk, mu=self.params.mu, **ref)
-            b = ids.shape[0] // 2
-            pairs = PairBatch(stats.select(slice(0, b)), stats.select(slice(b, None)), inputs_embeds=embeds,
-                              create_graph=train)
-            per_pair, metrics = self.spec.fn(pairs, self.params)
-            loss = per_pair.mean()
-            if train and self.spec.needs_embeds:
-                engine_backward_hooks(self.learner.engine, loss)
+        if self.spec.needs_embeds:
+            # The gradient penalty differentiates the model before the real backward (see
+            # DeepSpeedLearner.forward_loss), also in evaluation, which runs under no_grad.
+            with torch.enable_grad():
+                loss, metrics = self.learner.forward_loss(lambda module: self._pair_loss(module, batch, train))
+        else:
+            loss, metrics = self._pair_loss(self.learner, batch, train)
         out = {"loss": float(loss.detach())}
         out.update({k: float(v.float().mean()) for k, v in metrics.items()})
         return (loss if train else loss.detach()), out
 
-
-def engine_backward_hooks(engine: Any, loss: torch.Tensor) -> None:
-    """Give ``loss`` the backward hooks DeepSpeed's ``engine.forward`` puts on its outputs.
-
-    WDPO differentiates the loss w.r.t. the input embeddings before the real
-    backward. Through ``engine.forward`` that inner ``torch.autograd.grad`` would
-    fire the engine's output hooks (the ZeRO backward prologue, gradient scaling
-    by 1/grad_accum; at ZeRO-0 it is refused). So WDPO runs the bare module and
-    the hooks go on the final loss, where ``engine.backward(loss)`` meets them
-    exactly once, as after a normal forward.
-    """
-    from deepspeed.runtime.utils import register_output_backward_hooks
-    from deepspeed.runtime.base_optimizer import ZeROOptimizer
-
-    if isinstance(engine.optimizer, ZeROOptimizer):
-        engine.optimizer.clear_backward_seen_flag()
-    register_output_backward_hooks(loss, preprocess_once_fn=engine._backward_prologue,
-                                   preprocess_per_tensor_fn=engine._backward_prologue_per_tensor)
+    def _pair_loss(self, model: Any, batch: dict[str, torch.Tensor], train: bool
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean per-pair loss and metrics of ``batch`` through ``model`` (the learner, or its bare module)."""
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        embeds = None
+        if self.spec.needs_embeds:
+            embeds = model.get_input_embeddings()(ids)
+            logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        if "ref_logps" in batch:
+            ref = {"ref_logps": batch["ref_logps"], "ref_packed_logprobs": batch.get("ref_logprobs")}
+        else:
+            with torch.no_grad():
+                ref = {"ref_logits": self.reference(input_ids=ids, attention_mask=mask).logits}
+        stats = sequence_stats(logits, labels, need_kl=self.need_kl, need_risk=self.need_risk,
+                               risk=self.params.risk, mu=self.params.mu, **ref)
+        b = ids.shape[0] // 2
+        pairs = PairBatch(stats.select(slice(0, b)), stats.select(slice(b, None)), inputs_embeds=embeds,
+                          create_graph=train)
+        per_pair, metrics = self.spec.fn(pairs, self.params)
+        return per_pair.mean(), metrics
 
 
 def load_reference(cfg: DPOConfig, policy: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 
@@ -20,6 +20,8 @@ from rad.runtime.distributed import device, init_distributed
 from rad.settings import LearnerConfig
 
 log = logging.getLogger("rad.runtime")
+
+T = TypeVar("T")
 
 
 def use_bf16(cfg: LearnerConfig) -> bool:
@@ -111,6 +113,32 @@ class DeepSpeedLearner:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
+
+    def forward_loss(self, compute: Callable[[torch.nn.Module], tuple[torch.Tensor, T]]) -> tuple[torch.Tensor, T]:
+        """``compute(module) -> (loss, extra)`` for a loss that differentiates the model itself.
+
+        For gradient penalties and other losses that call ``torch.autograd.grad``
+        (``create_graph=True``) through the model's outputs before :meth:`backward`.
+        ``self(...)`` (``engine.forward``) hooks the model's outputs so that the first
+        gradient through them starts DeepSpeed's backward: ZeRO's bookkeeping, scaling
+        by ``1 / grad_accum`` (and at ZeRO-0 a refusal of any backward but
+        ``engine.backward``). An inner ``autograd.grad`` would fire those hooks early
+        and be rescaled. Here ``compute`` runs the bare module and the same hooks go on
+        the returned ``loss``, which :meth:`backward` reaches exactly once, as after a
+        normal forward. (The engine's forward adds nothing else under this learner's
+        configs: no torch autocast, no DeepCompile.) ZeRO-3 re-partitions parameters
+        after the inner pass; use ZeRO <= 2 for such losses.
+        """
+        from deepspeed.runtime.base_optimizer import ZeROOptimizer
+        from deepspeed.runtime.utils import register_output_backward_hooks
+
+        engine = self.engine
+        if isinstance(engine.optimizer, ZeROOptimizer):
+            engine.optimizer.clear_backward_seen_flag()  # as engine.forward does
+        loss, extra = compute(engine.module)
+        register_output_backward_hooks(loss, preprocess_once_fn=engine._backward_prologue,
+                                       preprocess_per_tensor_fn=engine._backward_prologue_per_tensor)
+        return loss, extra
 
     def step(self) -> bool:
         """Optimizer step at an accumulation boundary; returns True if weights changed."""

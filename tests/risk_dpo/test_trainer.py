@@ -168,7 +168,7 @@ def test_wdpo_steps_on_the_learner_equal_plain_torch(tmp_path, reference_and_pol
     """Two WDPO optimizer steps (grad_accum 2) through DeepSpeed match torch AdamW on the same losses.
 
     Checks the double backward through the engine: the inner gradient must not be
-    rescaled or start a ZeRO reduction (see risk_dpo.trainer.engine_backward_hooks).
+    rescaled or start a ZeRO reduction (see DeepSpeedLearner.forward_loss).
     """
     import copy
 

@@ -72,3 +72,38 @@ def test_lr_schedule_shapes():
     lin = lr_lambda("linear", 0, 4)
     assert [lin(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert lr_lambda("constant", 0, 4)(3) == 1.0
+
+
+def _penalised_loss(module, x, rho=5.0):
+    """LM loss plus rho * ||d loss / d input embeddings||^2 (a double backward)."""
+    embeds = module.get_input_embeddings()(x)
+    loss = module(inputs_embeds=embeds, labels=x).loss
+    (grad,) = torch.autograd.grad(loss, embeds, create_graph=True)
+    return loss + rho * grad.pow(2).sum(), None
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_forward_loss_double_backward_equals_plain_adamw(zero_stage):
+    """A gradient-penalty loss through ``forward_loss`` (grad_accum 2) takes the plain torch AdamW steps."""
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, 64, (2, 10), generator=g) for _ in range(4)]
+    cfg = LearnerConfig(zero_stage=zero_stage, micro_batch_size=2, grad_accum=2, lr=1e-2, grad_clip=0.0,
+                        scheduler="constant", warmup_ratio=0.0)
+    models = [_model(), _model()]
+    for m in models:
+        m.set_attn_implementation("eager")  # fused SDPA has no double backward
+    learner, plain = DeepSpeedLearner(models[0], cfg, total_steps=2), models[1]
+    opt = torch.optim.AdamW(plain.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
+    for i, x in enumerate(batches):
+        loss, _ = learner.forward_loss(lambda module: _penalised_loss(module, x))
+        learner.backward(loss)
+        learner.step()
+        (_penalised_loss(plain, x)[0] / 2).backward()
+        if i % 2 == 1:
+            opt.step()
+            opt.zero_grad()
+    assert learner.global_step == 2
+    got = learner.full_state_dict()
+    for name, tensor in plain.state_dict().items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6)
+    assert any(not torch.equal(v, _model().state_dict()[k]) for k, v in plain.state_dict().items())
