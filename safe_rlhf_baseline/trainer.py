@@ -285,37 +285,25 @@ class PPOLagTrainer(RADTrainer):
             metrics["train/actor_grad_norm"] = mean["actor/grad_norm"]
         return {k: float(v) for k, v in metrics.items()}
 
-    # -- checkpoints -----------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
+    # -- checkpoints (RADTrainer.save_checkpoint / resume with these hooks) -----------------------
+    def _each_trained_role(self, method: str, ckpt: Path) -> None:
         import ray
 
-        from rad.runtime.checkpoint import atomic_dir, checkpoint_dir, prune_checkpoints, write_trainer_state
-
-        final = checkpoint_dir(self.out, self.step)
-        with atomic_dir(final) as tmp:
-            ray.get([ref for name, group in zip(("actor", "reward_critic", "cost_critic"), self.trained_groups())
-                     for ref in group.broadcast_async("save_checkpoint", str(tmp / name))])
-            write_trainer_state(tmp, {"step": self.step, "updates": self.updates, "seed": self.cfg.seed,
-                                      "multiplier": self.multiplier.state_dict()})
-        prune_checkpoints(self.out, self.cfg.keep_checkpoints)
-        return final
-
-    def resume(self) -> bool:
-        import ray
-
-        from rad.runtime.checkpoint import latest_checkpoint, read_trainer_state
-
-        ckpt = latest_checkpoint(self.out)
-        if ckpt is None:
-            return False
         ray.get([ref for name, group in zip(("actor", "reward_critic", "cost_critic"), self.trained_groups())
-                 for ref in group.broadcast_async("load_checkpoint", str(ckpt / name))])
-        state = read_trainer_state(ckpt)
-        self.step, self.updates = state["step"], state["updates"]
+                 for ref in group.broadcast_async(method, str(ckpt / name))])
+
+    def save_learners(self, ckpt: Path) -> None:
+        self._each_trained_role("save_checkpoint", ckpt)
+
+    def load_learners(self, ckpt: Path) -> None:
+        self._each_trained_role("load_checkpoint", ckpt)
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {"updates": self.updates, "multiplier": self.multiplier.state_dict()}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        self.updates = state["updates"]
         self.multiplier.load_state_dict(state["multiplier"])
-        self.rollout.push_weights(self.actor.broadcast("state_dict")[0])
-        log.info("resumed PPO-Lag from %s (step %d, lambda %.4f)", ckpt, self.step, self.lam)
-        return True
 
     # -- evaluation ------------------------------------------------------------------------------
     def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:

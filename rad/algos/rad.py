@@ -463,15 +463,14 @@ class RADTrainer:
         self.window = (self.window + [[costs.tolist(), ref_costs.tolist()]])[-self.cfg.algo.dual_window:]
         return window_gain(self.window, self.cfg.algo.n_particles, self.weighting)
 
-    # -- checkpoints -----------------------------------------------------------------------------
+    # -- checkpoints (the skeleton is shared with PPO-Lag; the four hooks below differ) ----------
     def save_checkpoint(self) -> Path:
         from rad.runtime.checkpoint import atomic_dir, checkpoint_dir, prune_checkpoints, write_trainer_state
 
         final = checkpoint_dir(self.out, self.step)
         with atomic_dir(final) as tmp:
-            self.learners.broadcast("save_checkpoint", str(tmp))
-            write_trainer_state(tmp, {"step": self.step, "lambda": self.lam, "mu": self.mu, "seed": self.cfg.seed,
-                                      "dual_window": self.window, "dual_errors": self.errors})
+            self.save_learners(tmp)
+            write_trainer_state(tmp, {"step": self.step, "seed": self.cfg.seed, **self.trainer_state()})
         prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         return final
 
@@ -481,14 +480,28 @@ class RADTrainer:
         ckpt = latest_checkpoint(self.out)
         if ckpt is None:
             return False
-        self.learners.broadcast("load_checkpoint", str(ckpt))
+        self.load_learners(ckpt)
         state = read_trainer_state(ckpt)
-        self.step, self.lam, self.mu = state["step"], state["lambda"], state.get("mu", self.cfg.algo.mu_init)
+        self.step = state["step"]
+        self.load_trainer_state(state)
+        self.rollout.push_weights(self.policy_group().broadcast("state_dict")[0])
+        log.info("resumed %s from %s (step %d, lambda %.4f)", self.name, ckpt, self.step, self.lam)
+        return True
+
+    def save_learners(self, ckpt: Path) -> None:
+        self.learners.broadcast("save_checkpoint", str(ckpt))
+
+    def load_learners(self, ckpt: Path) -> None:
+        self.learners.broadcast("load_checkpoint", str(ckpt))
+
+    def trainer_state(self) -> dict[str, Any]:
+        """The controller's own state in a checkpoint (besides step and seed)."""
+        return {"lambda": self.lam, "mu": self.mu, "dual_window": self.window, "dual_errors": self.errors}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        self.lam, self.mu = state["lambda"], state.get("mu", self.cfg.algo.mu_init)
         self.window = state.get("dual_window", [])
         self.errors = state.get("dual_errors", [0.0, 0.0])
-        self.rollout.push_weights(self.learners.broadcast("state_dict")[0])
-        log.info("resumed RAD from %s (step %d, lambda %.4f)", ckpt, self.step, self.lam)
-        return True
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate_policy(self, tag: str) -> dict[str, Any]:
