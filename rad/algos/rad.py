@@ -420,7 +420,10 @@ class RADTrainer:
         with timer.phase("learner"):
             stats = self.learners.scatter("train_step", split_evenly(samples, len(self.learners)))
         lam_integral = self.lam
-        gain_hat, viol_hat = self.windowed_gain(costs, reference.costs_of(indices))
+        if algo.dual_window > 1:
+            gain_hat, viol_hat = self.windowed_gain(costs, reference.costs_of(indices))
+        else:  # a one-step window is this batch: the dominance step already has its exact values
+            gain_hat, viol_hat = dom.gain_exact, dom.violation_exact
         self.errors = [algo.delta - gain_hat, viol_hat - algo.violation_tolerance]
         self.lam = dual_ascent(self.lam, gain_hat, algo.delta, algo.lambda_lr, algo.lambda_max)
         if algo.mu_lr > 0:  # mu grows while viol > tolerance: the same projected step on -viol >= -tolerance
