@@ -88,6 +88,13 @@ class RADAlgoConfig:
     ref_prompts: int = field(128, min=1, help="prompts whose reference samples make the pooled particles")
     ref_samples_per_prompt: int = field(4, min=1)
     reward_whiten: bool = field(False, help="normalise the RLOO advantages by their batch std")
+    select: str = field("last", choices=("last", "feasible"),
+                        help="the policy the run returns: the last iterate, or the validated iterate with the "
+                             "highest reward win-rate over the reference among those meeting gain >= delta and "
+                             "violation <= violation_tolerance on val_prompts held-out training prompts (the "
+                             "last one if none does); see rad/algos/selection.py")
+    val_prompts: int = field(0, min=0, help="training prompts held out for select=feasible")
+    val_every: int = field(5, min=1, help="validate every N steps (and at the last one) when select=feasible")
 
     def validate(self) -> None:
         if self.k < 2:
@@ -95,6 +102,9 @@ class RADAlgoConfig:
         from rad.risk import weighting_from_spec
 
         weighting_from_spec(self.weighting)  # raises ConfigError naming the allowed weightings
+        if self.select == "feasible" and self.val_prompts == 0:
+            raise ConfigError("algo.select=feasible needs algo.val_prompts > 0 training prompts held out for "
+                              "validation")
 
 
 @dataclass
@@ -244,6 +254,11 @@ class ReferenceCosts:
 class RADTrainer:
     """The controller: builds the role groups, runs the steps, checkpoints, evaluates."""
 
+    # Validation for ``algo.select=feasible`` (empty: off; the PPO-Lag subclass never sets them).
+    val_prompts: list[str] = []
+    selector = None
+    _selection_state: dict[str, Any] | None = None
+
     def __init__(self, cfg: RADConfig):
         import ray
 
@@ -263,6 +278,15 @@ class RADTrainer:
         self.eval_prompts = [r["prompt"] for r in load_records(cfg.data.eval_prompts, "prompt", cfg.world, cfg.seed)]
         if not self.prompts:
             raise ConfigError("data.prompts: no prompts after loading")
+        if cfg.algo.select == "feasible":
+            from rad.algos.selection import split_validation
+
+            try:
+                train_idx, val_idx = split_validation(len(self.prompts), cfg.algo.val_prompts, cfg.seed)
+            except ValueError as exc:
+                raise ConfigError(f"algo.val_prompts: {exc}") from None
+            self.val_prompts = [self.prompts[i] for i in val_idx]
+            self.prompts = [self.prompts[i] for i in train_idx]
         self.policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
         self.reference_dir = cfg.reference or self.policy_dir
         res = cfg.resources
@@ -363,7 +387,16 @@ class RADTrainer:
             if saved.get("mode", "pooled") != algo.reference:
                 raise ConfigError(f"algo.reference={algo.reference!r} but {path} was computed in "
                                   f"{saved.get('mode', 'pooled')!r} mode; delete it or use a new output_dir")
-            return ReferenceCosts(saved["costs"], algo.n_particles, matched)
+            costs = saved["costs"]
+            if matched and saved.get("prompts") != self.prompts:
+                # e.g. a cache from a run without a validation split: keep this run's prompts' rows
+                row = {p: i for i, p in enumerate(saved.get("prompts", []))}
+                missing = [p for p in self.prompts if p not in row]
+                if missing:
+                    raise ConfigError(f"{path} has no reference costs for {len(missing)} of this run's training "
+                                      f"prompts (first: {missing[0][:60]!r}); delete it or use a new output_dir")
+                costs = costs[[row[p] for p in self.prompts]]
+            return ReferenceCosts(costs, algo.n_particles, matched)
         if self.reference_dir != self.policy_dir:
             raise ConfigError("reference differs from the policy initialisation: sampling the reference needs its "
                               "own engine, not supported yet; leave `reference` empty to use the SFT policy")
@@ -499,25 +532,81 @@ class RADTrainer:
 
     def trainer_state(self) -> dict[str, Any]:
         """The controller's own state in a checkpoint (besides step and seed)."""
-        return {"lambda": self.lam, "mu": self.mu, "dual_window": self.window, "dual_errors": self.errors}
+        return {"lambda": self.lam, "mu": self.mu, "dual_window": self.window, "dual_errors": self.errors,
+                "selection": self.selector.state() if self.selector else None}
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
         self.lam, self.mu = state["lambda"], state.get("mu", self.cfg.algo.mu_init)
         self.window = state.get("dual_window", [])
         self.errors = state.get("dual_errors", [0.0, 0.0])
+        self._selection_state = state.get("selection")
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate_policy(self, tag: str) -> dict[str, Any]:
-        """Samples on the held-out prompts with the current engine weights, scored; cached per tag."""
+    def evaluate_policy(self, tag: str | None, prompts: list[str] | None = None, seed: int = 4242) -> dict[str, Any]:
+        """Samples on ``prompts`` (default: the held-out ones) with the current engine weights, scored.
+
+        Written to ``eval_<tag>.json`` unless ``tag`` is None. The sampling seed is fixed, so
+        two policies are compared on common random numbers.
+        """
         n = self.cfg.eval_samples_per_prompt
-        rollouts = self.sample(self.eval_prompts, n, seed=self.cfg.seed + 4242)
+        rollouts = self.sample(self.eval_prompts if prompts is None else prompts, n, seed=self.cfg.seed + seed)
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         prompts = [r.prompt for r in rollouts]
         responses = [r.response_text for r in rollouts]
         rewards, costs = self.score(prompts, responses)
         record = {"prompts": prompts, "responses": responses, "rewards": rewards.tolist(), "costs": costs.tolist()}
-        (self.out / f"eval_{tag}.json").write_text(json.dumps(record))
+        if tag is not None:
+            (self.out / f"eval_{tag}.json").write_text(json.dumps(record))
         return record
+
+    # -- validation and the returned policy (algo.select) -----------------------------------------
+    _VAL_SEED = 5151
+
+    def make_selector(self) -> None:
+        """Before the loop: the reference's validation samples (cached with the run) and the selector."""
+        if not self.val_prompts:
+            return
+        from rad.algos.selection import ValidationSelector
+
+        path = self.out / "eval_validation_reference.json"
+        if path.exists():
+            reference = json.loads(path.read_text())
+        elif self.step == 0:  # the engines still hold the initial policy, i.e. the reference
+            reference = self.evaluate_policy("validation_reference", self.val_prompts, self._VAL_SEED)
+        else:
+            raise ConfigError(f"{path} is missing: the run cannot validate against the reference after step 0")
+        algo = self.cfg.algo
+        self.selector = ValidationSelector(reference, self.weighting, algo.delta, algo.violation_tolerance)
+        self.selector.load_state(self._selection_state)
+
+    def validate(self, logger) -> None:
+        """Every ``val_every`` steps and at the last: score the policy on the validation prompts."""
+        algo = self.cfg.algo
+        if self.selector is None or (self.step % algo.val_every and self.step != algo.steps):
+            return
+        record = self.evaluate_policy(None, self.val_prompts, self._VAL_SEED)
+        cand, better = self.selector.judge(self.step, record)
+        if better:
+            self.policy_group().broadcast("save_pretrained", str(self.out / "best"))
+        logger.log(self.selector.metrics(cand), step=self.step)
+
+    def save_returned_policy(self) -> tuple[str, dict[str, Any]]:
+        """Write ``model/`` (the last iterate or the selected one), load it into the engines; (dir, summary)."""
+        best = self.selector.best if self.selector else None
+        model = self.out / "model"
+        if best is None:
+            out = self.policy_group().broadcast("save_pretrained", str(model))[0]
+            return out, ({"select": "feasible", "selected_step": None, "reason": "no validated step was feasible; "
+                          "returning the last iterate"} if self.selector else {})
+        import shutil
+
+        from rad.models.loading import load_safetensors_state
+        from rad.runtime.checkpoint import atomic_dir
+
+        with atomic_dir(model) as tmp:
+            shutil.copytree(self.out / "best", tmp, dirs_exist_ok=True)
+        self.rollout.push_weights(load_safetensors_state(model))
+        return str(model), {"select": "feasible", "selected_step": best.step, "validation": self.selector.state()}
 
     def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
         """Held-out comparison of the trained policy against the reference (SFT)."""
@@ -589,6 +678,7 @@ class RADTrainer:
         reference_eval = (json.loads(ref_path.read_text()) if ref_path.exists() and self.step > 0
                           else self.evaluate_policy("reference") if self.step == 0 else None)
         step_args, extra = self.before_loop()
+        self.make_selector()
         last: dict[str, float] = {}
         with MetricsLogger(self.out, self.cfg.logging, config=to_dict(self.cfg)) as logger:
             bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc=self.name, unit="step",
@@ -599,18 +689,20 @@ class RADTrainer:
                     logger.log(last, step=self.step)
                 bar.update(1)
                 bar.set_postfix(**self.progress(last))
+                self.validate(logger)
                 if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                     self.save_checkpoint()
             bar.close()
             if not self.cfg.save_every or self.step % self.cfg.save_every:
                 self.save_checkpoint()
-            model_out = self.policy_group().broadcast("save_pretrained", str(self.out / "model"))[0]
+            model_out, selection = self.save_returned_policy()
             final_eval = self.evaluate_policy("policy")
             if reference_eval is None:
                 reference_eval = json.loads(ref_path.read_text())
             comparison = self.compare(final_eval, reference_eval)
             logger.log({f"eval/{k}": v for k, v in comparison.items()}, step=self.step)
         summary = {"model_dir": model_out, "steps": self.step, "lambda": self.lam, **self.summary_extra(),
+                   **({"selection": selection} if selection else {}),
                    "startup_seconds": round(self.startup_seconds, 1), **extra, "engine": self.rollout.kind,
                    "last_step": last, "heldout": comparison}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -296,3 +296,23 @@ def save_pretrained_atomic(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def load_safetensors_state(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The weights of an HF directory saved with safetensors (one file or an index of shards), on CPU."""
+    import json
+
+    from safetensors.torch import load_file
+
+    root = Path(directory)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (root / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ConfigError(f"{str(root)!r}: no model.safetensors or model.safetensors.index.json")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(root / name), device="cpu"))
+    return state

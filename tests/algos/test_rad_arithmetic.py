@@ -78,6 +78,8 @@ def test_learner_geometry_fits_one_step():
     ("algo.solver=emd", r"algo.solver: 'emd' is not allowed"),
     ("algo.reference=paired", r"algo.reference: .paired. is not allowed"),
     ("resources.num_learners=3", r"must divide evenly over resources.num_learners"),
+    ("algo.select=feasible", r"algo.select=feasible needs algo.val_prompts > 0"),
+    ("algo.select=best", r"algo.select: .best. is not allowed"),
 ])
 def test_bad_rad_config_fails_fast(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -135,3 +135,37 @@ def test_vllm_engine_with_two_learner_ranks(ray_cluster, tmp_path, sft_model_dir
     assert [r.response_token_ids for r in served] == [r.response_token_ids for r in expected]
     rows = [r for r in read_metrics(tmp_path / "vllm") if "rad/gain" in r]
     assert [r["step"] for r in rows] == [1, 2] and all(r["timing/weight_sync"] > 0 for r in rows)
+
+
+def test_select_feasible_returns_the_best_validated_step(ray_cluster, tmp_path, sft_model_dir, score_dirs):
+    # delta 0 and an unbounded tolerance make every validated step feasible, so the rule
+    # reduces to "highest validation win rate, earliest on ties" and is checked exactly.
+    from rad.models.loading import load_safetensors_state
+
+    trainer = RADTrainer(_cfg(tmp_path, "sel", sft_model_dir, score_dirs, steps=3, **{
+        "rollout.num_engines": 1, "algo.delta": 0.0, "algo.violation_tolerance": 1e9, "algo.select": "feasible",
+        "algo.val_prompts": 3, "algo.val_every": 1, "data.prompts": "embedded/prompts-train:12",
+        "learner.lr": 3e-3}))
+    try:
+        assert len(trainer.val_prompts) == 3 and len(trainer.prompts) == 9
+        assert not set(trainer.val_prompts) & set(trainer.prompts)
+        summary = trainer.train()
+        last = trainer.learners.broadcast("state_dict")[0]
+        engine = _engine_weights(trainer)[0]
+    finally:
+        trainer.shutdown()
+    run = tmp_path / "sel"
+    rows = [r for r in read_metrics(run) if "val/reward_win_rate" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["val/feasible"] == 1.0 for r in rows)
+    wins = [r["val/reward_win_rate"] for r in rows]
+    chosen = summary["selection"]["selected_step"]
+    assert chosen == rows[wins.index(max(wins))]["step"]
+    model = load_safetensors_state(run / "model")
+    best = load_safetensors_state(run / "best")
+    assert model.keys() == best.keys() and all(torch.equal(model[k], best[k]) for k in model)
+    for name, tensor in model.items():  # the final held-out evaluation ran on the selected weights
+        torch.testing.assert_close(engine[name], tensor, rtol=0, atol=0, msg=name)
+    if chosen != 3:
+        assert any(not torch.equal(model[k], last[k]) for k in model), "selected an earlier step but got the last"
+    reference = json.loads((run / "eval_validation_reference.json").read_text())
+    assert sorted(set(reference["prompts"])) == sorted(trainer.val_prompts)
