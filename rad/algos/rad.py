@@ -95,6 +95,8 @@ class RADAlgoConfig:
                              "last one if none does); see rad/algos/selection.py")
     val_prompts: int = field(0, min=0, help="training prompts held out for select=feasible")
     val_every: int = field(5, min=1, help="validate every N steps (and at the last one) when select=feasible")
+    val_samples_per_prompt: int = field(4, min=1, help="samples per validation prompt (the reference's and "
+                                                       "each validated policy's)")
 
     def validate(self) -> None:
         if self.k < 2:
@@ -542,13 +544,15 @@ class RADTrainer:
         self._selection_state = state.get("selection")
 
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate_policy(self, tag: str | None, prompts: list[str] | None = None, seed: int = 4242) -> dict[str, Any]:
-        """Samples on ``prompts`` (default: the held-out ones) with the current engine weights, scored.
+    def evaluate_policy(self, tag: str | None, prompts: list[str] | None = None, seed: int = 4242,
+                        n: int | None = None) -> dict[str, Any]:
+        """``n`` samples (default ``eval_samples_per_prompt``) per prompt of ``prompts`` (default: the
+        held-out ones) with the current engine weights, scored.
 
         Written to ``eval_<tag>.json`` unless ``tag`` is None. The sampling seed is fixed, so
         two policies are compared on common random numbers.
         """
-        n = self.cfg.eval_samples_per_prompt
+        n = n or self.cfg.eval_samples_per_prompt
         rollouts = self.sample(self.eval_prompts if prompts is None else prompts, n, seed=self.cfg.seed + seed)
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         prompts = [r.prompt for r in rollouts]
@@ -572,7 +576,8 @@ class RADTrainer:
         if path.exists():
             reference = json.loads(path.read_text())
         elif self.step == 0:  # the engines still hold the initial policy, i.e. the reference
-            reference = self.evaluate_policy("validation_reference", self.val_prompts, self._VAL_SEED)
+            reference = self.evaluate_policy("validation_reference", self.val_prompts, self._VAL_SEED,
+                                             self.cfg.algo.val_samples_per_prompt)
         else:
             raise ConfigError(f"{path} is missing: the run cannot validate against the reference after step 0")
         algo = self.cfg.algo
@@ -584,7 +589,7 @@ class RADTrainer:
         algo = self.cfg.algo
         if self.selector is None or (self.step % algo.val_every and self.step != algo.steps):
             return
-        record = self.evaluate_policy(None, self.val_prompts, self._VAL_SEED)
+        record = self.evaluate_policy(None, self.val_prompts, self._VAL_SEED, algo.val_samples_per_prompt)
         cand, better = self.selector.judge(self.step, record)
         if better:
             self.policy_group().broadcast("save_pretrained", str(self.out / "best"))
