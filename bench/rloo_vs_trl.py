@@ -17,9 +17,9 @@ and after is recorded). Ratios are medians over the pairs of the per-pair ratio.
   RAD's steps run from a TRL callback, between TRL's steps.
 * **TRL** ``RLOOTrainer``: everything in this process with one intra-op thread
   (``--trl-threads``; 0 keeps torch's default of one per core). One thread is TRL's
-  fastest setting on the shared 2-core machine: with two, a loaded machine ran TRL's
-  generation and scoring 10-50x slower (OpenMP threads spinning while the other core was
-  taken) and an idle one only ~10% faster. HF ``generate``, no vLLM. The breakdown is
+  fastest setting on the shared 2-core machine: with two, generation and scoring ran
+  30-50x slower while other jobs loaded the machine (OpenMP threads waiting for a
+  descheduled sibling) and 0-25% faster when it was idle. HF ``generate``, no vLLM. The breakdown is
   timed around TRL's own methods: generation (``_generate_single_turn``), scoring
   (``_calculate_rewards``), log-probs (the rest of ``_generate_and_score_completions``:
   decoding, current and reference policy log-probs, KL, advantages), learner (the rest
