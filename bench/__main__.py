@@ -36,7 +36,7 @@ from bench.report import BENCHMARKS, RUN_RECORD, write
 ROOT = Path(__file__).resolve().parent.parent
 #: Arguments of each benchmark in a full run (``all`` under ~20 min on 2 cores).
 FULL = {
-    "rloo_vs_trl": ["--prompts", "16", "--k", "4", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "3"],
+    "rloo_vs_trl": ["--prompts", "16", "--k", "4", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "6"],
     "dominance": ["--sizes", "64", "256", "1024", "--repeats", "5", "--rl-batch", "64"],
     "ppo_lag_vs_rad": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16",
                        "--steps", "3"],

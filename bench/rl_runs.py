@@ -184,8 +184,8 @@ def phase_cell(phases: dict[str, float], phase: str) -> str:
     return f"{phases[phase]:.3f}" if phase in phases else "-"
 
 
-def run_trainer(algo: str, overrides: list[str], steps: int, out_dir: Path, memory: bool = False) -> dict[str, Any]:
-    """Build the ``algo`` trainer ("rad" or "ppo_lag"), run one warm-up and ``steps`` measured steps, shut down."""
+def build_trainer(algo: str, overrides: list[str], total_steps: int, out_dir: Path) -> tuple[Any, float]:
+    """The ``algo`` trainer ("rad" or "ppo_lag") for ``total_steps`` steps and its start-up seconds."""
     from rad.config import load_config
 
     if algo == "rad":
@@ -195,10 +195,16 @@ def run_trainer(algo: str, overrides: list[str], steps: int, out_dir: Path, memo
         from safe_rlhf_baseline.config import PPOLagConfig as Cfg
         from safe_rlhf_baseline.trainer import PPOLagTrainer as Trainer
 
-    cfg = load_config(Cfg, None, overrides + [f"output_dir={out_dir}", f"algo.steps={steps + 1}"])
+    cfg = load_config(Cfg, None, overrides + [f"output_dir={out_dir}", f"algo.steps={total_steps}"])
     t0 = time.perf_counter()
     trainer = Trainer(cfg)
-    out: dict[str, Any] = {"startup_seconds": time.perf_counter() - t0}
+    return trainer, time.perf_counter() - t0
+
+
+def run_trainer(algo: str, overrides: list[str], steps: int, out_dir: Path, memory: bool = False) -> dict[str, Any]:
+    """Build the ``algo`` trainer ("rad" or "ppo_lag"), run one warm-up and ``steps`` measured steps, shut down."""
+    trainer, startup = build_trainer(algo, overrides, steps + 1, out_dir)
+    out: dict[str, Any] = {"startup_seconds": startup}
     try:
         roles = _roles(trainer, algo)
         out["roles"] = {name: len(actors) for name, actors in roles.items()}

@@ -1,22 +1,30 @@
 """RAD vs TRL's ``RLOOTrainer``: RL step throughput on the same model, prompts, k, batch and reward, in one run.
 
     python -m bench.rloo_vs_trl [--run-dir runs/tiny] [--prompts 16] [--k 4] [--max-new-tokens 48]
-                                [--micro-batch 16] [--steps 3] [--out FILE]
+                                [--micro-batch 16] [--steps 6] [--out FILE]
 
-Needs TRL (``pip install -c constraints/cpu.txt -e '.[bench]'``). Both run on the CPU,
-one after the other, with ``--steps`` measured optimizer steps after one warm-up step:
+Needs TRL (``pip install -c constraints/cpu.txt -e '.[bench]'``). Both trainers run on
+the CPU and are alive in this one process; their steps alternate, TRL step i then RAD
+step i (ABAB), one warm-up step each and then ``--steps`` measured pairs, so a change in
+the machine's load hits both alike (the machine may be shared: the load average before
+and after is recorded). Ratios are medians over the pairs of the per-pair ratio.
 
 * **RAD** (``RADTrainer``, as ``rad rl`` runs it): roles in Ray actors (HF rollout
   engine, scorer, reference, one DeepSpeed learner rank, one CPU and one intra-op
-  thread each), phases in sequence; its own ``timing/*`` metrics give the breakdown.
-* **TRL** ``RLOOTrainer``: everything in this process with one intra-op thread, like
-  each RAD actor (``--trl-threads 0`` keeps torch's default: on a shared, oversubscribed
-  machine two OpenMP threads ran TRL about 10x slower), HF ``generate``, no vLLM. The
-  breakdown is timed around TRL's own methods: generation (``_generate_single_turn``),
-  scoring (``_calculate_rewards``), log-probs (the rest of
-  ``_generate_and_score_completions``: decoding, current and reference policy
-  log-probs, KL, advantages), learner (the rest of the optimizer step: forward +
-  backward + Adam). TRL has no weight sync (the policy generates itself).
+  thread each, at this process's niceness); the scorer, reference and learner work at
+  the same time on each batch; its own ``timing/*`` metrics give the breakdown (its
+  ``scoring`` is the wait for the scores, ``logprobs`` the further wait for the log-probs).
+  RAD's steps run from a TRL callback, between TRL's steps.
+* **TRL** ``RLOOTrainer``: everything in this process with one intra-op thread
+  (``--trl-threads``; 0 keeps torch's default of one per core). One thread is TRL's
+  fastest setting on the shared 2-core machine: with two, generation and scoring ran
+  30-50x slower while other jobs loaded the machine (OpenMP threads waiting for a
+  descheduled sibling) and 0-25% faster when it was idle. HF ``generate``, no vLLM. The breakdown is
+  timed around TRL's own methods: generation (``_generate_single_turn``), scoring
+  (``_calculate_rewards``), log-probs (the rest of ``_generate_and_score_completions``:
+  decoding, current and reference policy log-probs, KL, advantages), learner (the rest
+  of the optimizer step: forward + backward + Adam). TRL has no weight sync (the policy
+  generates itself).
 
 What is the same: the policy (``--run-dir``'s SFT model, or the tiny model),
 the prompts of every step (RAD's, fed to TRL in order with ``shuffle_dataset=False``),
@@ -41,13 +49,14 @@ Results go to ``bench/results/rloo_vs_trl.json`` with ratios RAD / TRL.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
-from bench.rl_runs import PHASES, common_overrides, phase_cell, rad_overrides, run_trainer, summarize_steps
+from bench.rl_runs import PHASES, build_trainer, common_overrides, phase_cell, rad_overrides, summarize_steps
 
 NAME = "rloo_vs_trl"
 BETA = 0.05
@@ -79,8 +88,11 @@ def _timed_rloo_trainer():
 
 
 def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argparse.Namespace,
-            out_dir: Path) -> dict[str, Any]:
-    """TRL RLOO on the given prompts: one warm-up and ``len(prompts_by_step) - 1`` measured steps."""
+            out_dir: Path, after_step: Callable[[], None]) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """TRL RLOO on the given prompts, ``after_step()`` after each of its steps (outside its step clock).
+
+    Returns the summary of the measured steps (all but the first) and every step's row.
+    """
     import datasets
     import torch
     from transformers import TrainerCallback
@@ -131,6 +143,7 @@ def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argp
                          "timing/logprobs": rollout - gen - score, "timing/learner": elapsed - rollout,
                          "throughput/samples_per_s": batch / elapsed,
                          "throughput/tokens_per_s": seen["tokens"][-1] / elapsed})
+            after_step()
 
     tokenizer = load_tokenizer(models["policy"], padding_side="left")
     trainer = trainer_cls(model=models["policy"], reward_funcs=reward_minus_cost, args=config, train_dataset=dataset,
@@ -141,13 +154,13 @@ def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argp
         raise RuntimeError("TRL did not see RAD's prompts step by step; the comparison would not be like for like")
     out = {"startup_seconds": startup, "warmup_step_seconds": rows[0]["timing/step"],
            "torch_threads": torch.get_num_threads(), **summarize_steps(rows[1:])}
-    return out
+    return out, rows
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_args(p)
-    p.add_argument("--steps", type=int, default=3, help="measured steps per trainer (after one warm-up)")
+    p.add_argument("--steps", type=int, default=6, help="measured step pairs, TRL then RAD (after one warm-up each)")
     p.add_argument("--prompts", type=int, default=16, help="prompts per step")
     p.add_argument("--k", type=int, default=4, help="samples per prompt (TRL num_generations)")
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -171,30 +184,53 @@ def main(argv: list[str] | None = None) -> dict:
                      + rad_overrides(args.prompts, args.k, args.micro_batch, lr=LR)
                      + [f"algo.beta={BETA}", "algo.kl_estimator=k1", "algo.loss_aggregation=sequence_sum",
                         "learner.scheduler=constant", "learner.grad_clip=1.0", "learner.weight_decay=0.0"])
-        rad = run_trainer("rad", overrides, args.steps, tmp / "rad")
+        trainer, startup = build_trainer("rad", overrides, args.steps + 1, tmp / "rad")
+        try:
+            step_args, extra = trainer.before_loop()
+            prompts_by_step = [trainer.step_prompts(s) for s in range(args.steps + 1)]
+            rad_rows: list[dict[str, float]] = []
+            trl, trl_rows = run_trl(models, prompts_by_step, args, tmp / "trl",
+                                    after_step=lambda: rad_rows.append(trainer.train_step(*step_args)))
+        finally:
+            trainer.shutdown()
     finally:
         ray.shutdown()
-    prompts_by_step = rad.pop("prompts_by_step")
-    trl = run_trl(models, prompts_by_step, args, tmp / "trl")
+    rad = {"startup_seconds": startup, **extra, "warmup_step_seconds": rad_rows[0]["timing/step"],
+           **summarize_steps(rad_rows[1:])}
     if trl["tokens_per_step"] != rad["tokens_per_step"]:
         raise RuntimeError(f"unequal work: RAD generated {rad['tokens_per_step']} tokens per step, "
                            f"TRL {trl['tokens_per_step']}")
+    pairs = list(zip(rad_rows[1:], trl_rows[1:]))
+
+    def median_ratio(num: Callable[[dict], float], den: Callable[[dict], float]) -> float:
+        return statistics.median(num(r) / den(t) for r, t in pairs)
+
+    def secs(*phases: str) -> Callable[[dict], float]:
+        return lambda row: sum(row.get(f"timing/{p}", 0.0) for p in phases)
+
+    pair_speed = [t["timing/step"] / r["timing/step"] for r, t in pairs]
+    rad["pair_speed_ratios"] = pair_speed
     report["results"] = {"rad": rad, "trl": trl}
-    ph = rad["phase_seconds_mean"]
     report["ratios"] = {
-        "rad_over_trl_samples_per_s": ratio(rad["samples_per_s"] / trl["samples_per_s"],
-                                            "RAD / TRL RLOOTrainer samples/s, measured steps (> 1: RAD faster)"),
+        "rad_over_trl_samples_per_s": ratio(statistics.median(pair_speed),
+                                            "RAD / TRL RLOOTrainer samples/s, median over interleaved step pairs "
+                                            "(> 1: RAD faster)"),
         "rad_over_trl_samples_per_s_best": ratio(rad["samples_per_s_best"] / trl["samples_per_s_best"],
                                                  "RAD / TRL samples/s of each one's fastest step"),
-        "rad_over_trl_tokens_per_s": ratio(rad["tokens_per_s"] / trl["tokens_per_s"],
-                                           "RAD / TRL generated tokens/s per RL step"),
-        "rad_dominance_share_of_step": ratio(ph["dominance"] / rad["step_seconds_mean"],
-                                             "RAD's dominance phase (Sinkhorn, in the loop) / its whole step; "
-                                             "goal < 0.01"),
+        "rad_over_trl_samples_per_s_total": ratio(rad["samples_per_s"] / trl["samples_per_s"],
+                                                  "RAD / TRL samples/s over all measured steps"),
+        "rad_dominance_share_of_step": ratio(statistics.median(r["timing/dominance"] / r["timing/step"]
+                                                               for r in rad_rows[1:]),
+                                             "RAD's dominance phase (Sinkhorn, in the loop) / its whole step, "
+                                             "median; goal < 0.01"),
     }
     for phase in ("generation", "scoring", "logprobs", "learner"):
         report["ratios"][f"rad_over_trl_{phase}_seconds"] = ratio(
-            ph[phase] / trl["phase_seconds_mean"][phase], f"RAD / TRL mean {phase} phase time (< 1: RAD faster)")
+            median_ratio(secs(phase), secs(phase)), f"RAD / TRL {phase} phase time, median over step pairs "
+                                                    "(< 1: RAD faster)")
+    report["ratios"]["rad_over_trl_scoring_logprobs_seconds"] = ratio(
+        median_ratio(secs("scoring", "logprobs"), secs("scoring", "logprobs")),
+        "RAD / TRL scoring + log-probs time (RAD overlaps the two), median over step pairs (< 1: RAD faster)")
     return publish(report, args.out, markdown)
 
 

@@ -3,7 +3,7 @@
 Six roles, each a Ray actor group; the controller (driver) owns the dataflow::
 
     prompts --rollout pool--> responses --scorer--> reward r, cost c    (episode costs -> lambda window)
-      --reference / actor / reward critic / cost critic (in parallel)-->
+      --reference / actor / reward critic / cost critic (in parallel, and with the scorer)-->
             log pi_ref, log pi_old, V_r, V_c per response token
     driver: shaped streams (KL per token, scores on the last token, clipped)
             GAE per stream -> A_r, R_r, A_c, R_c
@@ -14,7 +14,7 @@ Six roles, each a Ray actor group; the controller (driver) owns the dataflow::
 
 The rollout pool, scorer, reference worker, weight sync, checkpoint helpers and
 metrics are rad's; :class:`PPOLagTrainer` subclasses :class:`rad.algos.rad.RADTrainer`
-to share its role plumbing (``score``, ``sample``, ``step_prompts``,
+to share its role plumbing (``score_async``, ``gather_scores``, ``sample``, ``step_prompts``,
 ``evaluate_policy``, ``_oracle``), and replaces the learner roles, the step,
 checkpoints and the held-out comparison. It does not call ``RADTrainer.__init__``
 (that would start RAD's REINFORCE learner).
@@ -148,12 +148,6 @@ class PPOLagTrainer(RADTrainer):
         return (self.actor, self.reward_critic, self.cost_critic)
 
     # -- experience ----------------------------------------------------------------------------
-    def _split_async(self, group, method: str, items: list, **kwargs: Any) -> list:
-        from rad.runtime.worker_group import split_evenly
-
-        return [getattr(a, method).remote(s, **kwargs)
-                for a, s in zip(group.actors, split_evenly(items, len(group))) if s]
-
     def _ptx_samples(self, update: int) -> list[dict[str, Any]] | None:
         """PTX samples of PPO update ``update``: consecutive slices of seeded per-epoch permutations."""
         if not self.ptx_records or self.cfg.algo.ptx_coeff == 0:
@@ -171,19 +165,17 @@ class PPOLagTrainer(RADTrainer):
             out.append({"prompt_ids": enc.prompt_ids, "response_ids": enc.response_ids})
         return out
 
-    def make_experience(self, samples: list[dict[str, Any]], rewards: torch.Tensor,
-                        costs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Log-probs and values from the four roles (in parallel), then shaped streams and GAE on the driver."""
-        import ray
+    def experience_calls(self, samples: list[dict[str, Any]]) -> list[list]:
+        """The four roles' log-prob and value calls on ``samples``, started and not waited for."""
+        return [g.split_async(m, samples) for g, m in ((self.reference, "logprobs"), (self.actor, "logprobs"),
+                                                       (self.reward_critic, "values"), (self.cost_critic, "values"))]
 
-        calls = [self._split_async(g, m, samples) for g, m in ((self.reference, "logprobs"), (self.actor, "logprobs"),
-                                                              (self.reward_critic, "values"),
-                                                              (self.cost_critic, "values"))]
-        flat = ray.get([r for refs in calls for r in refs])
-        parts, start = [], 0
-        for refs in calls:
-            parts.append([x for part in flat[start: start + len(refs)] for x in part])
-            start += len(refs)
+    def make_experience(self, calls: list[list], rewards: torch.Tensor,
+                        costs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Log-probs and values of :meth:`experience_calls`, then shaped streams and GAE on the driver."""
+        from rad.runtime.worker_group import WorkerGroup
+
+        parts = [WorkerGroup.concat(refs) for refs in calls]
         ref_lp, old_lp, r_values, c_values = (pad_lists(p)[0] for p in parts)
         mask = pad_lists(parts[0])[1]
         algo = self.cfg.algo
@@ -210,11 +202,14 @@ class PPOLagTrainer(RADTrainer):
                                    seed=self.cfg.rollout.sampling.seed + 1000 * (self.step + 1))
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in rollouts]
+        # as in RAD, the scorers work while the four roles compute log-probs and values
         with timer.phase("scoring"):
-            rewards, costs = self.score([r.prompt for r in rollouts], [r.response_text for r in rollouts])
+            score_refs = self.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
+            calls = self.experience_calls(samples)
+            rewards, costs = self.gather_scores(score_refs)
         self.multiplier.observe(costs.tolist())
         with timer.phase("logprobs"):
-            exp = self.make_experience(samples, rewards, costs)
+            exp = self.make_experience(calls, rewards, costs)
         mask = exp["mask"]
         lists = {k: unpad(exp[k], mask) for k in ("old_logprobs", "reward_advantages", "cost_advantages",
                                                   "reward_values", "reward_returns", "cost_values", "cost_returns")}

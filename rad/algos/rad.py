@@ -4,7 +4,8 @@ One controller (this module, on the driver) owns the dataflow; every model lives
 in a Ray actor of its role::
 
     prompts --rollout pool--> k responses/prompt --scorers--> reward r, cost c
-            --reference / learner--> per-token log-probs (ref, policy)
+                                                 --reference / learner--> per-token log-probs (ref, policy)
+                                                 (scorers, reference and learner at the same time)
     driver:  r~ = r - beta * KL_t-sum (k1 or k3)
              costs of the whole batch -> quantile particles -> FSD gain vs reference particles
              -> particle gradient -> dominance signal s (>= 0)
@@ -345,13 +346,21 @@ class RADTrainer:
 
     # -- roles ---------------------------------------------------------------------------------
     def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        import ray
+        return self.gather_scores(self.score_async(prompts, responses))
 
+    def score_async(self, prompts: list[str], responses: list[str]) -> list:
+        """The scorers' calls on contiguous shards, not waited for (see :meth:`gather_scores`)."""
         from rad.runtime.worker_group import split_evenly
 
         p_shards = split_evenly(prompts, len(self.scorers))
         r_shards = split_evenly(responses, len(self.scorers))
-        refs = [a.score.remote(p, r) for a, p, r in zip(self.scorers.actors, p_shards, r_shards) if p]
+        return [a.score.remote(p, r) for a, p, r in zip(self.scorers.actors, p_shards, r_shards) if p]
+
+    @staticmethod
+    def gather_scores(refs: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards, costs) of :meth:`score_async`'s calls, float64, in sample order."""
+        import ray
+
         rewards, costs = [], []
         for out in ray.get(refs):
             rewards.append(torch.tensor(out["rewards"], dtype=torch.float64).reshape(-1))  # copies the read-only array
@@ -431,11 +440,16 @@ class RADTrainer:
             rollouts = self.sample(prompts, algo.k, seed=self.cfg.rollout.sampling.seed + 1000 * (self.step + 1))
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in rollouts]
+        # Scores and both log-prob passes need only the rollouts, so the scorer, reference and learner actors
+        # work at the same time: "scoring" times the scores, "logprobs" the further wait for the log-probs.
         with timer.phase("scoring"):
-            rewards, costs = self.score([r.prompt for r in rollouts], [r.response_text for r in rollouts])
+            score_refs = self.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
+            ref_refs = self.reference.split_async("logprobs", samples)
+            pol_refs = self.learners.split_async("logprobs", samples)
+            rewards, costs = self.gather_scores(score_refs)
         with timer.phase("logprobs"):
-            ref_lp = self.reference.split("logprobs", samples)
-            pol_lp = self.learners.split("logprobs", samples)
+            ref_lp = self.reference.concat(ref_refs)
+            pol_lp = self.learners.concat(pol_refs)
         kl = torch.tensor([kl_per_sample(p, q, algo.kl_estimator) for p, q in zip(pol_lp, ref_lp)],
                           dtype=torch.float64)
         shaped = rewards - algo.beta * kl

@@ -1,7 +1,7 @@
 """Batched scoring service: (prompt, response) text in, rewards and costs out.
 
 The scorer only ever takes text. Each score model re-tokenizes with its own
-tokenizer and template (:func:`rad.models.score_model.encode_for_scoring`), so
+tokenizer and template (:func:`rad.models.score_model.encode_many_for_scoring`), so
 the policy's tokenizer never has to match the reward's or the cost's, and the
 two score models need not share one either.
 
@@ -28,7 +28,7 @@ import torch
 
 from rad.errors import ConfigError, DataError, RadError
 from rad.models.loading import load_tokenizer
-from rad.models.score_model import ScoreModel, encode_for_scoring, load_score_model
+from rad.models.score_model import ScoreModel, encode_many_for_scoring, load_score_model
 
 
 #: What an empty response is scored as when ``empty_response="placeholder"``.
@@ -90,13 +90,10 @@ class Scorer:
 
     def _encode(self, tokenizer, template: str, limit: int, prompts: Sequence[str],
                 responses: Sequence[str]) -> list[list[int]]:
-        out = []
-        for i, (p, r) in enumerate(zip(prompts, responses)):
-            try:
-                out.append(encode_for_scoring(tokenizer, p, r, limit, template, truncate=self.truncate))
-            except DataError as exc:
-                raise DataError(f"scorer: item {i}: {exc}") from None
-        return out
+        try:
+            return encode_many_for_scoring(tokenizer, prompts, responses, limit, template, truncate=self.truncate)
+        except DataError as exc:
+            raise DataError(f"scorer: {exc}") from None
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, np.ndarray]:
         """``{"rewards": float32 [N], "costs": float32 [N]}`` (only the models this scorer holds)."""

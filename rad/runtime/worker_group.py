@@ -6,6 +6,7 @@ says how arguments reach its actors (verl's idea):
 * ``broadcast(method, *args)``   the same call on every actor, results in rank order
 * ``scatter(method, shards)``    shard i goes to actor i, results in rank order
 * ``split(method, items)``       a list cut into contiguous near-equal shards, results concatenated
+  (``split_async`` + ``concat``: the same without blocking, so roles can overlap)
 * ``rank0(method, *args)``       only the first actor (e.g. "give me the weights")
 
 Actors are placed by resources (``num_cpus``/``num_gpus`` per actor), optionally
@@ -73,10 +74,19 @@ class WorkerGroup:
 
     def split(self, method: str, items: Sequence[Any], **kwargs: Any) -> list:
         """Cut ``items`` over the actors (empty shards skipped) and concatenate the results."""
+        return self.concat(self.split_async(method, items, **kwargs))
+
+    def split_async(self, method: str, items: Sequence[Any], **kwargs: Any) -> list:
+        """:meth:`split` without waiting: the shards' object refs, for :meth:`concat` (other roles can work
+        meanwhile)."""
+        shards = split_evenly(items, len(self.actors))
+        return [getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards) if s]
+
+    @staticmethod
+    def concat(refs: list) -> list:
+        """The results of :meth:`split_async`'s calls, concatenated in shard order."""
         import ray
 
-        shards = split_evenly(items, len(self.actors))
-        refs = [getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards) if s]
         out: list = []
         for part in ray.get(refs):
             out.extend(part)

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from rad.data.encode import left_pad
 from rad.errors import ConfigError, DataError
 from rad.models.loading import load_tokenizer
-from rad.models.score_model import (ScoreModel, build_score_model, encode_for_scoring, load_score_model, pad_right,
-                                    save_score_model)
+from rad.models.score_model import (ScoreModel, build_score_model, encode_for_scoring, encode_many_for_scoring,
+                                    load_score_model, pad_right, save_score_model)
 from reward_cost_models.losses import reward_loss
 
 PAIRS = [("how do i bake bread?", "mix flour and water, then bake it."),
@@ -97,6 +97,20 @@ def test_save_load_round_trip_is_exact(llama_scorer, tokenizer, tmp_path):
 def test_load_rejects_a_plain_model_directory(tiny_model_dir):
     with pytest.raises(ConfigError, match="score_config.json"):
         load_score_model(tiny_model_dir)
+
+
+def test_encode_many_is_encode_each_pair(tokenizer):
+    """The batched encoder (prompts repeated, as k samples per prompt, and pairs to truncate) = one call per pair."""
+    long_prompt = "please explain " * 40 + "how to grow tomatoes"
+    prompts = [p for p, _ in PAIRS for _ in range(2)] + [long_prompt, "hi"]
+    responses = [r for _, r in PAIRS for r in (r, r + " really.")] + ["water them every day", "water them " * 100]
+    for max_length in (10_000, 40, 32):
+        assert encode_many_for_scoring(tokenizer, prompts, responses, max_length) == \
+            [encode_for_scoring(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+    with pytest.raises(DataError, match=f"item {len(prompts) - 2}: .*over max_length=40"):
+        encode_many_for_scoring(tokenizer, prompts, responses, 40, truncate=False)
+    with pytest.raises(DataError, match="item 1: empty response"):
+        encode_many_for_scoring(tokenizer, prompts[:2], ["ok", " "], 40)
 
 
 def test_encode_truncates_prompt_from_the_left_and_keeps_response_end(tokenizer):

@@ -8,10 +8,16 @@ call is reproducible for the same inputs and micro-batch size, and the caller's
 global RNG is left untouched.
 
 Sampling warpers (temperature, top-k, top-p) are applied by this engine's own
-logits-processor list rather than by ``generate``'s built-in ones, followed by a
-recorder that keeps the log-softmax of the processed scores of one step only and
-gathers the chosen token's log-prob on the next call. ``output_scores`` would keep
-``max_new_tokens x batch x vocab`` floats; this keeps one ``batch x vocab`` slice.
+logits-processor list rather than by ``generate``'s built-in ones, followed by
+:class:`_PickToken`, which draws the next token itself (inverse CDF: one uniform per
+row against the cumulative probabilities), records its log-prob under the processed
+scores and hands ``generate`` scores that are -inf everywhere else, so ``generate``
+runs greedy and takes that token. ``torch.multinomial``, which ``generate`` would
+sample with, draws one exponential per vocabulary entry: 3.4 ms per step for 64 rows
+of a 1024-token vocabulary on one CPU thread, about a quarter of the tiny policy's
+``generate`` time, against 0.16 ms for the inverse CDF. Recording only the chosen
+token's log-prob also avoids ``output_scores``, which would keep
+``max_new_tokens x batch x vocab`` floats.
 """
 
 from __future__ import annotations
@@ -39,29 +45,34 @@ from rad.runtime.rollout.base import (
 )
 
 
-class _ChosenTokenLogprobs:
-    """Last logits processor: log-prob of each sampled token under the processed scores.
+class _PickToken:
+    """Last logits processor: picks each row's next token and records its log-prob (see the module doc).
 
-    Called once per generated position with the scores the sampler will use; the
-    token chosen from them is only known at the next call (it is then the last
-    column of ``input_ids``) or, for the final step, from the returned sequences.
+    Sampling draws from the softmax of the processed scores; greedy takes their argmax
+    (the same token ``generate``'s greedy search would take).
     """
 
-    def __init__(self) -> None:
-        self._pending: torch.Tensor | None = None
+    def __init__(self, sample: bool) -> None:
+        self.sample = sample
         self._steps: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self._pending is not None:
-            self._steps.append(self._pending.gather(-1, input_ids[:, -1:]).squeeze(-1))
-        self._pending = torch.log_softmax(scores.float(), dim=-1)
-        return scores
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        if self.sample:
+            probs = logp.double().exp()
+            cdf = probs.cumsum(-1)
+            u = torch.rand((cdf.shape[0], 1), dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+            # right=True never lands on a zero-probability token; the clamp to each row's last positive
+            # one covers u rounding up to the total
+            last = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)
+            tokens = torch.minimum(torch.searchsorted(cdf, u, right=True), last)
+        else:
+            tokens = scores.argmax(-1, keepdim=True)
+        self._steps.append(logp.gather(-1, tokens).squeeze(-1))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
 
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        """``(batch, generated)`` log-probs, aligned with the generated columns of ``sequences``."""
-        if self._pending is not None:
-            self._steps.append(self._pending.gather(-1, sequences[:, -1:]).squeeze(-1))
-            self._pending = None
+    def logprobs(self) -> torch.Tensor:
+        """``(batch, generated)`` log-probs of the picked tokens, one column per generated position."""
         return torch.stack(self._steps, dim=1).cpu()
 
 
@@ -96,7 +107,7 @@ class HFEngine(RolloutEngine):
                       eos_token_id=tok.eos_token_id if sampling.stop_on_eos else None,
                       temperature=None, top_k=None, top_p=None)
         warpers: list = []
-        kwargs["do_sample"] = not sampling.greedy
+        kwargs["do_sample"] = False  # _PickToken samples; generate takes the one token it leaves
         if not sampling.greedy:
             if sampling.temperature != 1.0:
                 warpers.append(TemperatureLogitsWarper(sampling.temperature))
@@ -120,13 +131,13 @@ class HFEngine(RolloutEngine):
             chunk = rows[start: start + self.micro_batch_size]
             batch = {k: v.to(self.device) for k, v in left_pad([prompt_ids[i] for i, _ in chunk],
                                                                 self.tokenizer.pad_token_id).items()}
-            recorder = _ChosenTokenLogprobs()
+            picker = _PickToken(sample=not sampling.greedy)
             with torch.random.fork_rng(devices=rng_devices):
                 torch.manual_seed(derived_seed(sampling.seed, mb))
                 sequences = self.model.generate(**batch, **kwargs,
-                                                logits_processor=LogitsProcessorList([*warpers, recorder]))
+                                                logits_processor=LogitsProcessorList([*warpers, picker]))
             new_tokens = sequences[:, batch["input_ids"].shape[1]:].cpu()
-            logprobs = recorder.finish(sequences)
+            logprobs = picker.logprobs()
             for row, (i, j) in enumerate(chunk):
                 ids, reason = cut_at_eos(new_tokens[row].tolist(), eos_id, sampling.stop_on_eos)
                 rollouts.append(Rollout(
