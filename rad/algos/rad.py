@@ -96,6 +96,9 @@ class RADAlgoConfig:
                              "last one if none does); see rad/algos/selection.py")
     val_prompts: int = field(0, min=0, help="training prompts held out for select=feasible")
     val_every: int = field(5, min=1, help="validate every N steps (and at the last one) when select=feasible")
+    val_confidence: float = field(0.0, min=0, help="count a validated step as feasible only if the one-sided "
+                                                   "bootstrap bounds at this level (over validation prompts) meet "
+                                                   "the constraint, e.g. 0.9 (0 = point estimates)")
     val_samples_per_prompt: int = field(4, min=1, help="samples per validation prompt (the reference's and "
                                                        "each validated policy's)")
 
@@ -105,6 +108,8 @@ class RADAlgoConfig:
         from rad.risk import weighting_from_spec
 
         weighting_from_spec(self.weighting)  # raises ConfigError naming the allowed weightings
+        if not self.val_confidence < 1:
+            raise ConfigError(f"algo.val_confidence: must be < 1, got {self.val_confidence}")
         if self.select == "feasible" and self.val_prompts == 0:
             raise ConfigError("algo.select=feasible needs algo.val_prompts > 0 training prompts held out for "
                               "validation")
@@ -595,7 +600,8 @@ class RADTrainer:
         else:
             raise ConfigError(f"{path} is missing: the run cannot validate against the reference after step 0")
         algo = self.cfg.algo
-        self.selector = ValidationSelector(reference, self.weighting, algo.delta, algo.violation_tolerance)
+        self.selector = ValidationSelector(reference, self.weighting, algo.delta, algo.violation_tolerance,
+                                           algo.val_confidence)
         self.selector.load_state(self._selection_state)
 
     def validate(self, logger) -> None:
@@ -603,7 +609,8 @@ class RADTrainer:
         algo = self.cfg.algo
         if self.selector is None or (self.step % algo.val_every and self.step != algo.steps):
             return
-        record = self.evaluate_policy(None, self.val_prompts, self._VAL_SEED, algo.val_samples_per_prompt)
+        record = self.evaluate_policy(f"validation_step{self.step}", self.val_prompts, self._VAL_SEED,
+                                      algo.val_samples_per_prompt)
         cand, better = self.selector.judge(self.step, record)
         if better:
             self.policy_group().broadcast("save_pretrained", str(self.out / "best"))

@@ -11,6 +11,15 @@ run returns the iterate with the highest reward win-rate among those that meet
 the constraint (gain >= delta and violation <= violation_tolerance). Only the
 learned reward and cost models are consulted; the held-out test prompts and any
 hidden ground truth stay untouched, so the final evaluation remains unbiased.
+
+Picking the best win rate drives the choice to the edge of the feasible set,
+where a validation estimate that just clears delta often fails on fresh prompts
+(measured: 0.64 on validation, 0.27 on the test prompts). With ``confidence`` c
+> 0 a step counts as feasible only if the one-sided c bootstrap bounds clear the
+constraint: the c-lower quantile of the gain >= delta and the c-upper quantile of
+the violation <= tolerance, resampling validation prompts (policy and reference
+samples of a prompt together). This is the high-confidence safety test of
+Seldonian algorithms (Thomas et al., Science 2019) with a bootstrap bound.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["Candidate", "ValidationSelector", "split_validation", "win_rate"]
+__all__ = ["Candidate", "ValidationSelector", "bootstrap_bounds", "split_validation", "win_rate"]
 
 
 def split_validation(n_prompts: int, n_val: int, seed: int) -> tuple[list[int], list[int]]:
@@ -48,16 +57,40 @@ class Candidate:
     violation: float
     reward_win_rate: float
     feasible: bool
+    gain_lower: float = float("nan")  # the bootstrap bounds (point estimates when confidence is 0)
+    violation_upper: float = float("nan")
+
+
+def bootstrap_bounds(policy_costs: torch.Tensor, reference_costs: torch.Tensor, weighting, confidence: float,
+                     resamples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """(c-lower quantile of the gain, c-upper quantile of the violation) over prompt resamples.
+
+    Both cost tensors are ``[prompts, samples]`` with the same prompts in the same rows.
+    """
+    from rad.risk import empirical_gain_violation
+
+    n = policy_costs.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    gains, viols = [], []
+    for _ in range(resamples):
+        rows = torch.randint(n, (n,), generator=gen)
+        g, v = empirical_gain_violation(policy_costs[rows].reshape(-1), reference_costs[rows].reshape(-1), weighting)
+        gains.append(float(g))
+        viols.append(float(v))
+    return (float(torch.tensor(gains).quantile(1 - confidence)), float(torch.tensor(viols).quantile(confidence)))
 
 
 class ValidationSelector:
     """Scores validation samples against the reference's and remembers the best feasible step."""
 
-    def __init__(self, reference: dict[str, Any], weighting, delta: float, tolerance: float):
+    def __init__(self, reference: dict[str, Any], weighting, delta: float, tolerance: float, confidence: float = 0.0):
+        if not 0 <= confidence < 1:
+            raise ValueError(f"confidence must be in [0, 1), got {confidence}")
         self.reference = reference
         self.weighting = weighting
         self.delta = delta
         self.tolerance = tolerance
+        self.confidence = confidence
         self.best: Candidate | None = None
 
     def judge(self, step: int, policy: dict[str, Any]) -> tuple[Candidate, bool]:
@@ -68,8 +101,17 @@ class ValidationSelector:
                                               torch.tensor(self.reference["costs"], dtype=torch.float64),
                                               self.weighting)
         gain, viol = float(gain), float(viol)
+        lower, upper = gain, viol
+        if self.confidence > 0:
+            if policy["prompts"] != self.reference["prompts"]:
+                raise ValueError("validation samples must come in the reference's prompt order")
+            rows = len(dict.fromkeys(policy["prompts"]))
+            lower, upper = bootstrap_bounds(torch.tensor(policy["costs"], dtype=torch.float64).view(rows, -1),
+                                            torch.tensor(self.reference["costs"], dtype=torch.float64).view(rows, -1),
+                                            self.weighting, self.confidence, seed=step)
         cand = Candidate(step, gain, viol, win_rate(policy["rewards"], self.reference["rewards"]),
-                         feasible=gain >= self.delta and viol <= self.tolerance)
+                         feasible=lower >= self.delta and upper <= self.tolerance, gain_lower=lower,
+                         violation_upper=upper)
         better = cand.feasible and (self.best is None or cand.reward_win_rate > self.best.reward_win_rate)
         if better:
             self.best = cand
@@ -77,8 +119,9 @@ class ValidationSelector:
 
     @staticmethod
     def metrics(cand: Candidate) -> dict[str, float]:
-        return {"val/gain": cand.gain, "val/violation": cand.violation,
-                "val/reward_win_rate": cand.reward_win_rate, "val/feasible": float(cand.feasible)}
+        return {"val/gain": cand.gain, "val/violation": cand.violation, "val/gain_lower": cand.gain_lower,
+                "val/violation_upper": cand.violation_upper, "val/reward_win_rate": cand.reward_win_rate,
+                "val/feasible": float(cand.feasible)}
 
     def state(self) -> dict[str, Any] | None:
         return None if self.best is None else asdict(self.best)

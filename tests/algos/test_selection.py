@@ -54,3 +54,40 @@ def test_selector_keeps_the_feasible_step_with_the_best_win_rate():
     restored.load_state(sel.state())
     assert restored.best == sel.best
     assert ValidationSelector.metrics(c5)["val/feasible"] == 1.0
+
+
+def _paired(costs, rewards, n_per_prompt):
+    prompts = [f"p{i // n_per_prompt}" for i in range(len(costs))]
+    return {"prompts": prompts, **_record(costs, rewards)}
+
+
+def test_confidence_bound_rejects_a_gain_that_only_clears_delta_on_average():
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(60, 4, generator=gen, dtype=torch.float64)
+    # Half the prompts improve by 2 (gain there 2), the others not at all: the point gain is
+    # about 1, but prompt resamples spread it, so its 0.9-lower bound is clearly below.
+    shift = torch.zeros(60, 1, dtype=torch.float64)
+    shift[::2] = -2.0
+    pol = ref + shift
+    weighting = weighting_from_spec("uniform")
+    flat = lambda t: t.reshape(-1)  # noqa: E731
+    point = ValidationSelector(_paired(flat(ref), torch.zeros(240), 4), weighting, delta=0.9, tolerance=0.05)
+    sure = ValidationSelector(_paired(flat(ref), torch.zeros(240), 4), weighting, delta=0.9, tolerance=0.05,
+                              confidence=0.9)
+    c_point, _ = point.judge(1, _paired(flat(pol), torch.ones(240), 4))
+    c_sure, _ = sure.judge(1, _paired(flat(pol), torch.ones(240), 4))
+    assert c_point.gain == pytest.approx(1.0) and c_point.feasible
+    assert c_sure.gain == pytest.approx(1.0) and c_sure.gain_lower < 0.9 < c_sure.gain and not c_sure.feasible
+    # A shift of every prompt is the same on every resample: the bound equals the point value.
+    c_all, _ = sure.judge(2, _paired(flat(ref - 1.0), torch.ones(240), 4))
+    assert c_all.gain_lower == pytest.approx(1.0) and c_all.feasible
+
+
+def test_confidence_needs_prompts_in_the_reference_order():
+    ref = _paired(torch.zeros(8), torch.zeros(8), 2)
+    sel = ValidationSelector(ref, weighting_from_spec("uniform"), 0.0, 1.0, confidence=0.5)
+    shuffled = dict(ref, prompts=list(reversed(ref["prompts"])))
+    with pytest.raises(ValueError, match="reference's prompt order"):
+        sel.judge(1, shuffled)
+    with pytest.raises(ValueError, match=r"confidence must be in \[0, 1\)"):
+        ValidationSelector(ref, weighting_from_spec("uniform"), 0.0, 1.0, confidence=1.0)
