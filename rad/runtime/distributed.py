@@ -63,9 +63,10 @@ def init_distributed(backend: str = "auto") -> None:
     ensure_torch_extensions_cache()
     import deepspeed
 
+    # DeepSpeed reads it to pick the device on every engine, also when the group already exists
+    os.environ.setdefault("LOCAL_RANK", "0")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it to pick the device
     if "MASTER_ADDR" in os.environ and "RANK" in os.environ:
         deepspeed.init_distributed(dist_backend=backend_name(backend), auto_mpi_discovery=False)
         return
