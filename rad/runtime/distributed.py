@@ -70,5 +70,14 @@ def init_distributed(backend: str = "auto") -> None:
     if "MASTER_ADDR" in os.environ and "RANK" in os.environ:
         deepspeed.init_distributed(dist_backend=backend_name(backend), auto_mpi_discovery=False)
         return
-    deepspeed.init_distributed(dist_backend=backend_name(backend), auto_mpi_discovery=False,
-                               init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    for attempt in range(3):
+        try:
+            deepspeed.init_distributed(dist_backend=backend_name(backend), auto_mpi_discovery=False,
+                                       init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+            return
+        except torch.distributed.DistNetworkError as exc:
+            # the port was free when picked but another process (a Ray worker, another run's
+            # rendezvous) bound it before the store did: pick another
+            if "EADDRINUSE" not in str(exc) or attempt == 2:
+                raise
+            log.warning("rendezvous port taken before use (%s); retrying on another", exc)
