@@ -48,7 +48,7 @@ FULL = {
 #: Smoke sizes (``--quick``).
 QUICK = {
     "rloo_vs_trl": ["--prompts", "2", "--k", "2", "--max-new-tokens", "8", "--micro-batch", "4", "--steps", "1"],
-    "dominance": ["--sizes", "16", "64", "--repeats", "1", "--max-iter", "200", "--rl-batch", "4"],
+    "dominance": ["--sizes", "16", "64", "--repeats", "1", "--max-iter", "200", "--rl-batch", "4", "--replicates", "2"],
     "ppo_lag_vs_rad": ["--size", "tiny", "--prompts", "2", "--k", "2", "--max-new-tokens", "8", "--micro-batch", "4",
                        "--steps", "1"],
     "scaling": ["--engines", "1", "2", "--learners", "1", "--prompts", "2", "--k", "2", "--max-new-tokens", "8",
@@ -68,7 +68,7 @@ def _path(path: Path) -> str:
 
 def benchmark_args(name: str, quick: bool, out_dir: Path, run_dir: str | None, extra: list[str]) -> list[str]:
     args = [*(QUICK if quick else FULL)[name], "--out", _path(out_dir / f"{name}.json")]
-    if name in RL_BENCHMARKS and run_dir:
+    if (name in RL_BENCHMARKS or name == "dominance") and run_dir:  # dominance: the run's cached reference costs
         args += ["--run-dir", run_dir]
     if name == "dominance":  # its step share is measured against the RAD step of this run's rloo_vs_trl
         args += ["--rl-step-from", _path(out_dir / "rloo_vs_trl.json")]

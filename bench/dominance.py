@@ -1,21 +1,28 @@
 """Micro-benchmark of the per-step RAD dominance computation (``rad.risk.dominance_step``), exact vs Sinkhorn.
 
-    python -m bench.dominance [--sizes 64 256 1024 4096] [--threads 1] [--rl-step-from FILE] ...
+    python -m bench.dominance [--sizes 64 256 1024] [--run-dir runs/tiny] [--rl-step-from FILE] ...
 
 Two measurements:
 
+* **RL step shape**: the call RAD makes every step with its default settings
+  (``RADAlgoConfig``: weighting, eps, iteration cap, N) on ``--rl-batch`` policy
+  costs against the particles of as many reference costs, over ``--replicates``
+  disjoint pairs of cost blocks.  The costs are a learned cost model's: the
+  reference costs RAD cached in ``--run-dir`` (``rad/reference_particles.pt`` of a
+  ``rad train`` output, or ``reference_particles.pt`` of a ``rad rl`` one).  They
+  matter: such costs are tied and discrete, and there Sinkhorn needs hundreds to
+  1000+ iterations where Gaussian costs need one.  Without a run directory the
+  costs are Gaussian rounded to 0.25 (tied, labelled "synthetic").  Every pair is
+  solved exactly and with each entropic method (``semi_dual``, the default for
+  RL sizes; Sinkhorn in the ``scaling`` and ``log`` domains), interleaved.  Divided
+  by the RAD step time measured by ``bench.rloo_vs_trl`` (``--rl-step-from``), this
+  is the dominance step's share of the whole RL step (goal < 1%); that result's
+  in-loop ``timing/dominance`` share is reported next to it.
 * **sweep**: for each particle count N the policy batch holds ``batch_factor * N``
   costs (N(0, 1)) and the reference particles are quantiles of as many
-  N(0.3, 1.2^2) costs. One timed call covers particles, OT (exact sort or
-  log-domain Sinkhorn), particle gradient, KDE density and the per-sample signal.
-  Sinkhorn iterations are capped at ``--max-iter-large`` for N >= 4096 (each
-  log-domain iteration is two passes over an N x N matrix); the table reports
-  iterations used and the marginal error, so an unconverged run is visible.
-* **RL step shape**: the call RAD makes every step with its default settings
-  (``RADAlgoConfig``: weighting, eps, iterations, N) on a batch of ``--rl-batch``
-  costs, with both solvers. Divided by the RAD step time measured by
-  ``bench.rloo_vs_trl`` (``--rl-step-from``, default its result file when present),
-  this is the dominance step's share of the whole RL step (goal < 1%).
+  N(0.3, 1.2^2) costs, one timed call per method.  Sinkhorn is capped at
+  ``--max-iter-large`` iterations for N >= 4096; the table reports iterations used
+  and the marginal error, so an unconverged run is visible.
 
 Writes ``bench/results/dominance.json``.
 """
@@ -37,20 +44,24 @@ from rad.risk.dominance import DEFAULT_EPS, dominance_step, empirical_quantiles
 NAME = "dominance"
 
 
-def _time_step(costs, ref, *, repeats: int, **kwargs) -> tuple[list[float], object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = dominance_step(costs, ref, **kwargs)
-        times.append(time.perf_counter() - start)
-    return times, result
+METHODS = ("exact", "semi_dual", "scaling", "log")
 
 
-def _row(n: int, m: int, solver: str, repeats: int, max_iter: int, times: list[float], res) -> dict:
-    return {"n_particles": n, "batch": m, "solver": solver, "repeats": repeats,
-            "median_s": statistics.median(times), "min_s": min(times),
-            "max_iter": max_iter if solver == "sinkhorn" else None, "n_iter": res.n_iter,
-            "marginal_error": res.marginal_error, "gain": res.gain, "gain_exact": res.gain_exact}
+def _call(costs, ref, method: str, **kwargs):
+    """One timed dominance step; ``method`` is "exact" or an entropic ``sinkhorn_method``."""
+    solver = dict(solver="exact") if method == "exact" else dict(solver="sinkhorn", sinkhorn_method=method)
+    start = time.perf_counter()
+    result = dominance_step(costs, ref, **solver, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def _row(n: int, m: int, method: str, times: list[float], results: list) -> dict:
+    iters = [r.n_iter for r in results]
+    return {"n_particles": n, "batch": m, "method": method, "repeats": len(times),
+            "median_s": statistics.median(times), "mean_s": statistics.mean(times), "max_s": max(times),
+            "n_iter_median": statistics.median(iters), "n_iter_max": max(iters),
+            "marginal_error_max": max(r.marginal_error for r in results),
+            "gain": results[-1].gain, "gain_exact": results[-1].gain_exact}
 
 
 def sweep(args: argparse.Namespace, gen: torch.Generator) -> list[dict]:
@@ -59,40 +70,69 @@ def sweep(args: argparse.Namespace, gen: torch.Generator) -> list[dict]:
         m = args.batch_factor * n
         costs = torch.randn(m, generator=gen, dtype=torch.float64)
         ref = empirical_quantiles(0.3 + 1.2 * torch.randn(m, generator=gen, dtype=torch.float64), n)
-        for solver in ("exact", "sinkhorn"):
-            max_iter = args.max_iter if n < 4096 else args.max_iter_large
-            repeats = args.repeats if (solver == "exact" or n <= 256) else 1
-            dominance_step(costs[: 4 * 16], ref[:16], args.weighting, solver=solver)  # warm-up
-            times, res = _time_step(costs, ref, repeats=repeats, weighting=args.weighting, solver=solver,
-                                    eps=args.eps, max_iter=max_iter)
-            rows.append(_row(n, m, solver, repeats, max_iter, times, res))
-            print(f"N={n:5d} {solver:8s} {statistics.median(times):.4f}s ({repeats}x, iters {res.n_iter})",
+        max_iter = args.max_iter if n < 4096 else args.max_iter_large
+        for method in METHODS:
+            repeats = args.repeats if (method == "exact" or n <= 256) else 1
+            _call(costs[:64], ref[:16], method, weighting=args.weighting)  # warm-up
+            runs = [_call(costs, ref, method, weighting=args.weighting, eps=args.eps, max_iter=max_iter)
+                    for _ in range(repeats)]
+            row = _row(n, m, method, [t for t, _ in runs], [r for _, r in runs])
+            rows.append({**row, "max_iter": max_iter})
+            print(f"N={n:5d} {method:9s} {row['median_s']:.4f}s ({repeats}x, iters {row['n_iter_max']})",
                   file=sys.stderr)
     return rows
 
 
-def rl_shape(args: argparse.Namespace, gen: torch.Generator) -> list[dict]:
-    """The per-step call with RAD's default algorithm settings on an RL-sized batch."""
+def _cost_blocks(args: argparse.Namespace, gen: torch.Generator) -> tuple[list[tuple], str]:
+    """``--replicates`` (policy costs, reference costs) pairs of ``--rl-batch`` costs each, and where they came from."""
+    need = 2 * args.rl_batch * args.replicates
+    source = None
+    if args.run_dir:
+        run = Path(args.run_dir)
+        for path in (run / "rad" / "reference_particles.pt", run / "reference_particles.pt"):
+            if path.is_file():
+                flat = torch.load(path, map_location="cpu", weights_only=True)["costs"].reshape(-1).double()
+                source = f"learned cost model: {path}"
+                break
+        else:
+            raise SystemExit(f"--run-dir {run}: no rad/reference_particles.pt or reference_particles.pt in it")
+    if source is None:
+        flat = (torch.randn(need, generator=gen, dtype=torch.float64) * 4).round() / 4
+        source = "synthetic: N(0, 1) rounded to 0.25"
+    if flat.numel() < 2 * args.rl_batch:
+        raise SystemExit(f"{source}: {flat.numel()} costs, need at least 2 x --rl-batch = {2 * args.rl_batch}")
+    # Disjoint blocks while they last, then shuffled pairs of them (reference caches are a few hundred costs).
+    blocks = flat[: flat.numel() // args.rl_batch * args.rl_batch].view(-1, args.rl_batch)
+    pairs = []
+    for i in range(args.replicates):
+        a, b = (i % len(blocks), (i + 1) % len(blocks)) if i < len(blocks) else \
+            tuple(torch.randperm(len(blocks), generator=gen)[:2].tolist())
+        pairs.append((blocks[a], blocks[b]))
+    return pairs, source
+
+
+def rl_shape(args: argparse.Namespace, gen: torch.Generator) -> tuple[list[dict], str]:
+    """The per-step call with RAD's default algorithm settings, on pairs of learned-cost blocks."""
     from rad.algos.rad import RADAlgoConfig
 
     algo = RADAlgoConfig()
-    costs = torch.randn(args.rl_batch, generator=gen, dtype=torch.float64)
-    ref = empirical_quantiles(0.3 + 1.2 * torch.randn(4 * algo.n_particles, generator=gen, dtype=torch.float64),
-                              algo.n_particles)
-    rows = []
-    for solver in ("exact", "sinkhorn"):
-        kwargs = dict(weighting=algo.weighting, solver=solver, eps=algo.eps, max_iter=algo.sinkhorn_iters,
-                      n_particles=algo.n_particles, density=algo.density)
-        dominance_step(costs, ref, **kwargs)  # warm-up
-        times, res = _time_step(costs, ref, repeats=args.repeats, **kwargs)
-        rows.append({**_row(algo.n_particles, args.rl_batch, solver, args.repeats, algo.sinkhorn_iters, times, res),
-                     "weighting": algo.weighting})
-    return rows
+    pairs, source = _cost_blocks(args, gen)
+    kwargs = dict(weighting=algo.weighting, eps=algo.eps, max_iter=algo.sinkhorn_iters,
+                  n_particles=algo.n_particles, density=algo.density)
+    _call(pairs[0][0], pairs[0][1], "semi_dual", **kwargs)  # warm-up (imports scipy's optimiser)
+    runs: dict[str, list] = {m: [] for m in METHODS}
+    for policy, ref in pairs:
+        particles = empirical_quantiles(ref, algo.n_particles)
+        for method in METHODS:  # interleaved, so a change in the machine's load hits every method alike
+            runs[method].append(_call(policy, particles, method, **kwargs))
+    rows = [{**_row(algo.n_particles, args.rl_batch, m, [t for t, _ in r], [x for _, x in r]),
+             "max_iter": algo.sinkhorn_iters, "weighting": algo.weighting} for m, r in runs.items()]
+    return rows, source
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--batch-factor", type=int, default=4, help="policy batch = factor * N costs")
     parser.add_argument("--weighting", default="uniform")
     parser.add_argument("--eps", type=float, default=DEFAULT_EPS, help="Sinkhorn eps relative to the cost scale")
@@ -100,7 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-iter-large", type=int, default=50, help="Sinkhorn iteration cap for N >= 4096")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--run-dir", help="a `rad train` (or `rad rl`) output whose cached reference costs feed "
+                                          "the RL-shape call (default: tied synthetic costs)")
     parser.add_argument("--rl-batch", type=int, default=64, help="costs per RL step (prompts x k)")
+    parser.add_argument("--replicates", type=int, default=24, help="cost-block pairs in the RL-shape measurement")
     parser.add_argument("--rl-step-from", type=Path, default=default_out("rloo_vs_trl"),
                         help="a bench.rloo_vs_trl result whose RAD step time the RL-shape call is compared with")
     parser.add_argument("--out", type=Path, default=default_out(NAME))
@@ -110,27 +153,35 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
     report = new_report(NAME, argv, settings | {"sinkhorn_grad": "envelope", "density": "kde"})
     gen = torch.Generator().manual_seed(0)
-    report["results"] = {"sweep": sweep(args, gen), "rl_shape": rl_shape(args, gen)}
-    by = {(r["n_particles"], r["solver"]): r for r in report["results"]["sweep"]}
-    # the largest N at which Sinkhorn ran uncapped (a capped run's time is not a converged solve)
-    largest = max(n for n, solver in by if solver == "sinkhorn" and by[(n, solver)]["max_iter"] == args.max_iter)
-    rl = {r["solver"]: r for r in report["results"]["rl_shape"]}
+    rl_rows, source = rl_shape(args, gen)
+    report["results"] = {"rl_shape": rl_rows, "rl_costs": source, "sweep": sweep(args, gen)}
+    by = {(r["n_particles"], r["method"]): r for r in report["results"]["sweep"]}
+    rl = {r["method"]: r for r in rl_rows}
+    shape = f"batch {args.rl_batch}, N {rl['exact']['n_particles']}, {args.replicates} cost pairs"
     report["ratios"] = {
-        "sinkhorn_over_exact_rl_shape": ratio(rl["sinkhorn"]["median_s"] / rl["exact"]["median_s"],
-                                              f"Sinkhorn / exact time of RAD's per-step call "
-                                              f"(batch {args.rl_batch}, N {rl['exact']['n_particles']})"),
-        f"sinkhorn_over_exact_n{largest}": ratio(by[(largest, "sinkhorn")]["median_s"]
-                                                 / by[(largest, "exact")]["median_s"],
-                                                 f"Sinkhorn / exact time at N={largest}, "
-                                                 f"batch {largest * args.batch_factor}"),
+        "sinkhorn_over_exact_rl_shape": ratio(rl["semi_dual"]["mean_s"] / rl["exact"]["mean_s"],
+                                              f"default entropic (semi-dual) / exact mean time of RAD's per-step "
+                                              f"call ({shape})"),
+        "log_over_semi_dual_rl_shape": ratio(rl["log"]["mean_s"] / rl["semi_dual"]["mean_s"],
+                                             f"log-domain Sinkhorn / semi-dual mean time, same calls ({shape})"),
+        "scaling_over_semi_dual_rl_shape": ratio(rl["scaling"]["mean_s"] / rl["semi_dual"]["mean_s"],
+                                                 f"scaling-domain Sinkhorn / semi-dual mean time ({shape})"),
     }
+    largest = max(n for n, _ in by)
+    report["ratios"][f"log_over_scaling_n{largest}"] = ratio(
+        by[(largest, "log")]["median_s"] / by[(largest, "scaling")]["median_s"],
+        f"log-domain / scaling-domain Sinkhorn time at N={largest}, batch {largest * args.batch_factor}")
     step = _rad_step_seconds(args.rl_step_from, args.rl_batch)
     if step is not None:
         report["results"]["rad_step"] = step
-        for solver, r in rl.items():
-            report["ratios"][f"{solver}_share_of_rl_step"] = ratio(
-                r["median_s"] / step["seconds"],
-                f"{solver} dominance call / mean RAD RL step ({step['source']}, batch {step['batch']}); goal < 0.01")
+        for method in ("exact", "semi_dual", "log"):
+            report["ratios"][f"{method}_share_of_rl_step"] = ratio(
+                rl[method]["mean_s"] / step["seconds"],
+                f"{method} dominance call (mean over {shape}) / mean RAD RL step ({step['source']}); goal < 0.01")
+        if step.get("in_loop_dominance_seconds") is not None:
+            report["ratios"]["in_loop_share_of_rl_step"] = ratio(
+                step["in_loop_dominance_seconds"] / step["seconds"],
+                f"RAD's own timing/dominance / its step in {step['source']} (default settings); goal < 0.01")
     return publish(report, args.out, markdown)
 
 
@@ -144,21 +195,29 @@ def _rad_step_seconds(path: Path, batch: int) -> dict | None:
         print(f"{path}: RAD ran {rad['samples_per_step']} samples per step, not {batch}; no step share",
               file=sys.stderr)
         return None
-    return {"seconds": rad["step_seconds_mean"], "batch": batch, "source": f"{path.name} of {other['date']}"}
+    return {"seconds": rad["step_seconds_mean"], "batch": batch, "source": f"{path.name} of {other['date']}",
+            "in_loop_dominance_seconds": rad.get("phase_seconds_mean", {}).get("dominance"),
+            "in_loop_sinkhorn_iters": rad.get("sinkhorn_iters")}
 
 
 def markdown(report: dict) -> str:
     lines = [
-        "| where | N | batch | solver | median s | repeats | Sinkhorn iters (cap) | marginal err | gain | exact gain |",
+        "| where | N | batch | method | median s | mean s | max s | calls | iters median (max) | marginal err max |",
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for where in ("rl_shape", "sweep"):
         for r in report["results"][where]:
-            iters = f"{r['n_iter']} ({r['max_iter']})" if r["solver"] == "sinkhorn" else "-"
+            iters = f"{r['n_iter_median']:g} ({r['n_iter_max']})" if r["method"] != "exact" else "-"
             label = f"RL step ({r['weighting']})" if where == "rl_shape" else "sweep"
             lines.append(
-                f"| {label} | {r['n_particles']} | {r['batch']} | {r['solver']} | {r['median_s']:.4f} | "
-                f"{r['repeats']} | {iters} | {r['marginal_error']:.1e} | {r['gain']:.4f} | {r['gain_exact']:.4f} |")
+                f"| {label} | {r['n_particles']} | {r['batch']} | {r['method']} | {r['median_s']:.4f} | "
+                f"{r['mean_s']:.4f} | {r['max_s']:.4f} | {r['repeats']} | {iters} | {r['marginal_error_max']:.1e} |")
+    lines.append(f"\nRL-step costs: {report['results']['rl_costs']}. Iterations: Sinkhorn iterations, or objective "
+                 "evaluations for the semi-dual.")
+    step = report["results"].get("rad_step")
+    if step and step.get("in_loop_dominance_seconds") is not None:
+        lines.append(f"In the RL loop ({step['source']}): dominance {step['in_loop_dominance_seconds']:.4f} s of a "
+                     f"{step['seconds']:.3f} s step; iterations per step {step.get('in_loop_sinkhorn_iters')}.")
     return "\n".join(lines)
 
 

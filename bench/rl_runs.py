@@ -176,6 +176,7 @@ def summarize_steps(rows: list[dict[str, float]]) -> dict[str, Any]:
         "step_seconds_best": min(steps), "step_seconds_all": steps,
         "phase_seconds_mean": {p: statistics.mean(r.get(f"timing/{p}", 0.0) for r in rows)
                                for p in PHASES if any(f"timing/{p}" in r for r in rows)},
+        **({"sinkhorn_iters": [int(r["rad/sinkhorn_iters"]) for r in rows]} if "rad/sinkhorn_iters" in rows[0] else {}),
     }
 
 

@@ -59,7 +59,9 @@ class RADAlgoConfig:
                                             "linear, exponential:5, power:3, wang:0.75")
     solver: str = field("sinkhorn", choices=("sinkhorn", "exact"), help="OT solver for the particle gradient")
     eps: float = field(0.01, gt=0, help="Sinkhorn regularisation, relative to the particles' spread")
-    sinkhorn_iters: int = field(1000, min=1)
+    sinkhorn_iters: int = field(1000, min=1, help="iteration cap of the entropic OT solve")
+    sinkhorn_method: str = field("auto", choices=("auto", "semi_dual", "scaling", "log"), help="how the entropic plan is computed: auto, semi_dual (L-BFGS on POT's "
+                                 "smooth-OT semi-dual), scaling or log (Sinkhorn); see rad/risk/dominance.py")
     n_particles: int = field(64, min=2, help="quantile particles N")
     density: str = field("kde", choices=("kde", "constant"), help="f(q_i) in the quantile gradient")
     bandwidth: float = field(0.0, min=0, help="KDE bandwidth (0 = Silverman)")
@@ -461,6 +463,7 @@ class RADTrainer:
         with timer.phase("dominance"):
             dom = dominance_step(costs.view(len(prompts), algo.k), reference.particles(indices), self.weighting,
                                  solver=algo.solver, eps=algo.eps, max_iter=algo.sinkhorn_iters,
+                                 sinkhorn_method=algo.sinkhorn_method,
                                  n_particles=algo.n_particles, density=algo.density,
                                  bandwidth=algo.bandwidth or None,
                                  indicator_bandwidth=algo.indicator_bandwidth or None)
@@ -492,6 +495,7 @@ class RADTrainer:
             "objective/reward": rewards.mean(), "objective/cost": costs.mean(), "objective/kl": kl.mean(),
             "objective/rlhf_reward": shaped.mean(), "objective/safe_fraction": (costs <= 0).double().mean(),
             "rad/gain": dom.gain_exact, "rad/violation": dom.violation_exact, "rad/gain_sinkhorn": dom.gain,
+            "rad/sinkhorn_iters": dom.n_iter, "rad/sinkhorn_marginal_error": dom.marginal_error,
             "rad/gain_window": gain_hat, "rad/violation_window": viol_hat,
             "rad/lambda": lam, "rad/mu": mu, "rad/lambda_integral": lam_integral, "rad/violation_signal_mean": dom.violation_signal.mean(),
             "rad/spectral_risk": dom.rho_policy, "rad/spectral_risk_ref": dom.rho_ref,

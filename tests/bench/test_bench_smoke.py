@@ -41,36 +41,62 @@ def _check_report(rep: dict, name: str) -> None:
 def quick_dominance(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("bench")
     dominance.main(["--sizes", "8", "32", "--repeats", "1", "--max-iter", "50", "--rl-batch", "8",
-                    "--rl-step-from", str(out_dir / "absent.json"), "--out", str(out_dir / "dominance.json")])
+                    "--replicates", "3", "--rl-step-from", str(out_dir / "absent.json"), "--out", str(out_dir / "dominance.json")])
     return out_dir
 
 
 def test_dominance_quick_json(quick_dominance):
     rep = json.loads((quick_dominance / "dominance.json").read_text())
     _check_report(rep, "dominance")
+    methods = ["exact", "semi_dual", "scaling", "log"]
     sweep = rep["results"]["sweep"]
-    assert [(r["n_particles"], r["solver"]) for r in sweep] == [(8, "exact"), (8, "sinkhorn"), (32, "exact"),
-                                                                (32, "sinkhorn")]
+    assert [(r["n_particles"], r["method"]) for r in sweep] == [(n, m) for n in (8, 32) for m in methods]
     assert all(r["median_s"] > 0 and r["batch"] == 4 * r["n_particles"] for r in sweep)
-    assert {r["solver"] for r in rep["results"]["rl_shape"]} == {"exact", "sinkhorn"}
-    assert all(r["batch"] == 8 for r in rep["results"]["rl_shape"])
-    assert "sinkhorn_over_exact_rl_shape" in rep["ratios"]
+    rl = {r["method"]: r for r in rep["results"]["rl_shape"]}
+    assert list(rl) == methods and all(r["batch"] == 8 and r["repeats"] == 3 for r in rl.values())
+    assert rep["results"]["rl_costs"].startswith("synthetic")
+    # every entropic method solved the same problems: the same gain (exact's is the sorted one)
+    assert rl["semi_dual"]["gain"] == pytest.approx(rl["log"]["gain"], abs=1e-6)
+    assert rl["scaling"]["gain"] == pytest.approx(rl["log"]["gain"], abs=1e-9)
+    assert rl["exact"]["n_iter_max"] == 0 and rl["log"]["n_iter_max"] >= 1
+    assert {"sinkhorn_over_exact_rl_shape", "log_over_semi_dual_rl_shape", "log_over_scaling_n32"} <= set(rep["ratios"])
     assert not any(k.endswith("_share_of_rl_step") for k in rep["ratios"])  # no RAD step result to compare with
 
 
 def test_dominance_share_uses_a_matching_rad_step(tmp_path):
-    step = {"date": "d", "results": {"rad": {"samples_per_step": 8, "step_seconds_mean": 2.0}}}
+    step = {"date": "d", "results": {"rad": {"samples_per_step": 8, "step_seconds_mean": 2.0,
+                                             "phase_seconds_mean": {"dominance": 0.01}}}}
     (tmp_path / "rloo_vs_trl.json").write_text(json.dumps(step))
-    rep = dominance.main(["--sizes", "8", "--repeats", "1", "--max-iter", "50", "--rl-batch", "8",
-                          "--rl-step-from", str(tmp_path / "rloo_vs_trl.json"), "--out", str(tmp_path / "d.json")])
-    rl = {r["solver"]: r["median_s"] for r in rep["results"]["rl_shape"]}
-    for solver in ("exact", "sinkhorn"):
-        assert rep["ratios"][f"{solver}_share_of_rl_step"]["value"] == pytest.approx(rl[solver] / 2.0)
+    args = ["--sizes", "8", "--repeats", "1", "--max-iter", "50", "--rl-batch", "8", "--replicates", "2",
+            "--rl-step-from", str(tmp_path / "rloo_vs_trl.json"), "--out", str(tmp_path / "d.json")]
+    rep = dominance.main(args)
+    rl = {r["method"]: r["mean_s"] for r in rep["results"]["rl_shape"]}
+    for method in ("exact", "semi_dual", "log"):
+        assert rep["ratios"][f"{method}_share_of_rl_step"]["value"] == pytest.approx(rl[method] / 2.0)
+    assert rep["ratios"]["in_loop_share_of_rl_step"]["value"] == pytest.approx(0.005)
     step["results"]["rad"]["samples_per_step"] = 16  # another batch: no share
     (tmp_path / "rloo_vs_trl.json").write_text(json.dumps(step))
-    rep = dominance.main(["--sizes", "8", "--repeats", "1", "--max-iter", "50", "--rl-batch", "8",
-                          "--rl-step-from", str(tmp_path / "rloo_vs_trl.json"), "--out", str(tmp_path / "d.json")])
+    rep = dominance.main(args)
     assert "exact_share_of_rl_step" not in rep["ratios"]
+
+
+def test_dominance_rl_shape_reads_a_runs_cached_reference_costs(tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    (run / "rad").mkdir(parents=True)
+    costs = torch.arange(48, dtype=torch.float64).view(12, 4) / 8  # [prompts, samples], as RAD caches them
+    torch.save({"mode": "matched", "costs": costs, "prompts": [f"p{i}" for i in range(12)]},
+               run / "rad" / "reference_particles.pt")
+    rep = dominance.main(["--sizes", "8", "--repeats", "1", "--rl-batch", "8", "--replicates", "4",
+                          "--run-dir", str(run), "--rl-step-from", str(tmp_path / "absent.json"),
+                          "--out", str(tmp_path / "d.json")])
+    assert rep["results"]["rl_costs"] == f"learned cost model: {run / 'rad' / 'reference_particles.pt'}"
+    # the last pair is blocks 3 and 4 (costs 3-3.875 vs 4-4.875): every reference cost is higher
+    rl = {r["method"]: r for r in rep["results"]["rl_shape"]}
+    assert rl["exact"]["gain_exact"] == pytest.approx(1.0)
+    with pytest.raises(SystemExit, match="no rad/reference_particles.pt"):
+        dominance.main(["--sizes", "8", "--run-dir", str(tmp_path), "--out", str(tmp_path / "e.json")])
 
 
 def test_markdown_table_from_json(quick_dominance):
@@ -105,7 +131,9 @@ def test_entry_point_arguments_cover_every_benchmark(tmp_path):
     assert set(FULL) == set(QUICK) == set(report.BENCHMARKS)
     args = benchmark_args("scaling", True, tmp_path, "runs/tiny", ["--steps", "3"])
     assert args[-2:] == ["--steps", "3"] and args[args.index("--run-dir") + 1] == "runs/tiny"
-    assert "--run-dir" not in benchmark_args("dominance", False, tmp_path, "runs/tiny", [])
+    dom = benchmark_args("dominance", False, tmp_path, "runs/tiny", [])  # its RL-shape costs come from the run
+    assert dom[dom.index("--run-dir") + 1] == "runs/tiny"
+    assert "--run-dir" not in benchmark_args("generation", False, tmp_path, "runs/tiny", [])
     inside = benchmark_args("dominance", False, ROOT / "bench" / "results", None, [])
     assert inside[inside.index("--out") + 1] == "bench/results/dominance.json"  # relative: commands stay portable
     assert set(RL_BENCHMARKS) < set(report.BENCHMARKS)

@@ -167,13 +167,14 @@ def test_sinkhorn_converges_to_exact_as_eps_shrinks(spec):
         res = fsd_sinkhorn(q, p, spec, eps=eps, max_iter=20000, tol=1e-12)
         assert res.gain >= exact_gain - 1e-9  # a coupling is never below the optimum
         errors.append(res.gain - exact_gain)
-        # Prop. 2 under the entropic plan, up to the marginal error.
+        # Prop. 2 under the entropic plan, up to the marginal error: gain - viol = b'.p - a'.q
+        # with a', b' the plan's marginals.
+        slack = res.marginal_error * float(torch.cat([q, p]).abs().max()) + 1e-12
         rho_gap = float(spectral_risk(p, spec) - spectral_risk(q, spec))
-        assert res.gain - res.violation == pytest.approx(rho_gap, abs=1e-8)
+        assert res.gain - res.violation == pytest.approx(rho_gap, abs=slack)
     assert all(a > b for a, b in zip(errors, errors[1:]))
     assert errors[-1] < 0.02 * (float(torch.cat([q, p]).max() - torch.cat([q, p]).min()))
-    res = fsd_sinkhorn(q, p, spec, eps=0.003, max_iter=20000, tol=1e-12)
-    assert res.violation == pytest.approx(exact_viol, abs=errors[-1] + 1e-9)
+    assert res.violation == pytest.approx(exact_viol, abs=errors[-1] + 2 * slack)
 
 
 def test_sinkhorn_gain_agrees_with_pot_emd_on_the_same_problem():
@@ -194,6 +195,58 @@ def test_sinkhorn_is_finite_for_small_relative_eps(scale):
         # The scale is the spread of the particles that carry mass (upper half for CVaR_0.5).
         kept = torch.cat([q.sort().values[32:], p.sort().values[32:]])
         assert res.eps_abs == pytest.approx(1e-3 * float(kept.max() - kept.min()), rel=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["uniform", "cvar:0.9", "wang:0.75"])
+def test_entropic_plan_is_the_same_by_semi_dual_scaling_and_log_domain(spec):
+    # Tied, discrete costs as a learned cost model gives them: the degenerate case where
+    # Sinkhorn converges slowly.  The two Sinkhorn domains take the same iterates; the
+    # semi-dual solves the same problem to float64's limit for L-BFGS (~1e-8).
+    g = torch.Generator().manual_seed(31)
+    q = empirical_quantiles(torch.randint(-6, 4, (128,), generator=g).double() / 2, 64)
+    p = empirical_quantiles(torch.randint(-5, 5, (96,), generator=g).double() / 2, 64)
+    log = fsd_sinkhorn(q, p, spec, eps=0.01, method="log", max_iter=20000, tol=1e-12)
+    scaling = fsd_sinkhorn(q, p, spec, eps=0.01, method="scaling", max_iter=20000, tol=1e-12)
+    semi = fsd_sinkhorn(q, p, spec, eps=0.01)
+    assert (semi.method, scaling.method, log.method) == ("semi_dual", "scaling", "log")
+    assert abs(scaling.n_iter - log.n_iter) <= 10  # POT checks convergence every 10 iterations
+    for res, atol in ((scaling, 1e-10), (semi, 1e-7)):
+        assert res.marginal_error < atol
+        assert torch.allclose(res.plan, log.plan, atol=atol, rtol=0)
+        assert torch.allclose(res.particle_grad, log.particle_grad, atol=atol, rtol=0)
+        assert res.gain == pytest.approx(log.gain, abs=atol)
+        assert res.violation == pytest.approx(log.violation, abs=atol)
+        assert res.entropic_objective == pytest.approx(log.entropic_objective, abs=atol)
+
+
+def test_sinkhorn_auto_method_picks_by_support_size_and_kernel_range():
+    small, small_ref = _generic(32, 32), _generic(32, 33, 0.5)
+    large, large_ref = _generic(300, 34), _generic(300, 35, 0.5)
+    assert fsd_sinkhorn(small, small_ref, eps=1e-3).method == "semi_dual"
+    assert fsd_sinkhorn(small, small_ref, eps=0.01, grad="autograd").method == "log"
+    assert fsd_sinkhorn(large, large_ref, eps=0.01, max_iter=50).method == "scaling"
+    # max C / eps up to 1000: e^-1000 underflows, so Sinkhorn stays in the log domain
+    assert fsd_sinkhorn(large, large_ref, eps=1e-3, max_iter=5).method == "log"
+    # 240 of 300 particles carry mass under CVaR_0.2: the support decides, not N
+    assert fsd_sinkhorn(large, large_ref, "cvar:0.2", eps=0.01).method == "semi_dual"
+    with pytest.raises(ConfigError, match="underflows"):
+        fsd_sinkhorn(small, small_ref, eps=1e-3, method="scaling")
+    for method in ("scaling", "semi_dual"):
+        with pytest.raises(ConfigError, match="autograd"):
+            fsd_sinkhorn(small, small_ref, eps=0.01, method=method, grad="autograd")
+    with pytest.raises(ConfigError, match="sinkhorn method"):
+        fsd_sinkhorn(small, small_ref, method="fast")
+
+
+def test_sinkhorn_scaling_reports_failure_instead_of_returning_stale_scalings():
+    from rad.risk.dominance import _sinkhorn_scaling
+
+    q, p = _generic(16, 34), _generic(16, 35, 3.0)
+    a = torch.full((16,), 1 / 16, dtype=torch.float64)
+    # eps so small that exp(-C/eps) is 0 in float64: POT stops at its previous scalings.
+    assert _sinkhorn_scaling(a, q.sort().values, p.sort().values, 1e-6, 100, 1e-9) is None
+    plan, diff, _ = _sinkhorn_scaling(a, q.sort().values, p.sort().values, 0.05, 1000, 1e-9)
+    assert float(plan.sum()) == pytest.approx(1.0, abs=1e-8) and diff.shape == (16, 16)
 
 
 def test_sinkhorn_plan_is_zero_on_zero_mass_levels():
@@ -255,7 +308,7 @@ def test_violation_signal_is_the_only_push_when_the_policy_trails_everywhere():
 
 def test_sinkhorn_autograd_gradient_matches_finite_differences():
     q, p = _generic(10, 18), _generic(10, 19, 0.3)
-    kw = dict(max_iter=20000, tol=1e-13)
+    kw = dict(max_iter=20000, tol=1e-13, method="log")  # finite differences need marginals far below 1e-8
     res = fsd_sinkhorn(q, p, "wang:0.75", eps=0.05, grad="autograd", **kw)
 
     def gain(x):  # eps_abs held fixed: the cost scale is a constant, not differentiated
@@ -270,7 +323,7 @@ def test_sinkhorn_envelope_gradient_is_the_gradient_of_the_entropic_objective():
     q, p = _generic(10, 20), _generic(10, 21, 0.3)
     # The relative eps is rescaled in every call so that eps_abs stays fixed
     # while the finite difference moves the particles (and their spread).
-    kw = dict(max_iter=20000, tol=1e-13)
+    kw = dict(max_iter=20000, tol=1e-13, method="log")  # finite differences need marginals far below 1e-8
     res = fsd_sinkhorn(q, p, "linear", eps=0.05, **kw)
 
     def objective(x):
