@@ -47,8 +47,21 @@ def _versions(v: dict[str, str | None]) -> str:
     return ", ".join(f"{k} {ver}" for k, ver in v.items() if ver)
 
 
+def _sections(reports: dict[str, dict[str, Any]], stale: list[str]) -> dict[str, str]:
+    """Each benchmark's own table; one its module can no longer read (a field it has since renamed) counts as stale."""
+    out = {}
+    for name, rep in reports.items():
+        try:
+            out[name] = importlib.import_module(f"bench.{name}").markdown(rep)
+        except (KeyError, TypeError, IndexError):
+            stale.append(name)
+    return out
+
+
 def markdown(results_dir: Path = RESULTS_DIR) -> str:
     reports, stale = load_results(results_dir)
+    tables = _sections(reports, stale)
+    reports = {name: rep for name, rep in reports.items() if name in tables}
     record_path = results_dir / RUN_RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     lines = ["# Benchmark results", "",
@@ -73,7 +86,7 @@ def markdown(results_dir: Path = RESULTS_DIR) -> str:
         lines += ["", f"## {name}: {title}", "",
                   f"`{rep['command']}` (method: `bench/{name}.py`) — {rep['date']}; {rep['cpu_cores']} cores "
                   f"({rep['cpu_model']}); load average {_load(rep['load_average_before'])} before, "
-                  f"{_load(rep['load_average_after'])} after; {_versions(rep['versions'])}.", "", module.markdown(rep)]
+                  f"{_load(rep['load_average_after'])} after; {_versions(rep['versions'])}.", "", tables[name]]
     return "\n".join(lines) + "\n"
 
 
