@@ -55,13 +55,15 @@ def _call(costs, ref, method: str, **kwargs):
     return time.perf_counter() - start, result
 
 
-def _row(n: int, m: int, method: str, times: list[float], results: list) -> dict:
-    iters = [r.n_iter for r in results]
+def _row(n: int, m: int, method: str, runs: list[tuple[float, object]]) -> dict:
+    """Summary of ``_call`` results (seconds, DominanceResult) for one method."""
+    times, iters = [t for t, _ in runs], [r.n_iter for _, r in runs]
+    last = runs[-1][1]
     return {"n_particles": n, "batch": m, "method": method, "repeats": len(times),
             "median_s": statistics.median(times), "mean_s": statistics.mean(times), "max_s": max(times),
             "n_iter_median": statistics.median(iters), "n_iter_max": max(iters),
-            "marginal_error_max": max(r.marginal_error for r in results),
-            "gain": results[-1].gain, "gain_exact": results[-1].gain_exact}
+            "marginal_error_max": max(r.marginal_error for _, r in runs),
+            "gain": last.gain, "gain_exact": last.gain_exact}
 
 
 def sweep(args: argparse.Namespace, gen: torch.Generator) -> list[dict]:
@@ -76,7 +78,7 @@ def sweep(args: argparse.Namespace, gen: torch.Generator) -> list[dict]:
             _call(costs[:64], ref[:16], method, weighting=args.weighting)  # warm-up
             runs = [_call(costs, ref, method, weighting=args.weighting, eps=args.eps, max_iter=max_iter)
                     for _ in range(repeats)]
-            row = _row(n, m, method, [t for t, _ in runs], [r for _, r in runs])
+            row = _row(n, m, method, runs)
             rows.append({**row, "max_iter": max_iter})
             print(f"N={n:5d} {method:9s} {row['median_s']:.4f}s ({repeats}x, iters {row['n_iter_max']})",
                   file=sys.stderr)
@@ -85,19 +87,16 @@ def sweep(args: argparse.Namespace, gen: torch.Generator) -> list[dict]:
 
 def _cost_blocks(args: argparse.Namespace, gen: torch.Generator) -> tuple[list[tuple], str]:
     """``--replicates`` (policy costs, reference costs) pairs of ``--rl-batch`` costs each, and where they came from."""
-    need = 2 * args.rl_batch * args.replicates
-    source = None
     if args.run_dir:
         run = Path(args.run_dir)
-        for path in (run / "rad" / "reference_particles.pt", run / "reference_particles.pt"):
-            if path.is_file():
-                flat = torch.load(path, map_location="cpu", weights_only=True)["costs"].reshape(-1).double()
-                source = f"learned cost model: {path}"
-                break
-        else:
+        path = next((f for f in (run / "rad" / "reference_particles.pt", run / "reference_particles.pt")
+                     if f.is_file()), None)
+        if path is None:
             raise SystemExit(f"--run-dir {run}: no rad/reference_particles.pt or reference_particles.pt in it")
-    if source is None:
-        flat = (torch.randn(need, generator=gen, dtype=torch.float64) * 4).round() / 4
+        flat = torch.load(path, map_location="cpu", weights_only=True)["costs"].reshape(-1).double()
+        source = f"learned cost model: {path}"
+    else:
+        flat = (torch.randn(2 * args.rl_batch * args.replicates, generator=gen, dtype=torch.float64) * 4).round() / 4
         source = "synthetic: N(0, 1) rounded to 0.25"
     if flat.numel() < 2 * args.rl_batch:
         raise SystemExit(f"{source}: {flat.numel()} costs, need at least 2 x --rl-batch = {2 * args.rl_batch}")
@@ -125,7 +124,7 @@ def rl_shape(args: argparse.Namespace, gen: torch.Generator) -> tuple[list[dict]
         particles = empirical_quantiles(ref, algo.n_particles)
         for method in METHODS:  # interleaved, so a change in the machine's load hits every method alike
             runs[method].append(_call(policy, particles, method, **kwargs))
-    rows = [{**_row(algo.n_particles, args.rl_batch, m, [t for t, _ in r], [x for _, x in r]),
+    rows = [{**_row(algo.n_particles, args.rl_batch, m, r),
              "max_iter": algo.sinkhorn_iters, "weighting": algo.weighting} for m, r in runs.items()]
     return rows, source
 

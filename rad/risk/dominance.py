@@ -333,13 +333,15 @@ def fsd_sinkhorn(
         method = ("log" if grad == "autograd" else "semi_dual" if q_s.numel() <= SEMI_DUAL_MAX_SIZE
                   else "scaling" if ratio <= SCALING_MAX_RATIO else "log")
     solved = None
-    if method == "semi_dual":
-        solved = _entropic_semi_dual(a, q_s, p_s, eps_abs, max_iter, tol)
-    elif method == "scaling":
-        solved = _sinkhorn_scaling(a, q_s, p_s, eps_abs, max_iter, tol)
-        method = "scaling" if solved is not None else "log"
+    if method in ("semi_dual", "scaling"):  # both run on the host in float64 numpy (latency-bound, small)
+        mass = a.cpu().numpy()
+        diff_np = p_s.cpu().numpy()[None, :] - q_s.cpu().numpy()[:, None]
+        solve = _entropic_semi_dual if method == "semi_dual" else _sinkhorn_scaling
+        solved = solve(mass, diff_np.clip(min=0.0), eps_abs, max_iter, tol)
+        method = method if solved is not None else "log"  # only the scaling form can fail
     if solved is not None:
-        plan, diff, n_iter = solved
+        plan_np, n_iter = solved
+        plan, diff = torch.from_numpy(plan_np).to(q_s.device), torch.from_numpy(diff_np).to(q_s.device)
         cost = torch.relu(diff)
         gain = (plan * cost).sum()
     else:
@@ -382,22 +384,19 @@ def fsd_sinkhorn(
 
 
 def _entropic_semi_dual(
-    a: Tensor, q: Tensor, p: Tensor, eps_abs: float, max_iter: int, tol: float
-) -> tuple[Tensor, Tensor, int]:
-    """(plan, p_j - q_i, objective evaluations) of the entropic problem from its semi-dual, POT's smooth-OT form.
+    mass: np.ndarray, cost: np.ndarray, eps_abs: float, max_iter: int, tol: float
+) -> tuple[np.ndarray, int]:
+    """(plan, objective evaluations) of the entropic problem from its semi-dual, POT's smooth-OT form.
 
     POT's ``ot.smooth`` objective, gradient and plan for the negentropy regulariser
     (Blondel et al. 2018), maximised by scipy's L-BFGS-B as ``smooth_ot_semi_dual``
     does, but stopping on the gradient alone: it is a - P 1 (the row-marginal error;
     the columns are exact by construction), so ``tol`` bounds it as it bounds
-    Sinkhorn's marginal error.  Runs on the host like ``_sinkhorn_scaling``.
+    Sinkhorn's marginal error.
     """
     from ot.smooth import NegEntropy, get_plan_from_semi_dual, semi_dual_obj_grad
     from scipy.optimize import minimize
 
-    mass = a.cpu().numpy()
-    diff = p.cpu().numpy()[None, :] - q.cpu().numpy()[:, None]
-    cost = diff.clip(min=0.0)
     regul = NegEntropy(gamma=eps_abs)
 
     def negated(alpha: np.ndarray) -> tuple[float, np.ndarray]:
@@ -406,28 +405,21 @@ def _entropic_semi_dual(
 
     res = minimize(negated, np.zeros_like(mass), method="L-BFGS-B", jac=True,
                    options={"maxiter": max_iter, "ftol": 0.0, "gtol": tol})
-    plan = get_plan_from_semi_dual(res.x, mass, cost, regul)
-    return torch.from_numpy(plan).to(q.device), torch.from_numpy(diff).to(q.device), int(res.nfev)
+    return get_plan_from_semi_dual(res.x, mass, cost, regul), int(res.nfev)
 
 
 def _sinkhorn_scaling(
-    a: Tensor, q: Tensor, p: Tensor, eps_abs: float, max_iter: int, tol: float
-) -> tuple[Tensor, Tensor, int] | None:
-    """(plan, p_j - q_i, iterations) from POT's scaling-domain Sinkhorn in float64 numpy; None on a numerical failure.
-
-    The problem is small (N <= a few thousand) and its iterations are latency-bound,
-    so it runs on the host whatever the inputs' device; results come back there.
-    """
-    mass = a.cpu().numpy()
-    diff = p.cpu().numpy()[None, :] - q.cpu().numpy()[:, None]
+    mass: np.ndarray, cost: np.ndarray, eps_abs: float, max_iter: int, tol: float
+) -> tuple[np.ndarray, int] | None:
+    """(plan, iterations) from POT's scaling-domain Sinkhorn; None on a numerical failure."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan, log = ot.sinkhorn(mass, mass, diff.clip(min=0.0), eps_abs, method="sinkhorn", numItermax=max_iter,
+        plan, log = ot.sinkhorn(mass, mass, cost, eps_abs, method="sinkhorn", numItermax=max_iter,
                                 stopThr=tol, log=True, warn=False)
     # POT stops with the previous scalings (and warns) if they over/underflow: redo it in the log domain.
     if any("numerical errors" in str(w.message) for w in caught) or not (np.isfinite(plan).all() and plan.sum() > 0):
         return None
-    return (torch.from_numpy(plan).to(q.device), torch.from_numpy(diff).to(q.device), int(log["niter"]) + 1)
+    return plan, int(log["niter"]) + 1
 
 
 def silverman_bandwidth(samples: Tensor) -> float:
