@@ -35,18 +35,26 @@ NAME = "generation"
 
 def bench_engine(kind: str, model_dir: str, prompts: list[str], args) -> dict:
     import ray
-    from safetensors.torch import load_file
 
-    from rad.runtime.rollout.actors import make_rollout_actor
+    from rad.runtime.policy_workers import PolicyLearner
+    from rad.runtime.rollout.actors import make_rollout_pool
     from rad.runtime.rollout.base import SamplingConfig
-    from rad.runtime.rollout.weight_sync import ObjectStoreSync
+    from rad.runtime.rollout.config import RolloutConfig
+    from rad.runtime.worker_group import WorkerGroup
+    from rad.settings import LearnerConfig
 
-    extra = {"micro_batch_size": args.micro_batch_size or len(prompts) * args.n} if kind == "hf" else {}
+    micro = args.micro_batch_size or len(prompts) * args.n
     t0 = time.perf_counter()
-    actor = make_rollout_actor(kind, model_dir, num_cpus=args.cpus, **extra)
+    pool = make_rollout_pool(RolloutConfig(engine=kind, num_engines=1, num_cpus_per_engine=args.cpus,
+                                           micro_batch_size=micro), model_dir, device="cpu")
+    actor = pool.actors[0]
     info = ray.get(actor.info.remote())
     ready = time.perf_counter() - t0
+    # the product's sync path: a policy learner rank sends its weights to the engine
+    learners = WorkerGroup(PolicyLearner, 1, model_dir, LearnerConfig(lr=1e-4), 1, name="learner", num_cpus=1)
     try:
+        addr, port = learners.rank0("address")
+        ray.get(learners.actors[0].init.remote(0, 1, addr, port, 0))
         ray.get(actor.generate.remote(prompts[:4], 1, SamplingConfig(max_new_tokens=8, stop_on_eos=False)))
         times, tokens = [], 0
         for rep in range(args.repeats):
@@ -55,18 +63,20 @@ def bench_engine(kind: str, model_dir: str, prompts: list[str], args) -> dict:
             out = ray.get(actor.generate.remote(prompts, args.n, cfg))
             times.append(time.perf_counter() - start)
             tokens = sum(len(r.response_token_ids) for r in out)
-        state = load_file(str(Path(model_dir) / "model.safetensors"))
-        sync = ObjectStoreSync([actor])
-        syncs = [sync.push(state) for _ in range(args.repeats)]
+        syncs = {}
+        for transport in ("broadcast", "object_store"):
+            pool.connect(learners, RolloutConfig(weight_sync=transport))
+            syncs[transport] = [learners.broadcast("sync_weights")[0] for _ in range(args.repeats)]
     finally:
-        ray.kill(actor)
+        learners.shutdown()
+        pool.shutdown()
     gen = statistics.median(times)
     return {"engine": kind, "actor_ready_s": round(ready, 2), "engine_load_s": round(info["start_seconds"], 2),
             "generate_s": round(gen, 3), "generate_s_all": [round(t, 3) for t in times], "tokens": tokens,
             "tokens_per_s": round(tokens / gen, 1), "tokens_per_s_best": round(tokens / min(times), 1),
-            "weight_sync_s": round(statistics.median(s.seconds for s in syncs), 4),
-            "weight_sync_engine_s": round(statistics.median(s.engine_seconds[0] for s in syncs), 4),
-            "weight_megabytes": round(syncs[0].megabytes, 3)}
+            **{f"weight_sync_{t}_s": round(statistics.median(s.seconds for s in runs), 4) for t, runs in syncs.items()},
+            "weight_sync_engine_s": round(statistics.median(s.engine_seconds[0] for s in syncs["broadcast"]), 4),
+            "weight_megabytes": round(syncs["broadcast"][0].megabytes, 3)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -124,10 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(report: dict) -> str:
     lines = ["| model | engine | actor ready s | engine load s | generate s (median) | tokens/s | best tokens/s | "
-             "weight sync s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "weight sync s (gloo broadcast / object store, learner-driven) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["results"]["engines"]:
         lines.append(f"| {r['model']} | {r['engine']} | {r['actor_ready_s']} | {r['engine_load_s']} | "
-                     f"{r['generate_s']} | {r['tokens_per_s']} | {r['tokens_per_s_best']} | {r['weight_sync_s']} |")
+                     f"{r['generate_s']} | {r['tokens_per_s']} | {r['tokens_per_s_best']} | "
+                     f"{r['weight_sync_broadcast_s']} / {r['weight_sync_object_store_s']} |")
     for engine, why in report["settings"].get("skipped_engines", {}).items():
         lines.append(f"\n{engine} skipped: {why}.")
     return "\n".join(lines)

@@ -134,6 +134,7 @@ class PPOLagTrainer(RADTrainer):
                                    num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, name="scorer")
         self.rollout = make_rollout_pool(cfg.rollout, self.policy_dir, seed=cfg.seed)
         ray.get(inits)
+        self.transport = self.rollout.connect(self.actor, cfg.rollout)
         self.startup_seconds = time.perf_counter() - t0
         self.multiplier = LagrangeMultiplier(algo.lambda_init, algo.lambda_lr, algo.lambda_max, algo.threshold,
                                              algo.episode_cost_window_size, algo.lambda_update_delay_steps)
@@ -243,7 +244,7 @@ class PPOLagTrainer(RADTrainer):
                                 sum(o[key] for o in group_out) / len(group_out))
                     self.updates += 1
         with timer.phase("weight_sync"):
-            sync = self.rollout.push_weights(self.actor.broadcast("state_dict")[0])
+            sync = self.actor.broadcast("sync_weights")[0]
         self.step += 1
         elapsed = time.perf_counter() - start
         mean = {k: sum(v) / len(v) for k, v in stats.items()}

@@ -52,11 +52,10 @@ def model_dir(model: ModelConfig, world: WorldConfig, seed: int = 0) -> str:
 
 
 def resolve_dtype(name: str):
-    import torch
+    """A dtype name; ``auto`` = bfloat16 on CUDA with bf16 support, else float32 (see rad.runtime.distributed)."""
+    from rad.runtime.distributed import resolve_dtype as resolve
 
-    if name == "auto":
-        return torch.bfloat16 if (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else torch.float32
-    return getattr(torch, name)
+    return resolve(name)
 
 
 def load_policy(model: ModelConfig, world: WorldConfig, seed: int = 0):

@@ -325,6 +325,7 @@ class RADTrainer:
                                    scheduling_strategies=strategies("scorer"))
         self.rollout = make_rollout_pool(cfg.rollout, self.policy_dir, seed=cfg.seed,
                                          scheduling_strategies=strategies("rollout"))
+        self.transport = self.rollout.connect(self.learners, cfg.rollout)
         self.startup_seconds = time.perf_counter() - t0
         self.lam = cfg.algo.lambda_init
         self.mu = cfg.algo.mu_init
@@ -487,8 +488,7 @@ class RADTrainer:
         if algo.mu_lr > 0:  # mu grows while viol > tolerance: the same projected step on -viol >= -tolerance
             self.mu = dual_ascent(self.mu, -viol_hat, -algo.violation_tolerance, algo.mu_lr, algo.lambda_max)
         with timer.phase("weight_sync"):
-            weights = self.learners.broadcast("state_dict")[0]
-            sync = self.rollout.push_weights(weights)
+            sync = self.learners.broadcast("sync_weights")[0]
         self.step += 1
         elapsed = time.perf_counter() - start
         lengths = torch.tensor([len(s["response_ids"]) for s in samples], dtype=torch.float64)
@@ -546,7 +546,7 @@ class RADTrainer:
         state = read_trainer_state(ckpt)
         self.step = state["step"]
         self.load_trainer_state(state)
-        self.rollout.push_weights(self.policy_group().broadcast("state_dict")[0])
+        self.policy_group().broadcast("sync_weights")
         log.info("resumed %s from %s (step %d, lambda %.4f)", self.name, ckpt, self.step, self.lam)
         return True
 
@@ -631,12 +631,11 @@ class RADTrainer:
                           "returning the last iterate"} if self.selector else {})
         import shutil
 
-        from rad.models.loading import load_safetensors_state
         from rad.runtime.checkpoint import atomic_dir
 
         with atomic_dir(model) as tmp:
             shutil.copytree(self.out / "best", tmp, dirs_exist_ok=True)
-        self.rollout.push_weights(load_safetensors_state(model))
+        self.rollout.load_weights_from(str(model))
         return str(model), {"select": "feasible", "selected_step": best.step, "validation": self.selector.state()}
 
     def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
@@ -736,6 +735,7 @@ class RADTrainer:
         summary = {"model_dir": model_out, "steps": self.step, "lambda": self.lam, **self.summary_extra(),
                    **({"selection": selection} if selection else {}),
                    "startup_seconds": round(self.startup_seconds, 1), **extra, "engine": self.rollout.kind,
+                   "weight_sync": self.transport,
                    "last_step": last, "heldout": comparison}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary

@@ -45,6 +45,27 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def role_device(requested: str = "auto") -> torch.device:
+    """The device of a role's actor: the accelerator Ray assigned it, else the CPU.
+
+    Ray narrows ``CUDA_VISIBLE_DEVICES`` to the GPUs an actor reserved (and hides them
+    from actors that reserved none), so inside an actor "is CUDA available" means "did
+    Ray give me a GPU", and that GPU is ``cuda:0``. Every role (learner ranks, reference,
+    scorers, rollout engines) resolves its device here: one code path for CPU and GPU.
+    """
+    if requested != "auto":
+        return torch.device(requested)
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
+    """A dtype name; ``auto`` = bfloat16 on a CUDA device that supports it, float32 elsewhere."""
+    if name != "auto":
+        return getattr(torch, name)
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+
+
 def backend_name(requested: str = "auto") -> str:
     if requested != "auto":
         return requested

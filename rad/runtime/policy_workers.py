@@ -45,16 +45,20 @@ class ReferenceWorker:
     """The frozen reference policy: sequence log-probs of given samples, no gradient."""
 
     def __init__(self, model_dir: str, dtype: str = "float32", micro_batch_size: int = 16,
-                 trust_remote_code: bool = False):
-        from rad.algos.assets import resolve_dtype
+                 trust_remote_code: bool = False, device: str = "auto"):
         from rad.models.loading import load_causal_lm, load_tokenizer
+        from rad.runtime.distributed import resolve_dtype, role_device
 
         torch.manual_seed(0)
+        self.device = role_device(device)
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-        self.model = load_causal_lm(model_dir, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code,
-                                    tokenizer=self.tokenizer)
-        self.model.requires_grad_(False)
+        self.model = load_causal_lm(model_dir, dtype=resolve_dtype(dtype, self.device),
+                                    trust_remote_code=trust_remote_code, tokenizer=self.tokenizer)
+        self.model.to(self.device).requires_grad_(False)
         self.micro = micro_batch_size
+
+    def info(self) -> dict[str, Any]:
+        return {"device": str(self.device), "dtype": str(next(self.model.parameters()).dtype)}
 
     @torch.no_grad()
     def logprobs(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
@@ -84,8 +88,8 @@ class PolicyLearner(DeepSpeedRank):
         self.loss_aggregation = loss_aggregation
 
     def build_model(self) -> torch.nn.Module:
-        from rad.algos.assets import resolve_dtype
         from rad.models.loading import load_causal_lm, load_tokenizer
+        from rad.runtime.distributed import resolve_dtype
 
         self.tokenizer = load_tokenizer(self.model_dir, trust_remote_code=self.trust_remote_code)
         return load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype),
@@ -135,3 +139,32 @@ class PolicyLearner(DeepSpeedRank):
 
     def save_pretrained(self, out_dir: str) -> str:
         return str(self.learner.save_pretrained(Path(out_dir), self.tokenizer))
+
+    # -- weights to the rollout engines (rad.runtime.rollout.weight_sync): the learner sends them ----
+    def connect_rollout(self, engines: Sequence[Any], transport: str, engine_device: str, timeout_s: float,
+                        bucket_mb: float) -> str:
+        """Every rank: the bucket layout; rank 0 also builds the sender to ``engines`` (Ray actor handles).
+
+        Call on all ranks at once (a broadcast sender forms its process group here). Returns
+        the resolved transport.
+        """
+        from rad.errors import ConfigError
+        from rad.runtime.rollout.weight_sync import make_weight_sender, resolve_transport, weight_layout
+
+        kind = resolve_transport(transport, str(self.learner.device), engine_device)
+        if kind == "ipc" and self.cfg.zero_stage == 3:
+            raise ConfigError("rollout.weight_sync=ipc shares the learner's own parameters, which ZeRO-3 "
+                              "partitions; use broadcast with learner.zero_stage=3")
+        self._layout = weight_layout(self.learner.module, int(bucket_mb * (1 << 20)))
+        self._sender = None
+        if self.rank == 0:
+            self._sender = make_weight_sender(kind, engines, self.learner.device, timeout_s,
+                                              address=self.address()[0])
+        return kind
+
+    def sync_weights(self):
+        """One weight sync (all ranks take part; under ZeRO-3 they gather bucket by bucket); rank 0 returns
+        its :class:`~rad.runtime.rollout.weight_sync.SyncStats`, the others None."""
+        from rad.runtime.rollout.weight_sync import sync_round
+
+        return sync_round(self.learner.module, self._layout, self.cfg.zero_stage == 3, self._sender)

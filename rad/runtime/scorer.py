@@ -42,10 +42,12 @@ class Scorer:
     ``normalize=True`` applies the normalisation stored with each model
     (``score_config.json``; raw scores when its mode is ``none``).
     ``num_threads`` > 0 sets torch's intra-op threads (useful inside a Ray actor).
+    ``device="auto"`` is the accelerator Ray assigned the actor, else the CPU
+    (:func:`rad.runtime.distributed.role_device`); ``dtype="auto"`` is bf16 on such a GPU.
     """
 
     def __init__(self, reward_dir: str | Path | None = None, cost_dir: str | Path | None = None,
-                 batch_size: int = 32, max_length: int = 512, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 32, max_length: int = 512, device: str = "auto", dtype: str = "auto",
                  truncate: bool = True, normalize: bool = True, num_threads: int = 0,
                  empty_response: str = "error"):
         if reward_dir is None and cost_dir is None:
@@ -61,12 +63,14 @@ class Scorer:
         self.batch_size = batch_size
         self.truncate = truncate
         self.normalize = normalize
-        self.device = torch.device(device)
+        from rad.runtime.distributed import resolve_dtype, role_device
+
+        self.device = role_device(device)
         self.models: dict[str, tuple[ScoreModel, Any, int]] = {}
         for name, path in (("rewards", reward_dir), ("costs", cost_dir)):
             if path is None:
                 continue
-            model = load_score_model(path, dtype=dtype).to(self.device).eval()
+            model = load_score_model(path, dtype=resolve_dtype(dtype, self.device)).to(self.device).eval()
             expected = "reward" if name == "rewards" else "cost"
             if model.kind != expected:
                 raise ConfigError(f"scorer: {path} holds a {model.kind} model, given as the {expected} model")
@@ -75,8 +79,11 @@ class Scorer:
             self.models[name] = (model, tokenizer, min(max_length, int(limit)))
 
     def info(self) -> dict[str, Any]:
-        return {name: {"kind": m.kind, "max_length": limit, "normalize": m.score_config.normalize if self.normalize
-                       else "none", "vocab_size": len(tok)} for name, (m, tok, limit) in self.models.items()}
+        models = {name: {"kind": m.kind, "max_length": limit, "vocab_size": len(tok),
+                         "normalize": m.score_config.normalize if self.normalize else "none",
+                         "dtype": str(m.head.weight.dtype).removeprefix("torch.")}
+                  for name, (m, tok, limit) in self.models.items()}
+        return {"device": str(self.device), **models}
 
     def _check(self, prompts: Sequence[str], responses: Sequence[str]) -> None:
         if len(prompts) != len(responses):

@@ -37,9 +37,23 @@ def _engine_weights(trainer):
     return [ray.get(a.get_weights.remote()) for a in trainer.rollout.actors]
 
 
+class _ChecksEnginesEveryStep(RADTrainer):
+    """Records, after every step, whether each engine's readable tensors equal learner rank 0's bit for bit."""
+
+    def validate(self, logger):
+        want = self.learners.broadcast("state_dict")[0]
+        engines = _engine_weights(self)
+        shared = [[n for n in engine if n in want] for engine in engines]
+        self.engine_checks = getattr(self, "engine_checks", []) + [
+            (len(names), all(torch.equal(e[n].to(want[n].dtype), want[n]) for n in names))
+            for e, names in zip(engines, shared)]
+        super().validate(logger)
+
+
 def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path, sft_model_dir, score_dirs):
     # Roles reserved in one placement group (PACK), as on a cluster.
-    trainer = RADTrainer(_cfg(tmp_path, "run", sft_model_dir, score_dirs, steps=2, **{"resources.placement": "pack"}))
+    trainer = _ChecksEnginesEveryStep(_cfg(tmp_path, "run", sft_model_dir, score_dirs, steps=2,
+                                           **{"resources.placement": "pack"}))
     try:
         table = ray_cluster.util.placement_group_table(trainer.placement.group)
         assert table["state"] == "CREATED" and len(table["bundles"]) == 5  # learner, reference, scorer, 2 engines
@@ -52,6 +66,8 @@ def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path
         for engine in engines:
             for name, tensor in after.items():
                 torch.testing.assert_close(engine[name], tensor, rtol=0, atol=0, msg=name)
+        # after each of the 2 steps, both engines held every learner tensor (gloo broadcast from learner rank 0)
+        assert trainer.engine_checks == [(len(after), True)] * 4 and summary["weight_sync"] == "broadcast"
     finally:
         trainer.shutdown()
     rows = [r for r in read_metrics(tmp_path / "run") if "rad/gain" in r]
@@ -113,13 +129,15 @@ def test_vllm_engine_with_two_learner_ranks(ray_cluster, tmp_path, sft_model_dir
 
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=24)
     prompts = ["how do i write a file parser in python?", "give me step by step instructions to hide cuts."]
-    trainer = RADTrainer(_cfg(tmp_path, "vllm", sft_model_dir, score_dirs, steps=2,
-                              **{"rollout.engine": "vllm", "rollout.num_engines": 1, "resources.num_learners": 2}))
+    trainer = _ChecksEnginesEveryStep(_cfg(tmp_path, "vllm", sft_model_dir, score_dirs, steps=2, **{
+        "rollout.engine": "vllm", "rollout.num_engines": 1, "resources.num_learners": 2}))
     try:
         before = trainer.learners.broadcast("state_dict")[0]
         summary = trainer.train()
         ranks = trainer.learners.broadcast("state_dict")
-        assert len(ranks) == 2 and summary["engine"] == "vllm"
+        assert len(ranks) == 2 and summary["engine"] == "vllm" and summary["weight_sync"] == "broadcast"
+        # after each step the engine's readable tensors (embeddings, norms) equal the learner's bit for bit
+        assert [ok for _, ok in trainer.engine_checks] == [True, True] and trainer.engine_checks[0][0] >= 3
         assert any(not torch.equal(before[k], ranks[0][k]) for k in before), "policy weights did not change"
         for name, tensor in ranks[0].items():  # data parallelism keeps the ranks identical
             torch.testing.assert_close(ranks[1][name], tensor, rtol=0, atol=0, msg=name)

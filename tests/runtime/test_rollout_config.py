@@ -15,7 +15,7 @@ from rad.runtime.rollout.vllm_engine import require_vllm, tied_weight_names, vll
 def test_config_loads_and_validates():
     cfg = load_config(RolloutConfig, None, ["engine=vllm", "sampling.temperature=0.7", "sampling.top_k=20"])
     assert cfg.engine == "vllm" and cfg.sampling.temperature == 0.7 and cfg.sampling.top_k == 20
-    with pytest.raises(ConfigError, match="rollout.weight_sync=nccl needs rollout.engine=vllm"):
+    with pytest.raises(ConfigError, match="weight_sync: 'nccl' is not allowed"):  # broadcast is NCCL on GPU
         load_config(RolloutConfig, None, ["engine=hf", "weight_sync=nccl"])
     with pytest.raises(ConfigError, match="sampling.temperature"):
         load_config(RolloutConfig, None, ["sampling.temperature=-1"])
@@ -23,6 +23,18 @@ def test_config_loads_and_validates():
         load_config(RolloutConfig, None, ["sampling.top_p=0"])
     with pytest.raises(ConfigError, match="engine"):
         load_config(RolloutConfig, None, ["engine=sglang"])
+
+
+def test_transport_per_device_pair():
+    from rad.runtime.rollout.weight_sync import resolve_transport
+
+    assert resolve_transport("auto", "cpu", "cpu") == "broadcast"  # gloo: the code NCCL runs on GPU
+    assert resolve_transport("auto", "cuda:0", "cuda") == "broadcast"
+    assert resolve_transport("auto", "cuda:0", "cpu") == "object_store"
+    with pytest.raises(ConfigError, match="one device type"):
+        resolve_transport("broadcast", "cuda:0", "cpu")
+    with pytest.raises(ConfigError, match="ipc needs CUDA"):
+        resolve_transport("ipc", "cpu", "cpu")
 
 
 def test_auto_engine_per_device():

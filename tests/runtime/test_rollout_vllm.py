@@ -5,7 +5,9 @@ it initialises a ``torch.distributed`` group and patches ``torch.set_num_threads
 there), so these tests host it in a Ray actor, never in the pytest process: one
 engine for the module, started once (~15-40 s on this machine).
 
-GPU transports (NCCL broadcast, CUDA IPC) are ``gpu``-marked and skipped without CUDA.
+Weights reach the engine from a real policy learner rank (gloo broadcast and the object
+store on CPU; the same broadcast on NCCL and CUDA IPC are ``gpu``-marked and skipped
+without CUDA).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import torch
 
 pytest.importorskip("vllm")
 
-from rad.runtime.rollout.actors import RolloutPool, make_rollout_actor  # noqa: E402
+from rad.runtime.rollout.actors import make_rollout_pool  # noqa: E402
 from rad.runtime.rollout.base import SamplingConfig  # noqa: E402
+from rad.runtime.rollout.config import RolloutConfig  # noqa: E402
 from rad.runtime.rollout.hf_engine import HFEngine  # noqa: E402
-from rad.runtime.rollout.weight_sync import ObjectStoreSync  # noqa: E402
 from test_rollout_hf import GREEDY, PROMPTS, SAMPLERS, expected_logprobs, perturbed  # noqa: E402
+from test_weight_sync import _learners, _train_once  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +33,18 @@ def hf(sft_model_dir):
 
 
 @pytest.fixture(scope="module")
-def vllm_actor(ray_cluster, sft_model_dir):
-    actor = make_rollout_actor("vllm", sft_model_dir, num_cpus=1)
-    info = ray_cluster.get(actor.info.remote())
+def vllm_pool(ray_cluster, sft_model_dir):
+    pool = make_rollout_pool(RolloutConfig(engine="vllm"), sft_model_dir)
+    info = ray_cluster.get(pool.actors[0].info.remote())
     assert info["kind"] == "vllm" and info["start_seconds"] > 0
-    yield actor
-    ray_cluster.get(actor.close.remote())  # shuts the in-process engine core down cleanly
-    ray_cluster.kill(actor)
+    yield pool
+    ray_cluster.get(pool.actors[0].close.remote())  # shuts the in-process engine core down cleanly
+    pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vllm_actor(vllm_pool):
+    return vllm_pool.actors[0]
 
 
 def _ids(rollouts):
@@ -83,8 +91,7 @@ def test_weight_update_through_worker_extension(ray_cluster, vllm_actor, hf, sft
     reference = HFEngine(sft_model_dir, micro_batch_size=8)
     reference.update_weights(new)
 
-    stats = RolloutPool([vllm_actor], "vllm", ObjectStoreSync([vllm_actor])).push_weights(new)
-    assert stats.seconds > 0 and stats.engine_seconds[0] > 0
+    assert ray.get(vllm_actor.update_weights.remote(new)) > 0
 
     after = ray.get(vllm_actor.generate.remote(PROMPTS, 1, GREEDY))
     assert _ids(after) != _ids(before)
@@ -102,45 +109,62 @@ def test_weight_update_through_worker_extension(ray_cluster, vllm_actor, hf, sft
     assert _ids(ray.get(vllm_actor.generate.remote(PROMPTS, 1, GREEDY))) == _ids(before)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["broadcast", "object_store"])
+def test_learner_rank0_syncs_the_vllm_engine(ray_cluster, vllm_pool, sft_model_dir, transport):
+    """A real learner rank sends its weights (gloo broadcast into the vLLM worker, or the object store):
+    the engine's readable tensors equal the learner's bit for bit, and its log-probs match the learner's."""
+    ray = ray_cluster
+    learners = _learners(ray, sft_model_dir, ranks=1, zero_stage=0)
+    try:
+        assert vllm_pool.connect(learners, RolloutConfig(weight_sync=transport)) == transport
+        _train_once(learners, HFEngine(sft_model_dir).tokenizer, seed=7)
+        stats = learners.broadcast("sync_weights")[0]
+        assert stats.engine_seconds[0] > 0
+        want = learners.broadcast("state_dict")[0]
+        readable = ray.get(vllm_pool.actors[0].get_weights.remote())
+        for name in ("model.embed_tokens.weight", "model.norm.weight"):
+            assert torch.equal(readable[name], want[name]), name
+        out = ray.get(vllm_pool.actors[0].generate.remote(PROMPTS, 1, GREEDY))
+        probe = [r.prompt_token_ids + r.response_token_ids for r in out]
+        samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in out]
+        engine_lp = ray.get(vllm_pool.actors[0].token_logprobs.remote(probe))
+        for got, learner, r in zip(engine_lp, learners.rank0("logprobs", samples), out):
+            assert got[len(r.prompt_token_ids) - 1:] == pytest.approx(learner, abs=1e-4)
+    finally:
+        learners.shutdown()
+
+
+def _gpu_learners_and_pool(ray, sft_model_dir, engine_gpus: float):
+    """One learner rank and one vLLM engine, each with the GPU share Ray gives them (as in a run)."""
+    from rad.runtime.policy_workers import PolicyLearner
+    from rad.runtime.worker_group import WorkerGroup
+    from rad.settings import LearnerConfig
+
+    cfg = LearnerConfig(lr=5e-3, micro_batch_size=4, warmup_ratio=0.0, scheduler="constant", bf16="false")
+    learners = WorkerGroup(PolicyLearner, 1, str(sft_model_dir), cfg, 10, "float32", num_cpus=1,
+                           num_gpus=1 - engine_gpus if engine_gpus < 1 else 1, name="learner")
+    addr, port = learners.rank0("address")
+    ray.get(learners.actors[0].init.remote(0, 1, addr, port, 0))
+    pool = make_rollout_pool(RolloutConfig(engine="vllm", num_gpus_per_engine=engine_gpus, dtype="float32",
+                                           vllm_gpu_memory_utilization=0.3), sft_model_dir, device="cuda")
+    return learners, pool
+
+
 @pytest.mark.gpu
-def test_nccl_broadcast_from_learner(ray_cluster, sft_model_dir):
-    """Learner (this process) -> a vLLM engine on another GPU over NCCL."""
-    if torch.cuda.device_count() < 2:
+@pytest.mark.parametrize("transport,engine_gpus", [("broadcast", 1.0), ("ipc", 0.5)])
+def test_gpu_transports_from_the_learner(ray_cluster, sft_model_dir, transport, engine_gpus):
+    """NCCL broadcast (engine on its own GPU) and CUDA IPC (engine on the learner's GPU), learner-driven."""
+    if transport == "broadcast" and torch.cuda.device_count() < 2:
         pytest.skip("NCCL between learner and engine needs two GPUs")
-    from rad.runtime.rollout.weight_sync import NcclWeightSync
-
-    actor = make_rollout_actor("vllm", sft_model_dir, num_cpus=1, num_gpus=1, dtype="float32",
-                               gpu_memory_utilization=0.3)
+    learners, pool = _gpu_learners_and_pool(ray_cluster, sft_model_dir, engine_gpus)
     try:
-        taken = {int(i) for i in ray_cluster.get(actor.info.remote())["gpu_ids"]}
-        device = next(i for i in range(torch.cuda.device_count()) if i not in taken)  # NCCL: one rank per GPU
-        torch.cuda.set_device(device)
-        hf = HFEngine(sft_model_dir, device=f"cuda:{device}")
-        sync = NcclWeightSync([actor])
-        new = {k: v.to(f"cuda:{device}") for k, v in perturbed(hf.get_weights(), seed=2).items()}
-        stats = sync.push(new)
-        assert stats.seconds > 0
-        hf.update_weights(new)
-        out = ray_cluster.get(actor.generate.remote(PROMPTS, 1, GREEDY))
-        assert _ids(out) == _ids(hf.generate(PROMPTS, n=1, sampling=GREEDY))
+        assert pool.connect(learners, RolloutConfig(weight_sync=transport)) == transport
+        _train_once(learners, HFEngine(sft_model_dir).tokenizer, seed=9)
+        assert learners.broadcast("sync_weights")[0].seconds > 0
+        want = learners.broadcast("state_dict")[0]
+        readable = ray_cluster.get(pool.actors[0].get_weights.remote())
+        assert torch.equal(readable["model.embed_tokens.weight"].cpu(), want["model.embed_tokens.weight"])
     finally:
-        ray_cluster.kill(actor)
-
-
-@pytest.mark.gpu
-def test_cuda_ipc_when_colocated(ray_cluster, sft_model_dir):
-    """Learner and engine share GPU 0; the engine reads the learner's tensors through IPC handles."""
-    from rad.runtime.rollout.weight_sync import IpcWeightSync
-
-    hf = HFEngine(sft_model_dir, device="cuda:0")
-    actor = make_rollout_actor("vllm", sft_model_dir, num_cpus=1, num_gpus=0.5, dtype="float32",
-                               gpu_memory_utilization=0.3)
-    try:
-        new = {k: v.to("cuda:0") for k, v in perturbed(hf.get_weights(), seed=3).items()}
-        stats = IpcWeightSync([actor]).push(new)
-        assert stats.seconds > 0
-        hf.update_weights(new)
-        out = ray_cluster.get(actor.generate.remote(PROMPTS, 1, GREEDY))
-        assert _ids(out) == _ids(hf.generate(PROMPTS, n=1, sampling=GREEDY))
-    finally:
-        ray_cluster.kill(actor)
+        learners.shutdown()
+        pool.shutdown()

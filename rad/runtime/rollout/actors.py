@@ -1,12 +1,11 @@
 """Rollout engines as Ray actors, a pool that splits prompts between them, and ``engine: auto``.
 
-``make_rollout_actor(kind, model_dir, ...)`` applies ``ray.remote`` with the
-requested CPUs/GPUs at call time and returns the actor handle; the actor hosts one
-engine (:class:`~rad.runtime.rollout.hf_engine.HFEngine` or
-:class:`~rad.runtime.rollout.vllm_engine.VLLMEngine`) and forwards the
-:class:`~rad.runtime.rollout.base.RolloutEngine` methods. ``make_rollout_pool``
-builds ``rollout.num_engines`` actors plus the weight transport
-(:mod:`rad.runtime.rollout.weight_sync`) from a :class:`RolloutConfig`.
+A :class:`RolloutActor` hosts one engine (:class:`~rad.runtime.rollout.hf_engine.HFEngine`
+or :class:`~rad.runtime.rollout.vllm_engine.VLLMEngine`) and forwards the
+:class:`~rad.runtime.rollout.base.RolloutEngine` methods, including the receiving side of
+the weight transports that learner rank 0 drives (:mod:`rad.runtime.rollout.weight_sync`).
+``make_rollout_pool`` builds ``rollout.num_engines`` of them as one worker group from a
+:class:`RolloutConfig`.
 
 ``engine: auto`` picks per device from measurements (``python -m bench.generation``,
 results in ``bench/results/generation.json``):
@@ -48,7 +47,6 @@ from typing import Any, Sequence
 from rad.errors import ConfigError
 from rad.runtime.rollout.base import Rollout, SamplingConfig, Weights, derived_seed
 from rad.runtime.rollout.config import RolloutConfig
-from rad.runtime.rollout.weight_sync import SyncStats, make_weight_sync
 
 
 def build_engine(kind: str, model_dir: str | os.PathLike, **kwargs: Any):
@@ -89,39 +87,34 @@ class RolloutActor:
     def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         return self.engine.token_logprobs(sequences)
 
-    def _vllm(self, what: str):
-        if self.engine.kind != "vllm":
-            raise ConfigError(f"rollout.weight_sync: {what} needs rollout.engine=vllm, this actor runs "
-                              f"{self.engine.kind}")
-        return self.engine
-
+    # the receiving side of rad.runtime.rollout.weight_sync (called by learner rank 0, never the driver)
     def num_workers(self) -> int:
-        return self._vllm("nccl").num_workers()
+        return self.engine.num_workers()
 
-    def init_nccl(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        self._vllm("nccl").init_nccl(master_address, master_port, rank_offset, world_size)
+    def join_weight_group(self, address: str, port: int, rank_offset: int, world_size: int, timeout_s: float) -> None:
+        self.engine.join_weight_group(address, port, rank_offset, world_size, timeout_s)
 
-    def receive_nccl(self, names: list[str], dtypes: list[str], shapes: list[list[int]]) -> float:
-        return self._vllm("nccl").receive_nccl(names, dtypes, shapes)
+    def receive_broadcast(self, layout) -> float:
+        return self.engine.receive_broadcast(layout)
+
+    def load_bucket(self, specs, flat) -> float:
+        # a top-level ObjectRef argument arrives resolved: ``flat`` is the bucket's byte array
+        return self.engine.load_bucket(specs, flat)
+
+    def finish_weights(self) -> float:
+        return self.engine.finish_weights()
 
     def load_ipc(self, handles: bytes, names: list[str]) -> float:
-        return self._vllm("ipc").load_ipc(handles, names)
+        return self.engine.load_ipc(handles, names)
+
+    def load_weights_from(self, model_dir: str) -> float:
+        """Load a saved HF model's weights (safetensors) from disk, e.g. the run's selected policy."""
+        from rad.models.loading import load_safetensors_state
+
+        return self.engine.update_weights(load_safetensors_state(model_dir))
 
     def close(self) -> None:
         self.engine.close()
-
-
-def make_rollout_actor(kind: str, model_dir: str | os.PathLike, *, num_cpus: float = 1, num_gpus: float = 0,
-                       scheduling_strategy: Any = None, **engine_kwargs: Any):
-    """A Ray actor hosting one ``kind`` engine with ``num_cpus`` / ``num_gpus`` reserved
-    (in a placement-group bundle when ``scheduling_strategy`` is given)."""
-    import ray
-
-    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
-    if scheduling_strategy is not None:
-        options["scheduling_strategy"] = scheduling_strategy
-    actor_cls = ray.remote(RolloutActor).options(**options)
-    return actor_cls.remote(kind, str(model_dir), engine_kwargs)
 
 
 def cluster_device() -> str:
@@ -146,12 +139,23 @@ def resolve_engine(engine: str, device: str) -> str:
 
 
 class RolloutPool:
-    """Several rollout actors used as one engine; prompts are split into contiguous shards."""
+    """The rollout role: a :class:`~rad.runtime.worker_group.WorkerGroup` of engine actors used as one
+    engine (prompts split into contiguous shards). Weights reach the actors from the learner
+    (:mod:`rad.runtime.rollout.weight_sync`), never through this object."""
 
-    def __init__(self, actors: Sequence, kind: str, weight_sync) -> None:
-        self.actors = list(actors)
+    def __init__(self, group, kind: str, device: str) -> None:
+        self.group = group
         self.kind = kind
-        self.weight_sync = weight_sync
+        self.device = device  # the engines' device type ("cpu" or "cuda")
+
+    def connect(self, learners, cfg: RolloutConfig) -> str:
+        """Every learner rank prepares the weight sync to these engines; returns the resolved transport."""
+        return learners.broadcast("connect_rollout", self.actors, cfg.weight_sync, self.device, cfg.sync_timeout_s,
+                                  cfg.sync_bucket_mb)[0]
+
+    @property
+    def actors(self) -> list:
+        return self.group.actors
 
     def generate(self, prompts: Sequence[str], n: int = 1, sampling: SamplingConfig | None = None) -> list[Rollout]:
         """``n`` samples per prompt, prompt-major. Shard k samples with seed ``derived_seed(seed, k)``,
@@ -160,10 +164,11 @@ class RolloutPool:
 
         sampling = sampling or SamplingConfig()
         prompts = list(prompts)
-        bounds = [len(prompts) * k // len(self.actors) for k in range(len(self.actors) + 1)]
+        actors = self.actors
+        bounds = [len(prompts) * k // len(actors) for k in range(len(actors) + 1)]
         calls = [(bounds[k], a.generate.remote(prompts[bounds[k]: bounds[k + 1]], n,
                                                replace(sampling, seed=derived_seed(sampling.seed, k))))
-                 for k, a in enumerate(self.actors) if bounds[k + 1] > bounds[k]]
+                 for k, a in enumerate(actors) if bounds[k + 1] > bounds[k]]
         rollouts: list[Rollout] = []
         for offset, shard in zip([c[0] for c in calls], ray.get([c[1] for c in calls])):
             for r in shard:
@@ -171,26 +176,17 @@ class RolloutPool:
             rollouts.extend(shard)
         return rollouts
 
-    def push_weights(self, weights: Weights) -> SyncStats:
-        """Send the learner's weights to every engine; log ``SyncStats.metrics()`` each step."""
-        return self.weight_sync.push(weights)
+    def load_weights_from(self, model_dir: str) -> None:
+        """Every engine loads the weights saved in ``model_dir`` itself (the driver never holds them)."""
+        self.group.broadcast("load_weights_from", str(model_dir))
 
     def shutdown(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        self.group.shutdown()
 
 
-def make_rollout_pool(cfg: RolloutConfig, model_dir: str | os.PathLike, tokenizer_dir: str | None = None,
-                      device: str | None = None, seed: int = 0,
-                      scheduling_strategies: Sequence | None = None) -> RolloutPool:
-    """``cfg.num_engines`` rollout actors (started in parallel) and the configured weight transport."""
-    import ray
-
-    device = device or cluster_device()
-    kind = resolve_engine(cfg.engine, device)
+def engine_kwargs(cfg: RolloutConfig, kind: str, device: str, tokenizer_dir: str | None, seed: int
+                  ) -> tuple[dict[str, Any], float]:
+    """The engine constructor's keyword arguments and the GPUs one engine actor reserves."""
     if kind == "vllm":
         from rad.runtime.rollout.vllm_engine import require_vllm, vllm_installed
 
@@ -200,14 +196,22 @@ def make_rollout_pool(cfg: RolloutConfig, model_dir: str | os.PathLike, tokenize
             tokenizer_dir=tokenizer_dir, device=device, seed=seed, dtype=None if cfg.dtype == "auto" else cfg.dtype,
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, kv_cache_gib=cfg.vllm_kv_cache_gib,
             tensor_parallel_size=cfg.vllm_tensor_parallel_size, max_model_len=cfg.vllm_max_model_len or None)
-        gpus = cfg.num_gpus_per_engine * cfg.vllm_tensor_parallel_size if device == "cuda" else 0
-    else:
-        dtype = cfg.dtype if cfg.dtype != "auto" else ("float32" if device == "cpu" else "auto")
-        kwargs = dict(tokenizer_dir=tokenizer_dir, device=device, dtype=dtype, micro_batch_size=cfg.micro_batch_size)
-        gpus = cfg.num_gpus_per_engine if device == "cuda" else 0
-    strategies = list(scheduling_strategies or [None] * cfg.num_engines)
-    actors = [make_rollout_actor(kind, model_dir, num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus,
-                                 scheduling_strategy=strategies[i], **kwargs)
-              for i in range(cfg.num_engines)]
-    ray.get([a.info.remote() for a in actors])  # surface start-up errors here
-    return RolloutPool(actors, kind, make_weight_sync(cfg.weight_sync, actors, device, kind))
+        return kwargs, (cfg.num_gpus_per_engine * cfg.vllm_tensor_parallel_size if device == "cuda" else 0.0)
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("float32" if device == "cpu" else "auto")
+    kwargs = dict(tokenizer_dir=tokenizer_dir, device=device, dtype=dtype, micro_batch_size=cfg.micro_batch_size)
+    return kwargs, (cfg.num_gpus_per_engine if device == "cuda" else 0.0)
+
+
+def make_rollout_pool(cfg: RolloutConfig, model_dir: str | os.PathLike, tokenizer_dir: str | None = None,
+                      device: str | None = None, seed: int = 0,
+                      scheduling_strategies: Sequence | None = None) -> RolloutPool:
+    """``cfg.num_engines`` rollout actors (started in parallel), as one worker group."""
+    from rad.runtime.worker_group import WorkerGroup
+
+    device = device or cluster_device()
+    kind = resolve_engine(cfg.engine, device)
+    kwargs, gpus = engine_kwargs(cfg, kind, device, tokenizer_dir, seed)
+    group = WorkerGroup(RolloutActor, cfg.num_engines, kind, str(model_dir), kwargs, num_cpus=cfg.num_cpus_per_engine,
+                        num_gpus=gpus, name="rollout", scheduling_strategies=scheduling_strategies)
+    group.broadcast("info")  # surface start-up errors here
+    return RolloutPool(group, kind, device)

@@ -96,6 +96,32 @@ class RolloutEngine(abc.ABC):
         backends whose kernels repack weights so they cannot be read back.
         """
 
+    # -- the receiving side of the weight transports (rad.runtime.rollout.weight_sync) -----------
+
+    @abc.abstractmethod
+    def num_workers(self) -> int:
+        """Processes that hold a copy of the weights (members of a weight-broadcast group)."""
+
+    @abc.abstractmethod
+    def join_weight_group(self, address: str, port: int, rank_offset: int, world_size: int, timeout_s: float) -> None:
+        """Join learner rank 0's weight process group as ranks ``rank_offset`` .. + num_workers - 1."""
+
+    @abc.abstractmethod
+    def receive_broadcast(self, layout) -> float:
+        """Receive and load one round of broadcast buckets (a transport ``Layout``); seconds taken."""
+
+    @abc.abstractmethod
+    def load_bucket(self, specs, flat) -> float:
+        """Take one object-store bucket (its specs and its bytes as a numpy array)."""
+
+    @abc.abstractmethod
+    def finish_weights(self) -> float:
+        """End an object-store round: every parameter must have arrived; seconds spent on the round."""
+
+    @abc.abstractmethod
+    def load_ipc(self, handles: bytes, names: list[str]) -> float:
+        """Load tensors shared by a learner on the same GPU through CUDA IPC handles."""
+
     def close(self) -> None:
         """Release the engine's resources (model, KV cache, worker processes)."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rad.config import field
-from rad.errors import ConfigError
 from rad.runtime.rollout.base import SamplingConfig
 
 
@@ -20,9 +19,15 @@ class RolloutConfig:
     num_cpus_per_engine: float = field(1.0, gt=0, help="Ray CPUs reserved by each rollout actor")
     num_gpus_per_engine: float = field(1.0, min=0,
                                        help="Ray GPUs per rollout actor on GPU clusters (< 1 to colocate)")
-    weight_sync: str = field("auto", choices=("auto", "object_store", "nccl", "ipc"),
-                             help="learner -> engine transport; auto = object_store on CPU, nccl on GPU "
-                                  "with vllm; ipc needs the learner on the engines' GPU")
+    weight_sync: str = field("auto", choices=("auto", "broadcast", "object_store", "ipc"),
+                             help="learner -> engine transport, driven by learner rank 0: broadcast (a process "
+                                  "group: gloo on CPU, NCCL on GPU), object_store (Ray), ipc (CUDA, engines on the "
+                                  "learner's GPU); auto = broadcast when learner and engines share a device type, "
+                                  "else object_store (see rad/runtime/rollout/weight_sync.py)")
+    sync_timeout_s: float = field(300.0, gt=0, help="a weight sync that has not finished by then fails with an "
+                                                    "error naming the engine (a dead engine never hangs the run)")
+    sync_bucket_mb: float = field(256.0, gt=0, help="weights travel in buckets of at most this size (ZeRO-3 "
+                                                    "gathers one bucket at a time)")
     dtype: str = field("auto", choices=("auto", "float32", "bfloat16", "float16"),
                        help="engine dtype; auto = float32 on CPU, the checkpoint's dtype on GPU")
     micro_batch_size: int = field(64, min=1, help="hf engine: sequences per generate call (larger is faster "
@@ -33,8 +38,3 @@ class RolloutConfig:
     vllm_tensor_parallel_size: int = field(1, min=1, help="vllm: GPUs per engine (tensor parallel)")
     vllm_max_model_len: int = field(0, min=0, help="vllm: context length (0 = the model's)")
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-    def validate(self) -> None:
-        if self.weight_sync in ("nccl", "ipc") and self.engine == "hf":
-            raise ConfigError(f"rollout.weight_sync={self.weight_sync} needs rollout.engine=vllm "
-                              "(the hf engine receives weights through the object store)")

@@ -45,6 +45,17 @@ from rad.runtime.rollout.base import (
 )
 
 
+def _as_tensor(flat) -> torch.Tensor:
+    """A bucket's bytes (a read-only numpy array from Ray's object store) as a uint8 tensor, without a copy."""
+    import warnings
+
+    if isinstance(flat, torch.Tensor):
+        return flat
+    with warnings.catch_warnings():  # only read (copied into the model) before it is dropped
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(flat)
+
+
 class _PickToken:
     """Last logits processor: picks each row's next token and records its log-prob (see the module doc).
 
@@ -95,6 +106,10 @@ class HFEngine(RolloutEngine):
         self.start_seconds = sw.seconds
         self.micro_batch_size = micro_batch_size
         self.model_dir = str(model_dir)
+        self._own: dict[str, torch.Tensor] = {}  # the model's state dict while a weight update is under way
+        self._received: set[str] = set()
+        self._bucket_seconds = 0.0
+        self._group = None  # the weight-broadcast process group, once joined
 
     # -- generation ----------------------------------------------------------
 
@@ -157,24 +172,89 @@ class HFEngine(RolloutEngine):
         may come under either name).
         """
         with Stopwatch() as sw:
-            state = dict(named_tensors(weights))
-            own = self.model.state_dict()
-            unexpected = sorted(set(state) - set(own))
-            if unexpected:
-                raise ConfigError(f"update_weights: names not in the model {self.model_dir!r}: {unexpected[:5]}")
-            by_storage: dict[int, list[str]] = {}
-            for name, tensor in own.items():
-                by_storage.setdefault(tensor.data_ptr(), []).append(name)
-            missing = [names[0] for names in by_storage.values() if not any(n in state for n in names)]
-            if missing:
-                raise ConfigError(f"update_weights: the update lacks parameters {missing[:5]}")
-            with torch.no_grad():
-                for name, tensor in state.items():
-                    target = own[name]
-                    if tuple(tensor.shape) != tuple(target.shape):
-                        raise ConfigError(f"update_weights: {name!r} has shape {tuple(tensor.shape)}, "
-                                          f"the model expects {tuple(target.shape)}")
-                    target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+            self._begin_weights()
+            for name, tensor in named_tensors(weights):
+                self._load_tensor(name, tensor)
+            self._finish_weights()
+        return sw.seconds
+
+    # the receiving side of every transport (rad.runtime.rollout.weight_sync): begin, tensors, finish
+    def _begin_weights(self) -> None:
+        self._own = self.model.state_dict()
+        self._received: set[str] = set()
+
+    def _load_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        target = self._own.get(name)
+        error = None
+        if target is None:
+            error = f"update_weights: {name!r} is not a parameter of the model {self.model_dir!r}"
+        elif tuple(tensor.shape) != tuple(target.shape):
+            error = (f"update_weights: {name!r} has shape {tuple(tensor.shape)}, "
+                     f"the model expects {tuple(target.shape)}")
+        if error:
+            self._own, self._received = {}, set()  # the round is void; the next one starts afresh
+            raise ConfigError(error)
+        with torch.no_grad():
+            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+        self._received.add(name)
+
+    def _finish_weights(self) -> None:
+        by_storage: dict[int, list[str]] = {}
+        for name, tensor in self._own.items():
+            by_storage.setdefault(tensor.data_ptr(), []).append(name)
+        missing = [names[0] for names in by_storage.values() if not any(n in self._received for n in names)]
+        self._own, received, self._received = {}, self._received, set()
+        if missing:
+            raise ConfigError(f"update_weights: the update lacks parameters {missing[:5]} "
+                              f"({len(received)} tensors received)")
+
+    def num_workers(self) -> int:
+        return 1
+
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int, timeout_s: float) -> None:
+        from rad.runtime.rollout.transport import join_group
+
+        self._group = join_group(address, port, rank, world_size, self.device, timeout_s)
+
+    def receive_broadcast(self, layout) -> float:
+        from rad.runtime.rollout.transport import receive_buckets
+
+        with Stopwatch() as sw:
+            self._begin_weights()
+            for name, tensor in receive_buckets(self._group, layout, self.device):
+                self._load_tensor(name, tensor)
+            self._finish_weights()
+        return sw.seconds
+
+    def load_bucket(self, specs, flat) -> float:
+        """One object-store bucket (``flat``: the bucket's bytes as a numpy array); see ``finish_weights``."""
+        from rad.runtime.rollout.transport import unpack_bucket
+
+        with Stopwatch() as sw:
+            if not self._own:  # the round's first bucket
+                self._begin_weights()
+            for name, tensor in unpack_bucket(specs, _as_tensor(flat)):
+                self._load_tensor(name, tensor)
+        self._bucket_seconds += sw.seconds
+        return sw.seconds
+
+    def finish_weights(self) -> float:
+        with Stopwatch() as sw:
+            self._finish_weights()
+        seconds, self._bucket_seconds = self._bucket_seconds + sw.seconds, 0.0
+        return seconds
+
+    def load_ipc(self, handles: bytes, names: list[str]) -> float:
+        """CUDA IPC handles of a colocated learner's tensors (pickled ``reduce_tensor`` output of this job)."""
+        import pickle
+
+        with Stopwatch() as sw:
+            self._begin_weights()
+            for name, (rebuild, args) in pickle.loads(handles):
+                args = list(args)
+                args[6] = self.device.index or 0  # the learner's device index, as this process numbers it
+                self._load_tensor(name, rebuild(*args))
+            self._finish_weights()
         return sw.seconds
 
     def get_weights(self) -> dict[str, torch.Tensor]:

@@ -57,7 +57,7 @@ from rad.runtime.rollout.base import (
     encode_prompts,
     named_tensors,
 )
-from rad.runtime.rollout.vllm_worker_ext import pack_tensor, unpack_tensor
+from rad.runtime.rollout.vllm_worker_ext import layout_to_wire, pack_tensor, unpack_tensor
 
 WORKER_EXTENSION = "rad.runtime.rollout.vllm_worker_ext.WeightSyncExtension"
 
@@ -143,6 +143,7 @@ class VLLMEngine(RolloutEngine):
         self.start_seconds = sw.seconds
         self._vllm = vllm
         self._tied = tied_weight_names(model_dir, trust_remote_code)
+        self._pending: list = []  # object-store buckets of the weight update under way
 
     # -- generation ----------------------------------------------------------
 
@@ -223,17 +224,32 @@ class VLLMEngine(RolloutEngine):
         packed = self.llm.collective_rpc("rad_readable_weights")[0]
         return dict(unpack_tensor(p) for p in packed)
 
-    # -- GPU transports (driven by rad.runtime.rollout.weight_sync) -----------
+    # -- the receiving side of rad.runtime.rollout.weight_sync's transports ---------
 
     def num_workers(self) -> int:
         return self.llm.llm_engine.vllm_config.parallel_config.world_size
 
-    def init_nccl(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        self.llm.collective_rpc("rad_init_nccl", args=(master_address, master_port, rank_offset, world_size))
+    def join_weight_group(self, address: str, port: int, rank_offset: int, world_size: int, timeout_s: float) -> None:
+        self.llm.collective_rpc("rad_join_group", args=(address, port, rank_offset, world_size, timeout_s))
 
-    def receive_nccl(self, names: list[str], dtypes: list[str], shapes: list[list[int]]) -> float:
+    def receive_broadcast(self, layout) -> float:
+        names = [s.name for specs in layout for s in specs]
         with Stopwatch() as sw:
-            self.llm.collective_rpc("rad_receive_nccl", args=(names, dtypes, shapes, self._aliases(names)))
+            self.llm.collective_rpc("rad_receive_broadcast", args=(layout_to_wire(layout), self._aliases(names)))
+            self._after_update()
+        return sw.seconds
+
+    def load_bucket(self, specs, flat) -> float:
+        """Keep one object-store bucket; the model reloads once, in :meth:`finish_weights` (vLLM's layerwise
+        reload post-processes layers whose weights all arrived in one pass)."""
+        self._pending.append((layout_to_wire([specs])[0], flat.tobytes()))
+        return 0.0
+
+    def finish_weights(self) -> float:
+        buckets, self._pending = self._pending, []
+        names = [spec[0] for wire_specs, _ in buckets for spec in wire_specs]
+        with Stopwatch() as sw:
+            self.llm.collective_rpc("rad_load_buckets", args=(buckets, self._aliases(names)))
             self._after_update()
         return sw.seconds
 

