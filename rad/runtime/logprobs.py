@@ -106,17 +106,15 @@ def _chunk_logprobs(head: torch.nn.Module, transform: Callable | None, hidden: t
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-def head_logprobs(model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+def head_logprobs(head: torch.nn.Module, transform: Callable | None, hidden: torch.Tensor, targets: torch.Tensor,
                   chunk_size: int) -> torch.Tensor:
-    """Log-probs of ``targets [N]`` from the final hidden states ``hidden [N, D]``, ``chunk_size`` rows at a time.
+    """Log-probs of ``targets [N]`` from final hidden states ``hidden [N, D]``, ``chunk_size`` rows at a time.
 
-    ``chunk_size`` 0 is one chunk. Under autograd every chunk is checkpointed: its
-    logits are freed after the forward and recomputed in backward.
+    ``head`` is the LM head and ``transform`` what the model does to its output
+    (:func:`logit_transform`). ``chunk_size`` 0 is one chunk. Under autograd every
+    chunk is checkpointed: its logits are freed after the forward and recomputed
+    in backward.
     """
-    head = model.get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings (LM head); use the plain log-prob pass")
-    transform = logit_transform(model.config)
     size = chunk_size or max(1, len(targets))
     parts = []
     for i in range(0, len(targets), size):
@@ -126,6 +124,13 @@ def head_logprobs(model: torch.nn.Module, hidden: torch.Tensor, targets: torch.T
         else:
             parts.append(_chunk_logprobs(head, transform, h, t))
     return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _head(model: torch.nn.Module) -> torch.nn.Module:
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (LM head); use the plain log-prob pass")
+    return head
 
 
 def _backbone(model: torch.nn.Module) -> torch.nn.Module:
@@ -143,22 +148,24 @@ def selected_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], ch
     ids, resp = batch["input_ids"], batch["response_mask"][:, 1:]
     b_idx, t_idx = resp.nonzero(as_tuple=True)
     targets = ids[:, 1:][b_idx, t_idx]
-    backbone = _backbone(model)
+    head, backbone = _head(model), _backbone(model)
     if packing:
         layout = pack(ids, batch["attention_mask"])
         dtype = model.get_input_embeddings().weight.dtype
         hidden = backbone(**packed_model_inputs(layout, packing_mode(model.config), dtype)).last_hidden_state
         hidden = hidden[layout.rows[b_idx], layout.offsets[b_idx] + t_idx]
     else:
-        hidden = backbone(input_ids=ids, attention_mask=batch["attention_mask"]).last_hidden_state[b_idx, t_idx]
-    lp = head_logprobs(model, hidden, targets, chunk_size)
+        hidden = backbone(input_ids=ids, attention_mask=batch["attention_mask"],
+                          use_cache=False).last_hidden_state[b_idx, t_idx]
+    lp = head_logprobs(head, logit_transform(model.config), hidden, targets, chunk_size)
     out = torch.zeros(resp.shape, dtype=torch.float32, device=ids.device)
     return out.index_put((b_idx, t_idx), lp)
 
 
 def plain_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """:func:`token_logprobs` with the options off: the full ``[B, T, V]`` logits, float32 log-softmax."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   use_cache=False).logits[:, :-1].float()
     targets = batch["input_ids"][:, 1:]
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return logp * batch["response_mask"][:, 1:]

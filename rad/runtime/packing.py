@@ -13,8 +13,9 @@ Two ways to tell the model where samples start (:func:`packed_model_inputs`):
   query may attend, the dtype's minimum elsewhere), which transformers passes to the
   attention as-is; eager and SDPA attention take it.
 * ``position_ids``: no mask, only the restarting position ids, from which
-  transformers finds the sample boundaries itself (its packed-sequence support;
-  flash-attention kernels take no 4-D mask, so this is their way).
+  transformers finds the sample boundaries itself (its packed-sequence support,
+  which needs ``use_cache=False``; flash-attention kernels take no 4-D mask, so
+  this is their way).
 """
 
 from __future__ import annotations
@@ -118,4 +119,5 @@ def packed_model_inputs(layout: PackedLayout, mode: str, dtype: torch.dtype) -> 
     if mode not in PACKING_MODES:
         raise ValueError(f"packing mode {mode!r}: expected one of {PACKING_MODES}")
     mask = block_causal_mask(layout.segment_ids, dtype) if mode == "mask" else None
-    return {"input_ids": layout.input_ids, "attention_mask": mask, "position_ids": layout.position_ids}
+    return {"input_ids": layout.input_ids, "attention_mask": mask, "position_ids": layout.position_ids,
+            "use_cache": False}
