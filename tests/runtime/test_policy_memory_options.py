@@ -21,31 +21,15 @@ BASE = LearnerConfig(micro_batch_size=3, grad_accum=2, lr=1e-2, scheduler="const
 ALL = dict(gradient_checkpointing=True, logprob_chunk_size=4, packing=True)
 
 
-def run(model_dir, samples, **options):
-    """Log-probs before training, the gradients of the first train step, and the metrics of two train steps.
-
-    The gradients are read (at any ZeRO stage) before the first optimizer step: the
-    sum over both micro batches, each scaled by the engine's 1/grad_accum.
-    """
-    from deepspeed.utils import safe_get_full_grad
-
+def run(model_dir, samples, with_gradients, **options):
+    """Log-probs before training, the gradients of the first train step, and the metrics of two train steps."""
     cfg = dataclasses.replace(BASE, **options)
     rank = PolicyLearner(str(model_dir), cfg, total_steps=2)
     rank.init(0, 1, "127.0.0.1", free_port(), seed=0)
     assert rank.learner.module.is_gradient_checkpointing == cfg.gradient_checkpointing
     logprobs = rank.logprobs(samples)
-    grads, step = [], rank.learner.step
-
-    def reading_step():
-        if rank.learner.engine.is_gradient_accumulation_boundary():  # DeepSpeed shows no gradients in between
-            grads.append({n: safe_get_full_grad(p).clone() for n, p in rank.learner.module.named_parameters()})
-        return step()
-
-    rank.learner.step = reading_step
-    metrics = [rank.train_step(samples)]
-    rank.learner.step = step
-    metrics.append(rank.train_step(samples))
-    return logprobs, grads, metrics
+    first, grads = with_gradients(rank, lambda: rank.train_step(samples))
+    return logprobs, grads, [first, rank.train_step(samples)]
 
 
 @pytest.fixture(scope="module")
@@ -56,24 +40,25 @@ def samples(tiny_model_dir, make_samples):
 
 
 @pytest.fixture(scope="module")
-def plain(tiny_model_dir, samples):
+def plain(tiny_model_dir, samples, with_gradients):
     with pytest.MonkeyPatch.context() as mp:  # as single_rank_env, for the module
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             mp.setenv(key, "0")
-        return {stage: run(tiny_model_dir, samples, zero_stage=stage) for stage in (0, 2, 3)}
+        return {stage: run(tiny_model_dir, samples, with_gradients, zero_stage=stage) for stage in (0, 2, 3)}
 
 
 @pytest.mark.parametrize("stage,options", [
     (0, dict(gradient_checkpointing=True)), (0, dict(logprob_chunk_size=4)), (0, dict(packing=True)), (0, ALL),
     (2, ALL), (3, ALL)], ids=lambda x: str(x) if isinstance(x, int) else ",".join(x))
-def test_options_train_like_the_plain_learner(tiny_model_dir, samples, plain, single_rank_env, stage, options):
-    logprobs, grads, metrics = run(tiny_model_dir, samples, zero_stage=stage, **options)
+def test_options_train_like_the_plain_learner(tiny_model_dir, samples, plain, single_rank_env, with_gradients, stage,
+                                              options):
+    logprobs, grads, metrics = run(tiny_model_dir, samples, with_gradients, zero_stage=stage, **options)
     plain_logprobs, plain_grads, plain_metrics = plain[stage]
     for got, want in zip(logprobs, plain_logprobs):
         assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
-    assert len(grads) == len(plain_grads) == 1 and set(grads[0]) == set(plain_grads[0])
-    for name, grad in plain_grads[0].items():
-        torch.testing.assert_close(grads[0][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert set(grads) == set(plain_grads)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     # the step metrics: the second step's loss and log-prob are of the weights after the first
     assert plain_metrics[1]["loss"] != plain_metrics[0]["loss"]
     for got, want in zip(metrics, plain_metrics):
@@ -84,11 +69,11 @@ def test_options_train_like_the_plain_learner(tiny_model_dir, samples, plain, si
 
 def test_plain_gradients_are_the_same_at_every_zero_stage(plain):
     """The gradient probe reads real gradients at each stage (not zeros), the same ones."""
-    (grads,) = plain[0][1]
+    grads = plain[0][1]
     assert all(g.abs().max() > 0 for g in grads.values())
     for stage in (2, 3):
         for name, grad in grads.items():
-            torch.testing.assert_close(plain[stage][1][0][name], grad, rtol=1e-4, atol=1e-6, msg=(stage, name))
+            torch.testing.assert_close(plain[stage][1][name], grad, rtol=1e-4, atol=1e-6, msg=(stage, name))
 
 
 def test_reference_worker_chunked_matches_plain(sft_model_dir, make_samples):
