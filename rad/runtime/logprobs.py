@@ -123,7 +123,7 @@ def head_logprobs(head: torch.nn.Module, transform: Callable | None, hidden: tor
             parts.append(checkpoint(_chunk_logprobs, head, transform, h, t, use_reentrant=False))
         else:
             parts.append(_chunk_logprobs(head, transform, h, t))
-    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(parts) if parts else hidden.sum(-1).float() * 0  # no positions: empty, still in the graph
 
 
 def _head(model: torch.nn.Module) -> torch.nn.Module:

@@ -123,3 +123,11 @@ def test_bad_chunk_size_and_headless_models_are_refused(tiny, make_samples):
         token_logprobs(tiny, batch, chunk_size=-1)
     with pytest.raises(ValueError, match="has no output embeddings"):
         token_logprobs(tiny.model, batch, chunk_size=4)
+
+
+def test_a_batch_without_response_tokens_gives_zeros_that_backpropagate(tiny):
+    batch = collate_samples([{"prompt_ids": [5, 6, 7], "response_ids": []}, {"prompt_ids": [8], "response_ids": []}],
+                            pad_id=0)
+    lp = token_logprobs(tiny, batch, chunk_size=2, packing=True)
+    assert lp.shape == (2, 2) and not lp.any()
+    lp.sum().backward()  # a step on such a micro batch is a zero gradient, not an error
