@@ -4,7 +4,7 @@
     python -m bench NAME   [same options] [-- extra arguments for that benchmark]
     python -m bench report [--out-dir DIR]
 
-NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation. Each
+NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory. Each
 benchmark runs in its own process (its own Ray cluster and memory) with the sizes
 below, sized so that ``all`` takes under about 20 minutes on a 2-core machine; it
 writes ``<out-dir>/<name>.json`` and then ``<out-dir>/README.md`` is regenerated from
@@ -44,6 +44,7 @@ FULL = {
                 "--max-new-tokens", "32", "--micro-batch", "16", "--steps", "2"],
     "generation": ["--sizes", "tiny", "small", "--prompts", "32", "--n", "4", "--max-new-tokens", "64",
                    "--repeats", "3"],
+    "memory": ["--sizes", "tiny", "small", "--response-lengths", "64", "256", "--batch", "8", "--chunk-size", "64"],
 }
 #: Smoke sizes (``--quick``).
 QUICK = {
@@ -55,6 +56,8 @@ QUICK = {
                 "--micro-batch", "4", "--steps", "1"],
     "generation": ["--sizes", "tiny", "--engines", "hf", "--prompts", "4", "--n", "2", "--max-new-tokens", "8",
                    "--repeats", "1"],
+    "memory": ["--sizes", "tiny", "--response-lengths", "32", "--prompt-length", "8", "--batch", "4", "--chunk-size",
+               "8"],
 }
 #: Benchmarks that run RL steps on a policy and score models (they take ``--run-dir``).
 RL_BENCHMARKS = ("rloo_vs_trl", "ppo_lag_vs_rad", "scaling")

@@ -56,6 +56,16 @@ class LearnerConfig:
                       help="bf16 mixed precision; auto = on for CUDA with bf16 support")
     backend: str = field("auto", choices=("auto", "gloo", "nccl"),
                          help="torch.distributed backend; auto = nccl on GPU, gloo on CPU")
+    gradient_checkpointing: bool = field(False, help="recompute each transformer layer's activations in backward "
+                                                     "(HF gradient checkpointing, non-reentrant): less memory, "
+                                                     "about a third more compute")
+    logprob_chunk_size: int = field(0, min=0, help="policy log-probs (RAD learner, PPO-Lag actor, reference): run "
+                                                   "the LM head and float32 logsumexp on this many response "
+                                                   "positions at a time, recomputed in backward, instead of "
+                                                   "[batch, length, vocab] logits (0 = off)")
+    packing: bool = field(False, help="policy log-probs (RAD learner, PPO-Lag actor): pack a micro batch's samples "
+                                      "into as few rows as fit its padded width, position ids restarting and "
+                                      "attention kept inside each sample (padding-free)")
 
     def validate(self) -> None:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -3,7 +3,7 @@
 Per-sample quantities travel between Ray actors as lists with one float per
 response token (log-probs, values, advantages, returns). The controller pads them
 into *response coordinates* ``[B, T_max]`` for GAE; the learners place them into
-the *shifted sequence coordinates* of :func:`rad.runtime.policy_workers.token_logprobs`
+the *shifted sequence coordinates* of :func:`rad.runtime.logprobs.token_logprobs`
 (``[B, L - 1]``, position ``p`` scores input token ``p + 1``), where response
 token ``t`` of a sample with prompt length ``P`` sits at ``P - 1 + t``.
 """

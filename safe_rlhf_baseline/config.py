@@ -72,6 +72,9 @@ class PPOLagStage:
     save_every: int = field(10, min=0, help="checkpoint every N rollout steps (0 = only at the end)")
     keep_checkpoints: int = field(2, min=0)
     eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
+    reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
+                                                            "log-probs (it takes actor_learner.logprob_chunk_size "
+                                                            "too)")
 
 
 @dataclass

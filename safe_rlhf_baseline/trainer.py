@@ -129,7 +129,9 @@ class PPOLagTrainer(RADTrainer):
         for group in self.trained_groups():  # three process groups, initialised concurrently
             addr, port = group.rank0("address")
             inits += [a.init.remote(rank, len(group), addr, port, cfg.seed) for rank, a in enumerate(group.actors)]
-        self.reference = WorkerGroup(ReferenceWorker, 1, self.reference_dir, dtype, name="reference", **place)
+        self.reference = WorkerGroup(ReferenceWorker, 1, self.reference_dir, dtype, name="reference",
+                                     micro_batch_size=cfg.reference_micro_batch_size,
+                                     logprob_chunk_size=cfg.actor_learner.logprob_chunk_size, **place)
         self.scorers = WorkerGroup(Scorer, res.num_scorers, cfg.reward_model, cfg.cost_model,
                                    num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, name="scorer")
         self.rollout = make_rollout_pool(cfg.rollout, self.policy_dir, seed=cfg.seed)

@@ -12,7 +12,7 @@
 
 Samples are dicts with ``prompt_ids`` and ``response_ids`` (the rollout's token
 ids) plus per-response-token lists, placed into the shifted sequence coordinates
-of :func:`rad.runtime.policy_workers.token_logprobs` (see
+of :func:`rad.runtime.logprobs.token_logprobs` (see
 :mod:`safe_rlhf_baseline.batching`): the value at position ``p`` is the critic's
 value of the state whose next token is input token ``p + 1``, the log-prob at
 ``p`` is that token's.
@@ -27,7 +27,8 @@ from torch import nn
 
 from rad.errors import ConfigError
 from rad.runtime.deepspeed_rank import DeepSpeedRank, micro_batches
-from rad.runtime.policy_workers import PolicyLearner, collate_samples, token_logprobs
+from rad.runtime.logprobs import collate_samples
+from rad.runtime.policy_workers import PolicyLearner
 from rad.settings import LearnerConfig
 from safe_rlhf_baseline.batching import gather_responses, place
 from safe_rlhf_baseline.ppo_math import actor_loss, clip_fraction, critic_loss, masked_mean
@@ -64,14 +65,14 @@ class PPOActor(PolicyLearner):
             old = place(chunk, "old_logprobs", width, dev)
             adv_r = place(chunk, "reward_advantages", width, dev)
             adv_c = place(chunk, "cost_advantages", width, dev)
-            logp = token_logprobs(self.learner, batch)
+            logp = self.token_logprobs(batch)
             loss = actor_loss(logp, old, adv_r, adv_c, lam, mask, clip_range_ratio)
             totals["actor_loss"] += loss.item() / len(micro)
             totals["clip_fraction"] += clip_fraction(logp, old, mask, clip_range_ratio).item() / len(micro)
             totals["approx_kl"] += masked_mean((old - logp.detach()), mask).item() / len(micro)
             if ptx_chunk is not None and ptx_coeff > 0:
                 pbatch = {k: v.to(dev) for k, v in collate_samples(ptx_chunk, pad).items()}
-                plp = token_logprobs(self.learner, pbatch)
+                plp = self.token_logprobs(pbatch)
                 nll = -plp.sum() / pbatch["response_mask"][:, 1:].sum().clamp(min=1)
                 loss = loss + ptx_coeff * nll
                 totals["ptx_loss"] += nll.item() / len(micro)

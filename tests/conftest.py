@@ -1,4 +1,4 @@
-"""Session-wide fixtures: the embedded world, the tiny model, a short SFT, one local Ray cluster.
+"""Session-wide fixtures: the embedded world, the tiny model, a short SFT, one local Ray cluster, learner helpers.
 
 Everything expensive is built once per session, and the world / tiny model / SFT
 checkpoint are also cached across sessions under ``$RAD_CACHE`` (keyed by their
@@ -27,6 +27,60 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def single_rank_env(monkeypatch):
+    # init() writes the rendezvous variables; registering them here restores them after the test.
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "0")
+
+
+def random_samples(vocab: int, n: int = 6, seed: int = 0) -> list[dict]:
+    """Prompts of 2-9 and responses of 1-14 tokens (ids >= 3) with an advantage each: widths differ, rows pad and pack."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(lo, hi):
+        return torch.randint(3, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
+
+    return [{"prompt_ids": ids(2, 10), "response_ids": ids(1, 15), "advantage": float(torch.randn(1, generator=g))}
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def make_samples():
+    """:func:`random_samples`, for tests that need token samples."""
+    return random_samples
+
+
+def step_with_gradients(rank, call):
+    """``call()`` (one train step of a DeepSpeedRank) and the full gradients it stepped on, at any ZeRO stage.
+
+    Read before the optimizer step at the accumulation boundary (DeepSpeed shows
+    no gradients in between): the sum over micro batches, each scaled by 1/grad_accum.
+    """
+    from deepspeed.utils import safe_get_full_grad
+
+    grads, step = [], rank.learner.step
+
+    def reading_step():
+        if rank.learner.engine.is_gradient_accumulation_boundary():
+            grads.append({n: safe_get_full_grad(p).clone() for n, p in rank.learner.module.named_parameters()})
+        return step()
+
+    rank.learner.step = reading_step
+    try:
+        result = call()
+    finally:
+        rank.learner.step = step
+    (only,) = grads
+    return result, only
+
+
+@pytest.fixture(scope="session")
+def with_gradients():
+    """:func:`step_with_gradients`, for tests that compare the gradients of train steps."""
+    return step_with_gradients
 
 
 @pytest.fixture(scope="session")

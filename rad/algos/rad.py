@@ -156,6 +156,8 @@ class RADStage:
     save_every: int = field(10, min=0, help="checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = field(2, min=0)
     eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
+    reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
+                                                            "log-probs (it takes learner.logprob_chunk_size too)")
 
 
 @dataclass
@@ -317,6 +319,8 @@ class RADTrainer:
         ray.get([a.init.remote(rank, res.num_learners, addr, port, cfg.seed)
                  for rank, a in enumerate(self.learners.actors)])
         self.reference = WorkerGroup(ReferenceWorker, 1, self.reference_dir, cfg.policy.dtype,
+                                     micro_batch_size=cfg.reference_micro_batch_size,
+                                     logprob_chunk_size=cfg.learner.logprob_chunk_size,
                                      num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner, name="reference",
                                      scheduling_strategies=strategies("reference"))
         self.scorers = WorkerGroup(Scorer, res.num_scorers, cfg.reward_model, cfg.cost_model,

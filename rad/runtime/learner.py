@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 
+from rad.errors import ConfigError
 from rad.runtime.distributed import device, init_distributed
 from rad.settings import LearnerConfig
 
@@ -71,11 +72,38 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
     return fn
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Turn on HF gradient checkpointing (non-reentrant) in ``model`` or the outermost transformers models in it.
+
+    A score model or critic wraps its transformers backbone, so the search goes
+    down the module tree and stops at the first model that supports it on each
+    branch. Non-reentrant checkpointing needs no input that requires grad and
+    recomputes under DeepSpeed's parameter hooks. Returns the models it was
+    turned on in; raises :class:`ConfigError` when there is none.
+    """
+    enabled: list[torch.nn.Module] = []
+
+    def visit(module: torch.nn.Module) -> None:
+        if getattr(module, "supports_gradient_checkpointing", False):
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enabled.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    visit(model)
+    if not enabled:
+        raise ConfigError(f"learner.gradient_checkpointing: {type(model).__name__} holds no transformers model "
+                          "that supports gradient checkpointing")
+    return enabled
+
+
 class DeepSpeedLearner:
     """Wraps ``deepspeed.initialize`` for one model on one rank.
 
     ``total_steps`` is in optimizer steps (after gradient accumulation); it shapes
-    the LR schedule.
+    the LR schedule. With ``cfg.gradient_checkpointing`` the model's transformer
+    layers recompute their activations in backward (:func:`enable_gradient_checkpointing`).
     """
 
     def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, total_steps: int,
@@ -84,6 +112,8 @@ class DeepSpeedLearner:
         import deepspeed
 
         self.cfg = cfg
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.world_size = torch.distributed.get_world_size()
         self.rank = torch.distributed.get_rank()
         trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]

@@ -13,39 +13,21 @@ from typing import Any, Sequence
 import torch
 
 from rad.runtime.deepspeed_rank import DeepSpeedRank, micro_batches
+from rad.runtime.logprobs import collate_samples, response_logprobs, token_logprobs
 from rad.settings import LearnerConfig
 
-
-def collate_samples(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+response ids with a mask over response tokens (the ones scored)."""
-    width = max(len(s["prompt_ids"]) + len(s["response_ids"]) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(samples), width), dtype=torch.long)
-    resp = torch.zeros((len(samples), width), dtype=torch.bool)
-    for i, s in enumerate(samples):
-        p, r = list(s["prompt_ids"]), list(s["response_ids"])
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        attn[i, : len(p) + len(r)] = 1
-        resp[i, len(p): len(p) + len(r)] = True
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
-
-
-def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) at every position of the response (0 elsewhere), shape [B, T-1].
-
-    Position t of the output scores token t+1 of the input.
-    """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    targets = batch["input_ids"][:, 1:]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logp * batch["response_mask"][:, 1:]
+__all__ = ["PolicyLearner", "ReferenceWorker", "collate_samples", "token_logprobs"]
 
 
 class ReferenceWorker:
-    """The frozen reference policy: sequence log-probs of given samples, no gradient."""
+    """The frozen reference policy: sequence log-probs of given samples, no gradient.
+
+    ``micro_batch_size`` samples go through each forward pass; ``logprob_chunk_size``
+    is :func:`~rad.runtime.logprobs.token_logprobs`'s ``chunk_size`` (0 = the plain pass).
+    """
 
     def __init__(self, model_dir: str, dtype: str = "float32", micro_batch_size: int = 16,
-                 trust_remote_code: bool = False, device: str = "auto"):
+                 trust_remote_code: bool = False, logprob_chunk_size: int = 0, device: str = "auto"):
         from rad.models.loading import load_causal_lm, load_tokenizer
         from rad.runtime.distributed import resolve_dtype, role_device
 
@@ -56,6 +38,7 @@ class ReferenceWorker:
                                     trust_remote_code=trust_remote_code, tokenizer=self.tokenizer)
         self.model.to(self.device).requires_grad_(False)
         self.micro = micro_batch_size
+        self.chunk_size = logprob_chunk_size
 
     def info(self) -> dict[str, Any]:
         return {"device": str(self.device), "dtype": str(next(self.model.parameters()).dtype)}
@@ -66,10 +49,7 @@ class ReferenceWorker:
         out: list[list[float]] = []
         for chunk in micro_batches(samples, self.micro):
             batch = {k: v.to(self.model.device) for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
-            lp = token_logprobs(self.model, batch)
-            for i, s in enumerate(chunk):
-                start = len(s["prompt_ids"]) - 1
-                out.append(lp[i, start: start + len(s["response_ids"])].tolist())
+            out += response_logprobs(token_logprobs(self.model, batch, self.chunk_size), chunk)
         return out
 
 
@@ -95,6 +75,10 @@ class PolicyLearner(DeepSpeedRank):
         return load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype),
                               trust_remote_code=self.trust_remote_code, tokenizer=self.tokenizer)
 
+    def token_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:func:`~rad.runtime.logprobs.token_logprobs` of the learner with this rank's memory options."""
+        return token_logprobs(self.learner, batch, chunk_size=self.cfg.logprob_chunk_size, packing=self.cfg.packing)
+
     @torch.no_grad()
     def logprobs(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
         """Per-token log-probs under the current policy (no gradient)."""
@@ -103,10 +87,7 @@ class PolicyLearner(DeepSpeedRank):
         for chunk in micro_batches(samples, self.cfg.micro_batch_size):
             batch = {k: v.to(self.learner.device)
                      for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
-            lp = token_logprobs(self.learner, batch)
-            for i, s in enumerate(chunk):
-                start = len(s["prompt_ids"]) - 1
-                out.append(lp[i, start: start + len(s["response_ids"])].tolist())
+            out += response_logprobs(self.token_logprobs(batch), chunk)
         self.learner.train()
         return out
 
@@ -124,7 +105,7 @@ class PolicyLearner(DeepSpeedRank):
             batch = {k: v.to(self.learner.device)
                      for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
             adv = torch.tensor([s["advantage"] for s in chunk], dtype=torch.float32, device=self.learner.device)
-            lp = token_logprobs(self.learner, batch)
+            lp = self.token_logprobs(batch)
             seq = lp.sum(-1)
             if self.loss_aggregation == "token_mean":
                 seq = seq / batch["response_mask"][:, 1:].sum(-1).clamp(min=1)

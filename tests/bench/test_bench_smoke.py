@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from bench import dominance, report
+from bench import dominance, memory, report
 from bench.__main__ import FULL, QUICK, RL_BENCHMARKS, benchmark_args
 from bench.common import REPORT_KEYS
 
@@ -97,6 +98,29 @@ def test_dominance_rl_shape_reads_a_runs_cached_reference_costs(tmp_path):
     assert rl["exact"]["gain_exact"] == pytest.approx(1.0)
     with pytest.raises(SystemExit, match="no rad/reference_particles.pt"):
         dominance.main(["--sizes", "8", "--run-dir", str(tmp_path), "--out", str(tmp_path / "e.json")])
+
+
+def test_memory_quick_json(tmp_path):
+    """Every option measured on the same pass (same log-probs) and, on a batch that packs, each saves memory."""
+    rep = memory.main([*QUICK["memory"], "--out", str(tmp_path / "memory.json")])
+    _check_report(json.loads((tmp_path / "memory.json").read_text()), "memory")
+    rows = rep["results"]["rows"]
+    assert [r["config"] for r in rows] == list(memory.CONFIGS)
+    assert all(r["peak_mib"] > 0 for r in rows)
+    assert [r["logprob_sum"] for r in rows] == pytest.approx([rows[0]["logprob_sum"]] * len(rows), rel=1e-5)
+    assert set(rep["ratios"]) == {f"{c}_tiny_r32" for c in memory.CONFIGS[1:]}
+    assert all(r["value"] > 1 for r in rep["ratios"].values()), rep["ratios"]
+    assert "| tiny | " in memory.markdown(rep)
+
+
+def test_peak_bytes_sees_a_temporary_and_not_what_was_live_before():
+    before = torch.zeros(1 << 20)  # 4 MiB live before: not counted
+
+    def make_and_drop():
+        tmp = torch.ones(1 << 18)  # 1 MiB, freed inside
+        return float(tmp.sum() + before[0])
+
+    assert (1 << 20) <= memory.peak_bytes(make_and_drop) < (1 << 20) + (1 << 16)
 
 
 def test_markdown_table_from_json(quick_dominance):

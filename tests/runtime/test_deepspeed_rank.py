@@ -13,13 +13,6 @@ class _LinearRank(DeepSpeedRank):
         return torch.nn.Linear(3, 1)
 
 
-@pytest.fixture
-def single_rank_env(monkeypatch):
-    # init() writes the rendezvous variables; registering them here restores them after the test.
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(key, "0")
-
-
 def test_micro_batches_are_consecutive_chunks():
     assert micro_batches(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
 

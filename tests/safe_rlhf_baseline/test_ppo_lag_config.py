@@ -43,6 +43,8 @@ def test_geometry_one_optimizer_step_per_update():
      "num_learners = 3"),
     (REQUIRED + ["algo.lambda_init=0"], "algo.lambda_init"),
     (REQUIRED + ["algo.gae_lambda=1.5"], "algo.gae_lambda"),
+    (REQUIRED + ["reference_micro_batch_size=0"], "reference_micro_batch_size"),
+    (REQUIRED + ["actor_learner.logprob_chunk_size=-1"], "actor_learner.logprob_chunk_size"),
 ])
 def test_bad_configs_fail_fast(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
