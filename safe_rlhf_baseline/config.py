@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rad.algos.rad import ResourcesConfig
 from rad.config import field
 from rad.errors import ConfigError
+from rad.runtime.resources import ResourcesConfig
 from rad.runtime.rollout.config import RolloutConfig
 from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
 

@@ -12,12 +12,11 @@ Six roles, each a Ray actor group; the controller (driver) owns the dataflow::
         actor, reward critic, cost critic (concurrently): one optimizer step each
     weights actor -> rollout engines; metrics; atomic checkpoints
 
-The rollout pool, scorer, reference worker, weight sync, checkpoint helpers and
-metrics are rad's; :class:`PPOLagTrainer` subclasses :class:`rad.algos.rad.RADTrainer`
-to share its role plumbing (``score_async``, ``gather_scores``, ``sample``, ``step_prompts``,
-``evaluate_policy``, ``_oracle``), and replaces the learner roles, the step,
-checkpoints and the held-out comparison. It does not call ``RADTrainer.__init__``
-(that would start RAD's REINFORCE learner).
+The roles (rollout pool, scorer, reference, weight sync by the actor ranks), the loop,
+checkpoints and evaluation are rad's shared online runtime: :class:`PPOLagTrainer` is a
+sibling of RAD's trainer on :class:`rad.algos.online.OnlineRLTrainer`, and says only what
+PPO-Lag is: its trained roles (actor, reward critic, cost critic), its step, its checkpoint
+state (updates, the multiplier) and its held-out verdict.
 
 Metric names are the reference's (``train/lambda``, ``train/episode_cost``,
 ``train/reward_critic_loss``, ...), plus rad's shared ``objective/*``,
@@ -29,25 +28,20 @@ rollout step logs the mean over its updates, and ``train/lambda`` /
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from rad.algos.rad import RADTrainer, _ray_init
-from rad.config import save_config
+from rad.algos.online import OnlineRLTrainer, run_trainer
 from rad.errors import ConfigError
+from rad.runtime.roles import TrainedRole
 from rad.settings import LearnerConfig
 from safe_rlhf_baseline.batching import pad_lists, unpad
 from safe_rlhf_baseline.config import PPOLagConfig
 from safe_rlhf_baseline.lagrange import LagrangeMultiplier
 from safe_rlhf_baseline.ppo_math import gae, masked_mean, shape_rewards
-
-log = logging.getLogger("safe_rlhf_baseline")
-
 
 def fit_geometry(learner: LearnerConfig, train_batch_size: int, num_ranks: int) -> LearnerConfig:
     """``learner`` with micro batch and accumulation fitted so one PPO update is one optimizer step per rank."""
@@ -78,74 +72,64 @@ def constraint_report(policy_costs: list[float], reference_costs: list[float], t
             "cost_mean_policy_stderr": stderr}
 
 
-class PPOLagTrainer(RADTrainer):
-    """Builds the six roles, runs rollout steps of PPO-Lagrangian updates, checkpoints, evaluates."""
+class PPOLagTrainer(OnlineRLTrainer):
+    """Safe RLHF's PPO-Lagrangian on the shared online loop: actor + two critics, GAE, clipped PPO, lambda."""
 
-    def __init__(self, cfg: PPOLagConfig):  # replaces RADTrainer.__init__ (see the module docstring)
-        import ray
+    name = "ppo-lag"
 
+    def __init__(self, cfg: PPOLagConfig):
         from rad.algos.assets import load_records, model_dir
         from rad.models.loading import load_tokenizer
-        from rad.runtime.policy_workers import ReferenceWorker
-        from rad.runtime.rollout.actors import make_rollout_pool
-        from rad.runtime.scorer import Scorer
-        from rad.runtime.worker_group import WorkerGroup
-        from safe_rlhf_baseline.workers import CriticLearner, PPOActor
 
-        self.cfg = cfg
-        self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
-        self.prompts = [r["prompt"] for r in load_records(cfg.data.prompts, "prompt", cfg.world, cfg.seed)]
-        self.eval_prompts = [r["prompt"] for r in load_records(cfg.data.eval_prompts, "prompt", cfg.world, cfg.seed)]
-        if not self.prompts:
-            raise ConfigError("data.prompts: no prompts after loading")
+        algo, res = cfg.algo, cfg.resources
         self.ptx_records = load_records(cfg.data.ptx, "sft", cfg.world, cfg.seed)
         if cfg.data.ptx and not self.ptx_records:
             raise ConfigError("data.ptx: no records after loading")
-        self.policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
-        self.reference_dir = cfg.reference or self.policy_dir
-        self.tokenizer = load_tokenizer(self.policy_dir, trust_remote_code=cfg.policy.trust_remote_code)
-        res, algo = cfg.resources, cfg.algo
-        needed = (3 * res.num_learners * res.cpus_per_learner + res.cpus_per_learner
-                  + res.num_scorers * res.cpus_per_scorer + cfg.rollout.num_engines * cfg.rollout.num_cpus_per_engine
-                  + 1)
-        _ray_init(res, needed)
-        total_updates = algo.steps * updates_per_step(cfg)
+        policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
+        self.tokenizer = load_tokenizer(policy_dir, trust_remote_code=cfg.policy.trust_remote_code)
+        self.total_updates = algo.steps * updates_per_step(cfg)
         self.actor_cfg = fit_geometry(cfg.actor_learner, algo.train_batch_size, res.num_learners)
         self.critic_cfg = fit_geometry(cfg.critic_learner, algo.train_batch_size, res.num_learners)
-        t0 = time.perf_counter()
-        place = dict(num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner)
-        dtype, remote_code = cfg.policy.dtype, cfg.policy.trust_remote_code
-        self.actor = WorkerGroup(PPOActor, res.num_learners, self.policy_dir, self.actor_cfg, total_updates,
-                                 dtype, remote_code, name="actor", **place)
-        self.reward_critic = WorkerGroup(CriticLearner, res.num_learners, cfg.reward_critic_model or cfg.reward_model,
-                                         self.policy_dir, self.critic_cfg, total_updates, dtype, remote_code,
-                                         name="reward_critic", **place)
-        self.cost_critic = WorkerGroup(CriticLearner, res.num_learners, cfg.cost_critic_model or cfg.cost_model,
-                                       self.policy_dir, self.critic_cfg, total_updates, dtype, remote_code,
-                                       name="cost_critic", **place)
-        inits = []
-        for group in self.trained_groups():  # three process groups, initialised concurrently
-            addr, port = group.rank0("address")
-            inits += [a.init.remote(rank, len(group), addr, port, cfg.seed) for rank, a in enumerate(group.actors)]
-        self.reference = WorkerGroup(ReferenceWorker, 1, self.reference_dir, dtype, name="reference",
-                                     micro_batch_size=cfg.reference_micro_batch_size,
-                                     logprob_chunk_size=cfg.actor_learner.logprob_chunk_size, **place)
-        self.scorers = WorkerGroup(Scorer, res.num_scorers, cfg.reward_model, cfg.cost_model,
-                                   num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, name="scorer")
-        self.rollout = make_rollout_pool(cfg.rollout, self.policy_dir, seed=cfg.seed)
-        ray.get(inits)
-        self.transport = self.rollout.connect(self.actor, cfg.rollout)
-        self.startup_seconds = time.perf_counter() - t0
         self.multiplier = LagrangeMultiplier(algo.lambda_init, algo.lambda_lr, algo.lambda_max, algo.threshold,
                                              algo.episode_cost_window_size, algo.lambda_update_delay_steps)
-        self.step = 0
         self.updates = 0  # PPO updates so far (the reference's global_step)
+        super().__init__(cfg)
+
+    def policy_role(self) -> TrainedRole:
+        from safe_rlhf_baseline.workers import PPOActor
+
+        cfg = self.cfg
+        return TrainedRole(PPOActor, (self.policy_dir, self.actor_cfg, self.total_updates, cfg.policy.dtype,
+                                      cfg.policy.trust_remote_code))
+
+    def trained_roles(self) -> dict[str, TrainedRole]:
+        from safe_rlhf_baseline.workers import CriticLearner
+
+        cfg = self.cfg
+        args = (self.critic_cfg, self.total_updates, cfg.policy.dtype, cfg.policy.trust_remote_code)
+        return {"reward_critic": TrainedRole(CriticLearner, (cfg.reward_critic_model or cfg.reward_model,
+                                                              self.policy_dir, *args)),
+                "cost_critic": TrainedRole(CriticLearner, (cfg.cost_critic_model or cfg.cost_model,
+                                                            self.policy_dir, *args))}
+
+    def policy_logprob_chunk_size(self) -> int:
+        return self.cfg.actor_learner.logprob_chunk_size
 
     @property
     def lam(self) -> float:
         return self.multiplier.value
+
+    @property
+    def actor(self):
+        return self.roles.learners
+
+    @property
+    def reward_critic(self):
+        return self.roles.trained["reward_critic"]
+
+    @property
+    def cost_critic(self):
+        return self.roles.trained["cost_critic"]
 
     def trained_groups(self):
         return (self.actor, self.reward_critic, self.cost_critic)
@@ -201,15 +185,14 @@ class PPOLagTrainer(RADTrainer):
         start = time.perf_counter()
         prompts = self.step_prompts(self.step)
         with timer.phase("generation"):
-            rollouts = self.sample(prompts, algo.samples_per_prompt,
-                                   seed=self.cfg.rollout.sampling.seed + 1000 * (self.step + 1))
+            rollouts = self.sample(prompts, algo.samples_per_prompt, seed=self.step_seed())
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in rollouts]
         # as in RAD, the scorers work while the four roles compute log-probs and values
         with timer.phase("scoring"):
-            score_refs = self.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
+            score_refs = self.roles.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
             calls = self.experience_calls(samples)
-            rewards, costs = self.gather_scores(score_refs)
+            rewards, costs = self.roles.gather_scores(score_refs)
         self.multiplier.observe(costs.tolist())
         with timer.phase("logprobs"):
             exp = self.make_experience(calls, rewards, costs)
@@ -246,7 +229,7 @@ class PPOLagTrainer(RADTrainer):
                                 sum(o[key] for o in group_out) / len(group_out))
                     self.updates += 1
         with timer.phase("weight_sync"):
-            sync = self.actor.broadcast("sync_weights")[0]
+            sync = self.roles.sync_weights()
         self.step += 1
         elapsed = time.perf_counter() - start
         mean = {k: sum(v) / len(v) for k, v in stats.items()}
@@ -272,10 +255,7 @@ class PPOLagTrainer(RADTrainer):
             # rad's shared names
             "objective/reward": rewards.mean(), "objective/cost": costs.mean(), "objective/kl": kl.mean(),
             "objective/safe_fraction": (costs <= 0).double().mean(),
-            "response/length_mean": lengths.mean(),
-            "response/eos_fraction": sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts),
-            "throughput/samples_per_s": len(samples) / elapsed, "throughput/tokens_per_s": lengths.sum() / elapsed,
-            **timer.metrics(), "timing/step": elapsed, **sync.metrics(),
+            **self.common_step_metrics(rollouts, lengths, elapsed, timer, sync),
         }
         if self.ptx_records and algo.ptx_coeff > 0:
             metrics["train/ptx_loss"] = mean["actor/ptx_loss"]
@@ -283,18 +263,9 @@ class PPOLagTrainer(RADTrainer):
             metrics["train/actor_grad_norm"] = mean["actor/grad_norm"]
         return {k: float(v) for k, v in metrics.items()}
 
-    # -- checkpoints (RADTrainer.save_checkpoint / resume with these hooks) -----------------------
-    def _each_trained_role(self, method: str, ckpt: Path) -> None:
-        import ray
-
-        ray.get([ref for name, group in zip(("actor", "reward_critic", "cost_critic"), self.trained_groups())
-                 for ref in group.broadcast_async(method, str(ckpt / name))])
-
-    def save_learners(self, ckpt: Path) -> None:
-        self._each_trained_role("save_checkpoint", ckpt)
-
-    def load_learners(self, ckpt: Path) -> None:
-        self._each_trained_role("load_checkpoint", ckpt)
+    # -- the loop's hooks ------------------------------------------------------------------------
+    def checkpoint_groups(self) -> dict[str, Any]:
+        return {"actor": self.actor, "reward_critic": self.reward_critic, "cost_critic": self.cost_critic}
 
     def trainer_state(self) -> dict[str, Any]:
         return {"updates": self.updates, "multiplier": self.multiplier.state_dict()}
@@ -303,36 +274,17 @@ class PPOLagTrainer(RADTrainer):
         self.updates = state["updates"]
         self.multiplier.load_state_dict(state["multiplier"])
 
-    # -- evaluation ------------------------------------------------------------------------------
     def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
         """Held-out comparison with the reference (SFT): mean cost against the threshold, reward, safety."""
         return {**constraint_report(policy["costs"], reference["costs"], self.cfg.algo.threshold),
                 **self.common_comparison(policy, reference)}
 
-    # -- the loop: RADTrainer.train with these hooks ------------------------------------------------
-    name = "ppo-lag"
-
-    def policy_group(self):
-        return self.actor
-
-    def before_loop(self) -> tuple[tuple, dict[str, Any]]:
-        return (), {}
-
     def progress(self, last: dict[str, float]) -> dict[str, str]:
         return {"cost": f"{last['train/cost']:.2f}", "reward": f"{last['train/reward']:.2f}", "lam": f"{self.lam:.2f}"}
 
     def summary_extra(self) -> dict[str, Any]:
-        return {"ppo_updates": self.updates}
-
-    def shutdown(self) -> None:
-        for group in (*self.trained_groups(), self.reference, self.scorers):
-            group.shutdown()
-        self.rollout.shutdown()
+        return {"lambda": self.lam, "ppo_updates": self.updates}
 
 
 def run_ppo_lag(cfg: PPOLagConfig) -> dict[str, Any]:
-    trainer = PPOLagTrainer(cfg)
-    try:
-        return trainer.train()
-    finally:
-        trainer.shutdown()
+    return run_trainer(PPOLagTrainer(cfg))

@@ -1,7 +1,7 @@
 """RAD: REINFORCE-RLOO with a first-order stochastic-dominance constraint on the cost distribution.
 
-One controller (this module, on the driver) owns the dataflow; every model lives
-in a Ray actor of its role::
+RAD's step on the shared online loop (:mod:`rad.algos.online`: roles, loop, checkpoints,
+validation, evaluation); every model lives in a Ray actor of its role::
 
     prompts --rollout pool--> k responses/prompt --scorers--> reward r, cost c
                                                  --reference / learner--> per-token log-probs (ref, policy)
@@ -12,7 +12,7 @@ in a Ray actor of its role::
              R = r~ + lambda * s ;  A = RLOO over the k samples of each prompt
     learner: loss = -mean A * log pi(y|x)     (DeepSpeed, data-parallel ranks)
     driver:  lambda <- clamp(lambda - lr_lambda * (gain - delta), 0, lambda_max)
-             weights learner -> rollout engines; metrics; atomic checkpoints
+    learner ranks -> rollout engines (weight sync); metrics; atomic checkpoints
 
 The reference particles are the cost quantiles of reference-policy samples on
 ``algo.ref_prompts`` prompts, computed once and cached in the run directory.
@@ -25,24 +25,20 @@ and only drives the particle gradient, as in the paper.
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from rad.config import field, save_config, to_dict
+from rad.algos.online import OnlineRLTrainer, run_trainer
+from rad.config import field
 from rad.errors import ConfigError
+from rad.runtime.resources import ResourcesConfig
+from rad.runtime.roles import TrainedRole
 from rad.runtime.rollout.config import RolloutConfig
 from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
-
-log = logging.getLogger("rad.algos")
-
 
 @dataclass
 class RADAlgoConfig:
@@ -125,25 +121,6 @@ class RADDataConfig:
 
 
 @dataclass
-class ResourcesConfig:
-    """How roles map to Ray resources."""
-
-    num_learners: int = field(1, min=1, help="data-parallel DeepSpeed ranks (one Ray actor each)")
-    cpus_per_learner: float = field(1.0, gt=0)
-    gpus_per_learner: float = field(0.0, min=0)
-    num_scorers: int = field(1, min=1)
-    cpus_per_scorer: float = field(1.0, gt=0)
-    gpus_per_scorer: float = field(0.0, min=0)
-    ray_address: str = field("", help="'' = start a local Ray cluster, 'auto' = connect to a running one")
-    placement: str = field("none", choices=("none", "pack", "spread", "strict_pack", "strict_spread"),
-                           help="reserve all roles in one Ray placement group with this strategy (none = "
-                                "plain per-actor resources)")
-    colocate_rollout: bool = field(False, help="rollout engine i shares learner rank i's bundle (GPU)")
-    placement_timeout_s: float = field(120.0, gt=0)
-    ray_num_cpus: int = field(0, min=0, help="logical CPUs of a local cluster (0 = enough for all actors)")
-
-
-@dataclass
 class RADStage:
     """The RAD-specific keys (the ``rad:`` section of a pipeline config)."""
 
@@ -220,25 +197,6 @@ def window_gain(window: Sequence[Sequence[Sequence[float]]], n_particles: int, w
     return float(gain), float(viol)
 
 
-def _ray_init(res: ResourcesConfig, needed_cpus: float) -> None:
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    if "RAD_CACHE" in os.environ:
-        env["RAD_CACHE"] = os.environ["RAD_CACHE"]
-    if res.ray_address:
-        ray.init(address=res.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
-    else:
-        from rad.runtime.local_ray import init_local_ray
-
-        init_local_ray(num_cpus=res.ray_num_cpus or max(2, int(math.ceil(needed_cpus))), include_dashboard=False,
-                       runtime_env={"env_vars": env}, log_to_driver=False)
-
-
 @dataclass
 class ReferenceCosts:
     """Costs of reference-policy samples and the particles the dominance step compares against.
@@ -264,141 +222,33 @@ class ReferenceCosts:
         return empirical_quantiles(self.costs_of(prompt_indices), self.n_particles)
 
 
-class RADTrainer:
-    """The controller: builds the role groups, runs the steps, checkpoints, evaluates."""
+class RADTrainer(OnlineRLTrainer):
+    """RAD on the shared online loop (:class:`~rad.algos.online.OnlineRLTrainer`): the reference particles,
+    the step (KL-shaped reward + multipliers x dominance signals -> RLOO advantages -> REINFORCE) and the
+    dual update of lambda and mu."""
 
-    # Validation for ``algo.select=feasible`` (empty: off; the PPO-Lag subclass never sets them).
-    val_prompts: list[str] = []
-    selector = None
-    _selection_state: dict[str, Any] | None = None
+    name = "rad"
 
     def __init__(self, cfg: RADConfig):
-        import ray
-
-        from rad.algos.assets import load_records, model_dir
         from rad.risk import weighting_from_spec
-        from rad.runtime.policy_workers import PolicyLearner, ReferenceWorker
-        from rad.runtime.rollout.actors import make_rollout_pool
-        from rad.runtime.scorer import Scorer
-        from rad.runtime.worker_group import WorkerGroup
 
-        self.cfg = cfg
-        self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
         self.weighting = weighting_from_spec(cfg.algo.weighting)
-        self.prompts = [r["prompt"] for r in load_records(cfg.data.prompts, "prompt", cfg.world, cfg.seed)]
-        self.eval_prompts = [r["prompt"] for r in load_records(cfg.data.eval_prompts, "prompt", cfg.world, cfg.seed)]
-        if not self.prompts:
-            raise ConfigError("data.prompts: no prompts after loading")
-        if cfg.algo.select == "feasible":
-            from rad.algos.selection import split_validation
-
-            try:
-                train_idx, val_idx = split_validation(len(self.prompts), cfg.algo.val_prompts, cfg.seed)
-            except ValueError as exc:
-                raise ConfigError(f"algo.val_prompts: {exc}") from None
-            self.val_prompts = [self.prompts[i] for i in val_idx]
-            self.prompts = [self.prompts[i] for i in train_idx]
-        self.policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
-        self.reference_dir = cfg.reference or self.policy_dir
-        res = cfg.resources
-        needed = (res.num_learners * res.cpus_per_learner + res.num_scorers * res.cpus_per_scorer
-                  + cfg.rollout.num_engines * cfg.rollout.num_cpus_per_engine + 1)
-        _ray_init(res, needed)
         self.learner_cfg = learner_geometry(cfg)
-        t0 = time.perf_counter()
-        self.placement = self._place_roles()
-        strategies = (lambda role: self.placement.strategies(role)) if self.placement else (lambda role: None)
-        self.learners = WorkerGroup(PolicyLearner, res.num_learners, self.policy_dir, self.learner_cfg,
-                                    cfg.algo.steps, cfg.policy.dtype, cfg.policy.trust_remote_code,
-                                    cfg.algo.loss_aggregation, num_cpus=res.cpus_per_learner,
-                                    num_gpus=res.gpus_per_learner, name="learner",
-                                    scheduling_strategies=strategies("learner"))
-        addr, port = self.learners.rank0("address")
-        ray.get([a.init.remote(rank, res.num_learners, addr, port, cfg.seed)
-                 for rank, a in enumerate(self.learners.actors)])
-        self.reference = WorkerGroup(ReferenceWorker, 1, self.reference_dir, cfg.policy.dtype,
-                                     micro_batch_size=cfg.reference_micro_batch_size,
-                                     logprob_chunk_size=cfg.learner.logprob_chunk_size,
-                                     num_cpus=res.cpus_per_learner, num_gpus=res.gpus_per_learner, name="reference",
-                                     scheduling_strategies=strategies("reference"))
-        self.scorers = WorkerGroup(Scorer, res.num_scorers, cfg.reward_model, cfg.cost_model,
-                                   empty_response="placeholder",
-                                   num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, name="scorer",
-                                   scheduling_strategies=strategies("scorer"))
-        self.rollout = make_rollout_pool(cfg.rollout, self.policy_dir, seed=cfg.seed,
-                                         scheduling_strategies=strategies("rollout"))
-        self.transport = self.rollout.connect(self.learners, cfg.rollout)
-        self.startup_seconds = time.perf_counter() - t0
         self.lam = cfg.algo.lambda_init
         self.mu = cfg.algo.mu_init
         self.window: list[list[list[float]]] = []  # [policy costs, reference costs] of recent steps
         self.errors = [0.0, 0.0]  # last (delta - gain, viol - tolerance), for dual_kp
-        self.step = 0
+        super().__init__(cfg, val_prompts=cfg.algo.val_prompts if cfg.algo.select == "feasible" else 0)
 
-    def _place_roles(self):
-        """One placement group for every role when ``resources.placement`` asks for it."""
-        res, ro = self.cfg.resources, self.cfg.rollout
-        if res.placement == "none":
-            return None
-        from rad.runtime.placement import RoleResources, place_roles
-        from rad.runtime.rollout.actors import cluster_device
+    def policy_role(self) -> TrainedRole:
+        from rad.runtime.policy_workers import PolicyLearner
 
-        gpu = cluster_device() == "cuda"
-        rollout_gpus = ro.num_gpus_per_engine * ro.vllm_tensor_parallel_size if gpu else 0.0
-        roles = {
-            "learner": RoleResources(res.num_learners, res.cpus_per_learner, res.gpus_per_learner),
-            "reference": RoleResources(1, res.cpus_per_learner, res.gpus_per_learner),
-            "scorer": RoleResources(res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer),
-            "rollout": RoleResources(ro.num_engines, ro.num_cpus_per_engine, rollout_gpus,
-                                     colocate_with="learner" if res.colocate_rollout else ""),
-        }
-        return place_roles(roles, strategy=res.placement.upper(), timeout_s=res.placement_timeout_s,
-                           name=f"rad-{self.out.name}")
+        cfg = self.cfg
+        return TrainedRole(PolicyLearner, (self.policy_dir, self.learner_cfg, cfg.algo.steps, cfg.policy.dtype,
+                                           cfg.policy.trust_remote_code, cfg.algo.loss_aggregation))
 
-    # -- roles ---------------------------------------------------------------------------------
-    def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.gather_scores(self.score_async(prompts, responses))
-
-    def score_async(self, prompts: list[str], responses: list[str]) -> list:
-        """The scorers' calls on contiguous shards, not waited for (see :meth:`gather_scores`)."""
-        from rad.runtime.worker_group import split_evenly
-
-        p_shards = split_evenly(prompts, len(self.scorers))
-        r_shards = split_evenly(responses, len(self.scorers))
-        return [a.score.remote(p, r) for a, p, r in zip(self.scorers.actors, p_shards, r_shards) if p]
-
-    @staticmethod
-    def gather_scores(refs: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rewards, costs) of :meth:`score_async`'s calls, float64, in sample order."""
-        import ray
-
-        rewards, costs = [], []
-        for out in ray.get(refs):
-            rewards.append(torch.tensor(out["rewards"], dtype=torch.float64).reshape(-1))  # copies the read-only array
-            costs.append(torch.tensor(out["costs"], dtype=torch.float64).reshape(-1))
-        return torch.cat(rewards), torch.cat(costs)
-
-    def sample(self, prompts: list[str], n: int, seed: int):
-        import dataclasses
-
-        sampling = dataclasses.replace(self.cfg.rollout.sampling, seed=seed)
-        return self.rollout.generate(prompts, n, sampling)
-
-    def step_prompt_indices(self, step: int) -> list[int]:
-        """Indices of RL step ``step``'s prompts: consecutive slices of seeded per-epoch permutations."""
-        p = self.cfg.algo.prompts_per_step
-        out = []
-        for pos in range(step * p, (step + 1) * p):
-            epoch, i = divmod(pos, len(self.prompts))
-            order = list(range(len(self.prompts)))
-            random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
-            out.append(order[i])
-        return out
-
-    def step_prompts(self, step: int) -> list[str]:
-        return [self.prompts[i] for i in self.step_prompt_indices(step)]
+    def policy_logprob_chunk_size(self) -> int:
+        return self.cfg.learner.logprob_chunk_size
 
     # -- reference particles -------------------------------------------------------------------
     def reference_particles(self) -> ReferenceCosts:
@@ -450,16 +300,16 @@ class RADTrainer:
         indices = self.step_prompt_indices(self.step)
         prompts = [self.prompts[i] for i in indices]
         with timer.phase("generation"):
-            rollouts = self.sample(prompts, algo.k, seed=self.cfg.rollout.sampling.seed + 1000 * (self.step + 1))
+            rollouts = self.sample(prompts, algo.k, seed=self.step_seed())
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in rollouts]
         # Scores and both log-prob passes need only the rollouts, so the scorer, reference and learner actors
         # work at the same time: "scoring" times the scores, "logprobs" the further wait for the log-probs.
         with timer.phase("scoring"):
-            score_refs = self.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
+            score_refs = self.roles.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
             ref_refs = self.reference.split_async("logprobs", samples)
             pol_refs = self.learners.split_async("logprobs", samples)
-            rewards, costs = self.gather_scores(score_refs)
+            rewards, costs = self.roles.gather_scores(score_refs)
         with timer.phase("logprobs"):
             ref_lp = self.reference.concat(ref_refs)
             pol_lp = self.learners.concat(pol_refs)
@@ -492,7 +342,7 @@ class RADTrainer:
         if algo.mu_lr > 0:  # mu grows while viol > tolerance: the same projected step on -viol >= -tolerance
             self.mu = dual_ascent(self.mu, -viol_hat, -algo.violation_tolerance, algo.mu_lr, algo.lambda_max)
         with timer.phase("weight_sync"):
-            sync = self.learners.broadcast("sync_weights")[0]
+            sync = self.roles.sync_weights()
         self.step += 1
         elapsed = time.perf_counter() - start
         lengths = torch.tensor([len(s["response_ids"]) for s in samples], dtype=torch.float64)
@@ -502,15 +352,13 @@ class RADTrainer:
             "rad/gain": dom.gain_exact, "rad/violation": dom.violation_exact, "rad/gain_sinkhorn": dom.gain,
             "rad/sinkhorn_iters": dom.n_iter, "rad/sinkhorn_marginal_error": dom.marginal_error,
             "rad/gain_window": gain_hat, "rad/violation_window": viol_hat,
-            "rad/lambda": lam, "rad/mu": mu, "rad/lambda_integral": lam_integral, "rad/violation_signal_mean": dom.violation_signal.mean(),
+            "rad/lambda": lam, "rad/mu": mu, "rad/lambda_integral": lam_integral,
+            "rad/violation_signal_mean": dom.violation_signal.mean(),
             "rad/spectral_risk": dom.rho_policy, "rad/spectral_risk_ref": dom.rho_ref,
             "rad/cvar_0.9": spectral_risk(costs, "cvar:0.9"), "rad/signal_mean": dom.signal.mean(),
             "rad/advantage_std": adv.std(),
             "train/loss": sum(s["loss"] for s in stats) / len(stats), "train/lr": stats[0]["lr"],
-            "response/length_mean": lengths.mean(), "response/eos_fraction":
-                sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts),
-            "throughput/samples_per_s": len(samples) / elapsed, "throughput/tokens_per_s": lengths.sum() / elapsed,
-            **timer.metrics(), "timing/step": elapsed, **sync.metrics(),
+            **self.common_step_metrics(rollouts, lengths, elapsed, timer, sync),
         }
         if "grad_norm" in stats[0]:
             metrics["train/grad_norm"] = stats[0]["grad_norm"]
@@ -529,118 +377,30 @@ class RADTrainer:
         self.window = (self.window + [[costs.tolist(), ref_costs.tolist()]])[-self.cfg.algo.dual_window:]
         return window_gain(self.window, self.cfg.algo.n_particles, self.weighting)
 
-    # -- checkpoints (the skeleton is shared with PPO-Lag; the four hooks below differ) ----------
-    def save_checkpoint(self) -> Path:
-        from rad.runtime.checkpoint import atomic_dir, checkpoint_dir, prune_checkpoints, write_trainer_state
-
-        final = checkpoint_dir(self.out, self.step)
-        with atomic_dir(final) as tmp:
-            self.save_learners(tmp)
-            write_trainer_state(tmp, {"step": self.step, "seed": self.cfg.seed, **self.trainer_state()})
-        prune_checkpoints(self.out, self.cfg.keep_checkpoints)
-        return final
-
-    def resume(self) -> bool:
-        from rad.runtime.checkpoint import latest_checkpoint, read_trainer_state
-
-        ckpt = latest_checkpoint(self.out)
-        if ckpt is None:
-            return False
-        self.load_learners(ckpt)
-        state = read_trainer_state(ckpt)
-        self.step = state["step"]
-        self.load_trainer_state(state)
-        self.policy_group().broadcast("sync_weights")
-        log.info("resumed %s from %s (step %d, lambda %.4f)", self.name, ckpt, self.step, self.lam)
-        return True
-
-    def save_learners(self, ckpt: Path) -> None:
-        self.learners.broadcast("save_checkpoint", str(ckpt))
-
-    def load_learners(self, ckpt: Path) -> None:
-        self.learners.broadcast("load_checkpoint", str(ckpt))
+    # -- the loop's hooks ------------------------------------------------------------------------
+    def before_loop(self) -> tuple[tuple, dict[str, Any]]:
+        """The reference particles (every ``train_step``'s argument) and how long they took."""
+        start = time.perf_counter()
+        reference = self.reference_particles()
+        return (reference,), {"reference_particles_seconds": round(time.perf_counter() - start, 1)}
 
     def trainer_state(self) -> dict[str, Any]:
-        """The controller's own state in a checkpoint (besides step and seed)."""
-        return {"lambda": self.lam, "mu": self.mu, "dual_window": self.window, "dual_errors": self.errors,
-                "selection": self.selector.state() if self.selector else None}
+        return {"lambda": self.lam, "mu": self.mu, "dual_window": self.window, "dual_errors": self.errors}
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
         self.lam, self.mu = state["lambda"], state.get("mu", self.cfg.algo.mu_init)
         self.window = state.get("dual_window", [])
         self.errors = state.get("dual_errors", [0.0, 0.0])
-        self._selection_state = state.get("selection")
 
-    # -- evaluation ------------------------------------------------------------------------------
-    def evaluate_policy(self, tag: str | None, prompts: list[str] | None = None, seed: int = 4242,
-                        n: int | None = None) -> dict[str, Any]:
-        """``n`` samples (default ``eval_samples_per_prompt``) per prompt of ``prompts`` (default: the
-        held-out ones) with the current engine weights, scored.
-
-        Written to ``eval_<tag>.json`` unless ``tag`` is None. The sampling seed is fixed, so
-        two policies are compared on common random numbers.
-        """
-        n = n or self.cfg.eval_samples_per_prompt
-        rollouts = self.sample(self.eval_prompts if prompts is None else prompts, n, seed=self.cfg.seed + seed)
-        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
-        prompts = [r.prompt for r in rollouts]
-        responses = [r.response_text for r in rollouts]
-        rewards, costs = self.score(prompts, responses)
-        record = {"prompts": prompts, "responses": responses, "rewards": rewards.tolist(), "costs": costs.tolist()}
-        if tag is not None:
-            (self.out / f"eval_{tag}.json").write_text(json.dumps(record))
-        return record
-
-    # -- validation and the returned policy (algo.select) -----------------------------------------
-    _VAL_SEED = 5151
-
-    def make_selector(self) -> None:
-        """Before the loop: the reference's validation samples (cached with the run) and the selector."""
+    def make_selector(self):
+        """``algo.select=feasible``: validated steps judged against the reference's validation samples."""
         if not self.val_prompts:
-            return
+            return None
         from rad.algos.selection import ValidationSelector
 
-        path = self.out / "eval_validation_reference.json"
-        if path.exists():
-            reference = json.loads(path.read_text())
-        elif self.step == 0:  # the engines still hold the initial policy, i.e. the reference
-            reference = self.evaluate_policy("validation_reference", self.val_prompts, self._VAL_SEED,
-                                             self.cfg.algo.val_samples_per_prompt)
-        else:
-            raise ConfigError(f"{path} is missing: the run cannot validate against the reference after step 0")
         algo = self.cfg.algo
-        self.selector = ValidationSelector(reference, self.weighting, algo.delta, algo.violation_tolerance,
-                                           algo.val_confidence)
-        self.selector.load_state(self._selection_state)
-
-    def validate(self, logger) -> None:
-        """Every ``val_every`` steps and at the last: score the policy on the validation prompts."""
-        algo = self.cfg.algo
-        if self.selector is None or (self.step % algo.val_every and self.step != algo.steps):
-            return
-        record = self.evaluate_policy(f"validation_step{self.step}", self.val_prompts, self._VAL_SEED,
-                                      algo.val_samples_per_prompt)
-        cand, better = self.selector.judge(self.step, record)
-        if better:
-            self.policy_group().broadcast("save_pretrained", str(self.out / "best"))
-        logger.log(self.selector.metrics(cand), step=self.step)
-
-    def save_returned_policy(self) -> tuple[str, dict[str, Any]]:
-        """Write ``model/`` (the last iterate or the selected one), load it into the engines; (dir, summary)."""
-        best = self.selector.best if self.selector else None
-        model = self.out / "model"
-        if best is None:
-            out = self.policy_group().broadcast("save_pretrained", str(model))[0]
-            return out, ({"select": "feasible", "selected_step": None, "reason": "no validated step was feasible; "
-                          "returning the last iterate"} if self.selector else {})
-        import shutil
-
-        from rad.runtime.checkpoint import atomic_dir
-
-        with atomic_dir(model) as tmp:
-            shutil.copytree(self.out / "best", tmp, dirs_exist_ok=True)
-        self.rollout.load_weights_from(str(model))
-        return str(model), {"select": "feasible", "selected_step": best.step, "validation": self.selector.state()}
+        return ValidationSelector(self.validation_reference(), self.weighting, algo.delta, algo.violation_tolerance,
+                                  algo.val_confidence)
 
     def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
         """Held-out comparison of the trained policy against the reference (SFT)."""
@@ -651,110 +411,12 @@ class RADTrainer:
         return {"gain": float(gain), "violation": float(viol), "delta": self.cfg.algo.delta,
                 **self.common_comparison(policy, reference)}
 
-    def common_comparison(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
-        """Cost, reward, safety and (on the embedded world) hidden-harm numbers of policy vs reference."""
-        from rad.algos.selection import win_rate
-        from rad.risk import spectral_risk
-
-        pc, rc = torch.tensor(policy["costs"]), torch.tensor(reference["costs"])
-        pr, rr = torch.tensor(policy["rewards"]), torch.tensor(reference["rewards"])
-        out = {"cost_mean_policy": float(pc.mean()), "cost_mean_reference": float(rc.mean()),
-               "cost_cvar_0.9_policy": float(spectral_risk(pc, "cvar:0.9")),
-               "cost_cvar_0.9_reference": float(spectral_risk(rc, "cvar:0.9")),
-               "reward_mean_policy": float(pr.mean()), "reward_mean_reference": float(rr.mean()),
-               "safe_fraction_policy": float((pc <= 0).double().mean()),
-               "safe_fraction_reference": float((rc <= 0).double().mean()),
-               "reward_win_rate": win_rate(pr, rr)}
-        oracle = self._oracle()
-        if oracle is not None:
-            ph = torch.tensor([oracle.harm(p, r) for p, r in zip(policy["prompts"], policy["responses"])])
-            rh = torch.tensor([oracle.harm(p, r) for p, r in zip(reference["prompts"], reference["responses"])])
-            out.update({"true_harm_cvar_0.9_policy": float(spectral_risk(ph, "cvar:0.9")),
-                        "true_harm_cvar_0.9_reference": float(spectral_risk(rh, "cvar:0.9")),
-                        "true_harm_mean_policy": float(ph.mean()), "true_harm_mean_reference": float(rh.mean()),
-                        "true_unsafe_fraction_policy": float((ph > 0).double().mean()),
-                        "true_unsafe_fraction_reference": float((rh > 0).double().mean())})
-        return out
-
-    def _oracle(self):
-        if not all(spec.startswith("embedded/") for spec in self.cfg.data.eval_prompts):
-            return None
-        from rad.data.world import build_world
-
-        return build_world(self.cfg.world.seed).oracle
-
-    # -- the loop (shared with the PPO-Lagrangian baseline through the hooks below) ----------------
-    name = "rad"
-
-    def policy_group(self):
-        """The worker group holding the trained policy."""
-        return self.learners
-
-    def before_loop(self) -> tuple[tuple, dict[str, Any]]:
-        """Arguments of every ``train_step`` and extra summary entries; RAD: the reference particles."""
-        start = time.perf_counter()
-        reference = self.reference_particles()
-        return (reference,), {"reference_particles_seconds": round(time.perf_counter() - start, 1)}
-
     def progress(self, last: dict[str, float]) -> dict[str, str]:
         return {"cost": f"{last['objective/cost']:.2f}", "gain": f"{last['rad/gain']:.3f}", "lam": f"{self.lam:.2f}"}
 
     def summary_extra(self) -> dict[str, Any]:
-        return {}
-
-    def train(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
-        from rad.runtime.metrics import MetricsLogger
-
-        if self.cfg.resume:
-            self.resume()
-        ref_path = self.out / "eval_reference.json"
-        reference_eval = (json.loads(ref_path.read_text()) if ref_path.exists() and self.step > 0
-                          else self.evaluate_policy("reference") if self.step == 0 else None)
-        step_args, extra = self.before_loop()
-        self.make_selector()
-        last: dict[str, float] = {}
-        with MetricsLogger(self.out, self.cfg.logging, config=to_dict(self.cfg)) as logger:
-            bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc=self.name, unit="step",
-                       disable=not self.cfg.logging.progress, dynamic_ncols=True)
-            while self.step < self.cfg.algo.steps:
-                last = self.train_step(*step_args)
-                if self.step % self.cfg.logging.log_every == 0:
-                    logger.log(last, step=self.step)
-                bar.update(1)
-                bar.set_postfix(**self.progress(last))
-                self.validate(logger)
-                if self.cfg.save_every and self.step % self.cfg.save_every == 0:
-                    self.save_checkpoint()
-            bar.close()
-            if not self.cfg.save_every or self.step % self.cfg.save_every:
-                self.save_checkpoint()
-            model_out, selection = self.save_returned_policy()
-            final_eval = self.evaluate_policy("policy")
-            if reference_eval is None:
-                reference_eval = json.loads(ref_path.read_text())
-            comparison = self.compare(final_eval, reference_eval)
-            logger.log({f"eval/{k}": v for k, v in comparison.items()}, step=self.step)
-        summary = {"model_dir": model_out, "steps": self.step, "lambda": self.lam, **self.summary_extra(),
-                   **({"selection": selection} if selection else {}),
-                   "startup_seconds": round(self.startup_seconds, 1), **extra, "engine": self.rollout.kind,
-                   "weight_sync": self.transport,
-                   "last_step": last, "heldout": comparison}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
-
-    def shutdown(self) -> None:
-        for group in (self.learners, self.reference, self.scorers):
-            group.shutdown()
-        self.rollout.shutdown()
-        if self.placement is not None:
-            self.placement.remove()
+        return {"lambda": self.lam}
 
 
 def run_rad(cfg: RADConfig) -> dict[str, Any]:
-    trainer = RADTrainer(cfg)
-    try:
-        return trainer.train()
-    finally:
-        trainer.shutdown()
+    return run_trainer(RADTrainer(cfg))

@@ -73,6 +73,14 @@ class DeepSpeedRank:
                              f"but learner.grad_accum={self.cfg.grad_accum}")
         return micro
 
+    def info(self) -> dict[str, Any]:
+        return {"rank": self.rank, "device": str(self.learner.device) if self.learner else "unset"}
+
+    def memory_stats(self) -> dict[str, float]:
+        from rad.runtime.distributed import memory_stats
+
+        return memory_stats(self.learner.device)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights (all ranks must call it under ZeRO-3; only rank 0's result is used)."""
         return self.learner.full_state_dict()

@@ -66,6 +66,17 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
     return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
 
 
+def memory_stats(device: torch.device | str) -> dict[str, float]:
+    """This process's peak memory: accelerator bytes allocated/reserved on ``device`` (CUDA), and the host RSS."""
+    import resource
+
+    out = {"device": str(device), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.device(device).type == "cuda":
+        out.update(peak_allocated_mb=torch.cuda.max_memory_allocated(device) / 2**20,
+                   peak_reserved_mb=torch.cuda.max_memory_reserved(device) / 2**20)
+    return out
+
+
 def backend_name(requested: str = "auto") -> str:
     if requested != "auto":
         return requested

@@ -43,6 +43,11 @@ class ReferenceWorker:
     def info(self) -> dict[str, Any]:
         return {"device": str(self.device), "dtype": str(next(self.model.parameters()).dtype)}
 
+    def memory_stats(self) -> dict[str, float]:
+        from rad.runtime.distributed import memory_stats
+
+        return memory_stats(self.device)
+
     @torch.no_grad()
     def logprobs(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
         """Per-token log-probs of each sample's response tokens."""
@@ -132,6 +137,10 @@ class PolicyLearner(DeepSpeedRank):
         from rad.errors import ConfigError
         from rad.runtime.rollout.weight_sync import make_weight_sender, resolve_transport, weight_layout
 
+        if transport == "hybrid":  # the engines are these ranks' own modules: nothing to send
+            self._layout, self._sender, self._hybrid = [], None, True
+            return transport
+        self._hybrid = False
         kind = resolve_transport(transport, str(self.learner.device), engine_device)
         if kind == "ipc" and self.cfg.zero_stage == 3:
             raise ConfigError("rollout.weight_sync=ipc shares the learner's own parameters, which ZeRO-3 "
@@ -146,6 +155,36 @@ class PolicyLearner(DeepSpeedRank):
     def sync_weights(self):
         """One weight sync (all ranks take part; under ZeRO-3 they gather bucket by bucket); rank 0 returns
         its :class:`~rad.runtime.rollout.weight_sync.SyncStats`, the others None."""
-        from rad.runtime.rollout.weight_sync import sync_round
+        from rad.runtime.rollout.weight_sync import SyncStats, sync_round
 
+        if self._hybrid:
+            return SyncStats(0.0) if self.rank == 0 else None
         return sync_round(self.learner.module, self._layout, self.cfg.zero_stage == 3, self._sender)
+
+    # -- hybrid engine: this rank generates with its own module (rollout.hybrid) ------------------
+    def enable_generation(self, micro_batch_size: int) -> None:
+        """Make this rank a rollout engine over its own module (no weight copy; ZeRO <= 2)."""
+        from rad.errors import ConfigError
+        from rad.runtime.rollout.hf_engine import HFEngine
+
+        if self.cfg.zero_stage == 3:
+            raise ConfigError("rollout.hybrid generates with the learner's own module, which ZeRO-3 partitions; "
+                              "use learner.zero_stage <= 2 or separate engines")
+        self.engine = HFEngine.around(self.learner.module, self.tokenizer, micro_batch_size, self.model_dir)
+
+    def generate(self, prompts: Sequence[str], n: int, sampling):
+        """Rollouts from the module being trained (eval mode while generating)."""
+        self.learner.eval()
+        try:
+            return self.engine.generate(prompts, n, sampling)
+        finally:
+            self.learner.train()
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        return self.engine.get_weights()
+
+    def load_weights_from(self, model_dir: str) -> float:
+        """Load saved weights into the module (hybrid mode's way to serve a run's selected policy)."""
+        from rad.models.loading import load_safetensors_state
+
+        return self.engine.update_weights(load_safetensors_state(model_dir))

@@ -85,6 +85,11 @@ class Scorer:
                   for name, (m, tok, limit) in self.models.items()}
         return {"device": str(self.device), **models}
 
+    def memory_stats(self) -> dict[str, float]:
+        from rad.runtime.distributed import memory_stats
+
+        return memory_stats(self.device)
+
     def _check(self, prompts: Sequence[str], responses: Sequence[str]) -> None:
         if len(prompts) != len(responses):
             raise DataError(f"scorer: {len(prompts)} prompts but {len(responses)} responses")

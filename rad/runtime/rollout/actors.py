@@ -77,6 +77,11 @@ class RolloutActor:
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[Rollout]:
         return self.engine.generate(prompts, n, sampling)
 
+    def memory_stats(self) -> dict[str, float]:
+        from rad.runtime.distributed import memory_stats
+
+        return memory_stats(getattr(self.engine, "device", "cpu"))
+
     def update_weights(self, weights: Weights) -> float:
         # A top-level ObjectRef argument arrives resolved: ``weights`` is the state dict.
         return self.engine.update_weights(weights)
@@ -143,15 +148,18 @@ class RolloutPool:
     engine (prompts split into contiguous shards). Weights reach the actors from the learner
     (:mod:`rad.runtime.rollout.weight_sync`), never through this object."""
 
-    def __init__(self, group, kind: str, device: str) -> None:
+    def __init__(self, group, kind: str, device: str, hybrid: bool = False) -> None:
         self.group = group
         self.kind = kind
         self.device = device  # the engines' device type ("cpu" or "cuda")
+        self.hybrid = hybrid  # the group is the policy learner ranks, generating with their own module
 
     def connect(self, learners, cfg: RolloutConfig) -> str:
-        """Every learner rank prepares the weight sync to these engines; returns the resolved transport."""
-        return learners.broadcast("connect_rollout", self.actors, cfg.weight_sync, self.device, cfg.sync_timeout_s,
-                                  cfg.sync_bucket_mb)[0]
+        """Every learner rank prepares the weight sync to these engines; returns the resolved transport
+        ("hybrid" when the engines are the learners themselves)."""
+        transport = "hybrid" if self.hybrid else cfg.weight_sync
+        return learners.broadcast("connect_rollout", [] if self.hybrid else self.actors, transport, self.device,
+                                  cfg.sync_timeout_s, cfg.sync_bucket_mb)[0]
 
     @property
     def actors(self) -> list:
@@ -181,7 +189,8 @@ class RolloutPool:
         self.group.broadcast("load_weights_from", str(model_dir))
 
     def shutdown(self) -> None:
-        self.group.shutdown()
+        if not self.hybrid:  # a hybrid pool's actors are the learners, shut down with them
+            self.group.shutdown()
 
 
 def engine_kwargs(cfg: RolloutConfig, kind: str, device: str, tokenizer_dir: str | None, seed: int

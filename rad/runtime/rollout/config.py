@@ -15,6 +15,8 @@ class RolloutConfig:
     engine: str = field("auto", choices=("auto", "hf", "vllm"),
                         help="generation backend; auto = vllm on GPU, hf on CPU (measured, see "
                              "rad.runtime.rollout.actors)")
+    hybrid: bool = field(False, help="generate with the policy learner ranks' own module (hf engine, learner "
+                                     "ZeRO <= 2): no engine actors, no second copy of the weights, no sync")
     num_engines: int = field(1, min=1, help="rollout actors; prompts are split between them")
     num_cpus_per_engine: float = field(1.0, gt=0, help="Ray CPUs reserved by each rollout actor")
     num_gpus_per_engine: float = field(1.0, min=0,
@@ -38,3 +40,10 @@ class RolloutConfig:
     vllm_tensor_parallel_size: int = field(1, min=1, help="vllm: GPUs per engine (tensor parallel)")
     vllm_max_model_len: int = field(0, min=0, help="vllm: context length (0 = the model's)")
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def validate(self) -> None:
+        from rad.errors import ConfigError
+
+        if self.hybrid and self.engine == "vllm":
+            raise ConfigError("rollout.hybrid generates with the learner's HF module; use rollout.engine=hf or auto "
+                              "(vLLM on GPU colocates with resources.colocate_rollout and weight_sync=ipc)")

@@ -94,15 +94,21 @@ class HFEngine(RolloutEngine):
 
     def __init__(self, model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
                  dtype: str = "float32", device: str | None = None, micro_batch_size: int = 64,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, model: torch.nn.Module | None = None, tokenizer=None) -> None:
+        """Load ``model_dir`` onto ``device`` (default: the accelerator Ray assigned, else the CPU), or, with
+        ``model`` and ``tokenizer``, generate with that module as it is (see :meth:`around`)."""
         if micro_batch_size < 1:
             raise ConfigError(f"HFEngine: micro_batch_size must be >= 1, got {micro_batch_size}")
+        from rad.runtime.distributed import role_device
+
         with Stopwatch() as sw:
-            self.tokenizer = load_tokenizer(tokenizer_dir or model_dir, trust_remote_code=trust_remote_code)
-            model = load_causal_lm(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
-                                   tokenizer=self.tokenizer)
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.model = model.to(self.device).eval().requires_grad_(False)
+            if model is None:
+                tokenizer = load_tokenizer(tokenizer_dir or model_dir, trust_remote_code=trust_remote_code)
+                model = load_causal_lm(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                                       tokenizer=tokenizer)
+                model = model.to(role_device(device or "auto")).eval().requires_grad_(False)
+            self.tokenizer, self.model = tokenizer, model
+            self.device = next(model.parameters()).device
         self.start_seconds = sw.seconds
         self.micro_batch_size = micro_batch_size
         self.model_dir = str(model_dir)
@@ -110,6 +116,12 @@ class HFEngine(RolloutEngine):
         self._received: set[str] = set()
         self._bucket_seconds = 0.0
         self._group = None  # the weight-broadcast process group, once joined
+
+    @classmethod
+    def around(cls, model: torch.nn.Module, tokenizer, micro_batch_size: int = 64, model_dir: str = "") -> "HFEngine":
+        """An engine over an existing module (a learner's own, for ``rollout.hybrid``): nothing is copied,
+        so it always generates with the module's current weights."""
+        return cls(model_dir, micro_batch_size=micro_batch_size, model=model, tokenizer=tokenizer)
 
     # -- generation ----------------------------------------------------------
 

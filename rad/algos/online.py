@@ -1,0 +1,358 @@
+"""The loop every online RL algorithm runs, and what it shares: RAD and PPO-Lag are siblings on this base.
+
+One controller on the driver owns the dataflow; the models live in the roles' Ray actors
+(:class:`rad.runtime.roles.RLRoles`, held as ``self.roles``)::
+
+    for each step:   prompts -> generate -> score and log-probs (overlapped)
+                     -> the algorithm's update (train_step) -> weight sync (by the learner ranks)
+                     -> metrics -> checkpoint -> validate
+    at the end:      the returned policy (last or selected) -> held-out evaluation -> summary.json
+
+A subclass is one algorithm and says only what differs (the template's hooks below):
+which learner roles it trains (:meth:`policy_role`, :meth:`trained_roles`), one step
+(:meth:`train_step`), what it keeps in a checkpoint (:meth:`trainer_state`), how its held-out
+result is judged (:meth:`compare`) and, optionally, how validated steps are selected
+(:meth:`make_selector`). Neither algorithm has a method of the other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rad.config import save_config, to_dict
+from rad.errors import ConfigError
+from rad.runtime.roles import RLRoles, TrainedRole
+
+log = logging.getLogger("rad.algos")
+
+
+class OnlineRLTrainer:
+    """Builds the roles and runs the loop; subclasses implement the hooks (see the module docstring)."""
+
+    name = ""
+    selector = None  # a ValidationSelector when the algorithm validates steps (RAD's select=feasible)
+    _selection_state: dict[str, Any] | None = None
+
+    def __init__(self, cfg: Any, val_prompts: int = 0) -> None:
+        from rad.algos.assets import load_records, model_dir
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        self.prompts = [r["prompt"] for r in load_records(cfg.data.prompts, "prompt", cfg.world, cfg.seed)]
+        self.eval_prompts = [r["prompt"] for r in load_records(cfg.data.eval_prompts, "prompt", cfg.world, cfg.seed)]
+        if not self.prompts:
+            raise ConfigError("data.prompts: no prompts after loading")
+        self.val_prompts: list[str] = []
+        if val_prompts:
+            from rad.algos.selection import split_validation
+
+            try:
+                train_idx, val_idx = split_validation(len(self.prompts), val_prompts, cfg.seed)
+            except ValueError as exc:
+                raise ConfigError(f"algo.val_prompts: {exc}") from None
+            self.val_prompts = [self.prompts[i] for i in val_idx]
+            self.prompts = [self.prompts[i] for i in train_idx]
+        self.policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
+        self.reference_dir = cfg.reference or self.policy_dir
+        self.roles = RLRoles(
+            name=f"{self.name}-{self.out.name}", res=cfg.resources, rollout=cfg.rollout, seed=cfg.seed,
+            policy_dir=self.policy_dir, reference_dir=self.reference_dir, policy=self.policy_role(),
+            trained=self.trained_roles(), reward_model=cfg.reward_model, cost_model=cfg.cost_model,
+            dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
+            reference_micro_batch_size=cfg.reference_micro_batch_size,
+            logprob_chunk_size=self.policy_logprob_chunk_size())
+        self.startup_seconds = self.roles.startup_seconds
+        self.step = 0
+
+    # -- the hooks of an algorithm ---------------------------------------------------------------
+    def policy_role(self) -> TrainedRole:
+        """The policy learner's actor class and arguments (``PolicyLearner`` or a subclass)."""
+        raise NotImplementedError
+
+    def trained_roles(self) -> dict[str, TrainedRole]:
+        """Further DeepSpeed-trained groups (e.g. critics), by name; none by default."""
+        return {}
+
+    def policy_logprob_chunk_size(self) -> int:
+        """The policy learner's ``logprob_chunk_size`` (the reference uses it too)."""
+        raise NotImplementedError
+
+    def train_step(self, *args: Any) -> dict[str, float]:
+        """One step: generate, score, update every trained role, sync the engines; the step's metrics."""
+        raise NotImplementedError
+
+    def before_loop(self) -> tuple[tuple, dict[str, Any]]:
+        """Arguments of every ``train_step`` and extra summary entries."""
+        return (), {}
+
+    def checkpoint_groups(self) -> dict[str, Any]:
+        """The trained groups of a checkpoint, by sub-directory ("" = the checkpoint directory itself)."""
+        return {"": self.learners}
+
+    def trainer_state(self) -> dict[str, Any]:
+        """The controller's own state in a checkpoint (besides step and seed)."""
+        return {}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+        """The held-out result of the returned policy against the reference (SFT)."""
+        return self.common_comparison(policy, reference)
+
+    def progress(self, last: dict[str, float]) -> dict[str, str]:
+        return {}
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {}
+
+    def make_selector(self):
+        """A :class:`~rad.algos.selection.ValidationSelector` when the algorithm selects a validated step."""
+        return None
+
+    # -- the roles -------------------------------------------------------------------------------
+    @property
+    def learners(self):
+        """The policy learner ranks."""
+        return self.roles.learners
+
+    @property
+    def rollout(self):
+        return self.roles.rollout
+
+    @property
+    def reference(self):
+        return self.roles.reference
+
+    @property
+    def scorers(self):
+        return self.roles.scorers
+
+    @property
+    def placement(self):
+        return self.roles.placement
+
+    def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.roles.score(prompts, responses)
+
+    def sample(self, prompts: list[str], n: int, seed: int):
+        import dataclasses
+
+        return self.roles.sample(prompts, n, dataclasses.replace(self.cfg.rollout.sampling, seed=seed))
+
+    def step_seed(self) -> int:
+        """The sampling seed of the current step's rollouts."""
+        return self.cfg.rollout.sampling.seed + 1000 * (self.step + 1)
+
+    def step_prompt_indices(self, step: int) -> list[int]:
+        """Indices of step ``step``'s prompts: consecutive slices of seeded per-epoch permutations."""
+        p = self.cfg.algo.prompts_per_step
+        out = []
+        for pos in range(step * p, (step + 1) * p):
+            epoch, i = divmod(pos, len(self.prompts))
+            order = list(range(len(self.prompts)))
+            random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
+            out.append(order[i])
+        return out
+
+    def step_prompts(self, step: int) -> list[str]:
+        return [self.prompts[i] for i in self.step_prompt_indices(step)]
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        import ray
+
+        from rad.runtime.checkpoint import atomic_dir, checkpoint_dir, prune_checkpoints, write_trainer_state
+
+        final = checkpoint_dir(self.out, self.step)
+        with atomic_dir(final) as tmp:
+            ray.get([ref for sub, group in self.checkpoint_groups().items()
+                     for ref in group.broadcast_async("save_checkpoint", str(tmp / sub))])
+            write_trainer_state(tmp, {"step": self.step, "seed": self.cfg.seed, **self.trainer_state(),
+                                      "selection": self.selector.state() if self.selector else None})
+        prune_checkpoints(self.out, self.cfg.keep_checkpoints)
+        return final
+
+    def resume(self) -> bool:
+        import ray
+
+        from rad.runtime.checkpoint import latest_checkpoint, read_trainer_state
+
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is None:
+            return False
+        ray.get([ref for sub, group in self.checkpoint_groups().items()
+                 for ref in group.broadcast_async("load_checkpoint", str(ckpt / sub))])
+        state = read_trainer_state(ckpt)
+        self.step = state["step"]
+        self.load_trainer_state(state)
+        self._selection_state = state.get("selection")
+        self.roles.sync_weights()
+        log.info("resumed %s from %s (step %d)", self.name, ckpt, self.step)
+        return True
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate_policy(self, tag: str | None, prompts: list[str] | None = None, seed: int = 4242,
+                        n: int | None = None) -> dict[str, Any]:
+        """``n`` samples (default ``eval_samples_per_prompt``) per prompt of ``prompts`` (default: the
+        held-out ones) with the current engine weights, scored.
+
+        Written to ``eval_<tag>.json`` unless ``tag`` is None. The sampling seed is fixed, so
+        two policies are compared on common random numbers.
+        """
+        n = n or self.cfg.eval_samples_per_prompt
+        rollouts = self.sample(self.eval_prompts if prompts is None else prompts, n, seed=self.cfg.seed + seed)
+        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
+        prompts = [r.prompt for r in rollouts]
+        responses = [r.response_text for r in rollouts]
+        rewards, costs = self.score(prompts, responses)
+        record = {"prompts": prompts, "responses": responses, "rewards": rewards.tolist(), "costs": costs.tolist()}
+        if tag is not None:
+            (self.out / f"eval_{tag}.json").write_text(json.dumps(record))
+        return record
+
+    def common_comparison(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+        """Cost, reward, safety and (on the embedded world) hidden-harm numbers of policy vs reference."""
+        from rad.algos.selection import win_rate
+        from rad.risk import spectral_risk
+
+        pc, rc = torch.tensor(policy["costs"]), torch.tensor(reference["costs"])
+        pr, rr = torch.tensor(policy["rewards"]), torch.tensor(reference["rewards"])
+        out = {"cost_mean_policy": float(pc.mean()), "cost_mean_reference": float(rc.mean()),
+               "cost_cvar_0.9_policy": float(spectral_risk(pc, "cvar:0.9")),
+               "cost_cvar_0.9_reference": float(spectral_risk(rc, "cvar:0.9")),
+               "reward_mean_policy": float(pr.mean()), "reward_mean_reference": float(rr.mean()),
+               "safe_fraction_policy": float((pc <= 0).double().mean()),
+               "safe_fraction_reference": float((rc <= 0).double().mean()),
+               "reward_win_rate": win_rate(pr, rr)}
+        oracle = self._oracle()
+        if oracle is not None:
+            ph = torch.tensor([oracle.harm(p, r) for p, r in zip(policy["prompts"], policy["responses"])])
+            rh = torch.tensor([oracle.harm(p, r) for p, r in zip(reference["prompts"], reference["responses"])])
+            out.update({"true_harm_cvar_0.9_policy": float(spectral_risk(ph, "cvar:0.9")),
+                        "true_harm_cvar_0.9_reference": float(spectral_risk(rh, "cvar:0.9")),
+                        "true_harm_mean_policy": float(ph.mean()), "true_harm_mean_reference": float(rh.mean()),
+                        "true_unsafe_fraction_policy": float((ph > 0).double().mean()),
+                        "true_unsafe_fraction_reference": float((rh > 0).double().mean())})
+        return out
+
+    def _oracle(self):
+        if not all(spec.startswith("embedded/") for spec in self.cfg.data.eval_prompts):
+            return None
+        from rad.data.world import build_world
+
+        return build_world(self.cfg.world.seed).oracle
+
+    # -- validation and the returned policy --------------------------------------------------------
+    _VAL_SEED = 5151
+
+    def validation_reference(self) -> dict[str, Any]:
+        """The reference's validation samples, drawn at step 0 and cached with the run."""
+        path = self.out / "eval_validation_reference.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        if self.step == 0:  # the engines still hold the initial policy, i.e. the reference
+            return self.evaluate_policy("validation_reference", self.val_prompts, self._VAL_SEED,
+                                        self.cfg.algo.val_samples_per_prompt)
+        raise ConfigError(f"{path} is missing: the run cannot validate against the reference after step 0")
+
+    def validate(self, logger) -> None:
+        """Every ``val_every`` steps and at the last: score the policy on the validation prompts."""
+        algo = self.cfg.algo
+        if self.selector is None or (self.step % algo.val_every and self.step != algo.steps):
+            return
+        record = self.evaluate_policy(f"validation_step{self.step}", self.val_prompts, self._VAL_SEED,
+                                      algo.val_samples_per_prompt)
+        cand, better = self.selector.judge(self.step, record)
+        if better:
+            self.learners.broadcast("save_pretrained", str(self.out / "best"))
+        logger.log(self.selector.metrics(cand), step=self.step)
+
+    def save_returned_policy(self) -> tuple[str, dict[str, Any]]:
+        """Write ``model/`` (the last iterate or the selected one), load it into the engines; (dir, summary)."""
+        best = self.selector.best if self.selector else None
+        model = self.out / "model"
+        if best is None:
+            out = self.learners.broadcast("save_pretrained", str(model))[0]
+            return out, ({"select": "feasible", "selected_step": None, "reason": "no validated step was feasible; "
+                          "returning the last iterate"} if self.selector else {})
+        import shutil
+
+        from rad.runtime.checkpoint import atomic_dir
+
+        with atomic_dir(model) as tmp:
+            shutil.copytree(self.out / "best", tmp, dirs_exist_ok=True)
+        self.rollout.load_weights_from(str(model))
+        return str(model), {"select": "feasible", "selected_step": best.step, "validation": self.selector.state()}
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from rad.runtime.metrics import MetricsLogger
+
+        if self.cfg.resume:
+            self.resume()
+        ref_path = self.out / "eval_reference.json"
+        reference_eval = (json.loads(ref_path.read_text()) if ref_path.exists() and self.step > 0
+                          else self.evaluate_policy("reference") if self.step == 0 else None)
+        step_args, extra = self.before_loop()
+        self.selector = self.make_selector()
+        if self.selector is not None:
+            self.selector.load_state(self._selection_state)
+        last: dict[str, float] = {}
+        with MetricsLogger(self.out, self.cfg.logging, config=to_dict(self.cfg)) as logger:
+            bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc=self.name, unit="step",
+                       disable=not self.cfg.logging.progress, dynamic_ncols=True)
+            while self.step < self.cfg.algo.steps:
+                last = self.train_step(*step_args)
+                if self.step % self.cfg.logging.log_every == 0:
+                    logger.log(last, step=self.step)
+                bar.update(1)
+                bar.set_postfix(**self.progress(last))
+                self.validate(logger)
+                if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                    self.save_checkpoint()
+            bar.close()
+            if not self.cfg.save_every or self.step % self.cfg.save_every:
+                self.save_checkpoint()
+            model_out, selection = self.save_returned_policy()
+            final_eval = self.evaluate_policy("policy")
+            if reference_eval is None:
+                reference_eval = json.loads(ref_path.read_text())
+            comparison = self.compare(final_eval, reference_eval)
+            logger.log({f"eval/{k}": v for k, v in comparison.items()}, step=self.step)
+        summary = {"model_dir": model_out, "steps": self.step, **self.summary_extra(),
+                   **({"selection": selection} if selection else {}),
+                   "startup_seconds": round(self.startup_seconds, 1), **extra, "engine": self.rollout.kind,
+                   "weight_sync": self.roles.transport, "last_step": last, "heldout": comparison}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def shutdown(self) -> None:
+        self.roles.shutdown()
+
+    @staticmethod
+    def common_step_metrics(rollouts, lengths: torch.Tensor, elapsed: float, timer, sync) -> dict[str, float]:
+        """The metrics every algorithm logs for a step: response shape, throughput, phase times, sync."""
+        return {"response/length_mean": float(lengths.mean()),
+                "response/eos_fraction": sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts),
+                "throughput/samples_per_s": len(rollouts) / elapsed,
+                "throughput/tokens_per_s": float(lengths.sum()) / elapsed,
+                **timer.metrics(), "timing/step": elapsed, **sync.metrics()}
+
+
+def run_trainer(trainer: OnlineRLTrainer) -> dict[str, Any]:
+    """Train, then release every role (also on errors)."""
+    try:
+        return trainer.train()
+    finally:
+        trainer.shutdown()

@@ -1,0 +1,72 @@
+"""How the roles of an online RL run map to Ray resources, and starting (or joining) the Ray cluster.
+
+One :class:`ResourcesConfig` (the ``resources:`` section of ``rad rl`` and ``rad baseline
+ppo-lag``) says how many actors each role has and what each reserves. The device of every
+role follows from it: an actor that reserved a GPU runs on it
+(:func:`rad.runtime.distributed.role_device`), one that did not runs on the CPU, through the
+same code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from rad.config import field
+from rad.errors import ConfigError
+
+
+@dataclass
+class ResourcesConfig:
+    """How roles map to Ray resources (CPUs/GPUs per actor; fractions share a GPU)."""
+
+    num_learners: int = field(1, min=1, help="data-parallel DeepSpeed ranks (one Ray actor each)")
+    cpus_per_learner: float = field(1.0, gt=0)
+    gpus_per_learner: float = field(0.0, min=0)
+    cpus_per_reference: float = field(1.0, gt=0, help="Ray CPUs of the reference-policy actor")
+    gpus_per_reference: float = field(0.0, min=0, help="GPU share of the reference-policy actor (0 = CPU)")
+    num_scorers: int = field(1, min=1)
+    cpus_per_scorer: float = field(1.0, gt=0)
+    gpus_per_scorer: float = field(0.0, min=0)
+    scorer_dtype: str = field("auto", choices=("auto", "float32", "bfloat16", "float16"),
+                              help="reward/cost model dtype in the scorers; auto = bf16 on a GPU that supports it")
+    scorer_micro_batch_size: int = field(32, min=1, help="(prompt, response) pairs per scorer forward pass")
+    threads_per_actor: int = field(1, min=1, help="torch/OpenMP threads of every role's actor (OMP_NUM_THREADS)")
+    ray_address: str = field("", help="'' = start a local Ray cluster, 'auto' = connect to a running one")
+    placement: str = field("none", choices=("none", "pack", "spread", "strict_pack", "strict_spread"),
+                           help="reserve all roles in one Ray placement group with this strategy (none = "
+                                "plain per-actor resources)")
+    colocate_rollout: bool = field(False, help="rollout engine i shares learner rank i's bundle (GPU)")
+    colocate_models: bool = field(False, help="the reference and the scorers share learner rank 0's bundle "
+                                              "(its GPU, with gpus_per_reference / gpus_per_scorer as their "
+                                              "shares); needs placement")
+    placement_timeout_s: float = field(120.0, gt=0)
+    ray_num_cpus: int = field(0, min=0, help="logical CPUs of a local cluster (0 = enough for all actors)")
+
+    def validate(self) -> None:
+        if self.colocate_models and self.placement == "none":
+            raise ConfigError("resources.colocate_models needs resources.placement (e.g. pack): the reference "
+                              "and the scorers join learner rank 0's placement bundle")
+
+
+def init_ray(res: ResourcesConfig, needed_cpus: float) -> None:
+    """Join ``res.ray_address`` or start a local cluster with enough logical CPUs for ``needed_cpus``.
+
+    Every actor gets ``OMP_NUM_THREADS = threads_per_actor`` (and no tokenizer threads), so
+    the roles sharing a machine do not oversubscribe its cores.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(res.threads_per_actor)}
+    if "RAD_CACHE" in os.environ:
+        env["RAD_CACHE"] = os.environ["RAD_CACHE"]
+    if res.ray_address:
+        ray.init(address=res.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        from rad.runtime.local_ray import init_local_ray
+
+        init_local_ray(num_cpus=res.ray_num_cpus or max(2, int(math.ceil(needed_cpus))), include_dashboard=False,
+                       runtime_env={"env_vars": env}, log_to_driver=False)
