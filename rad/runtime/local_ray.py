@@ -15,13 +15,50 @@ niceness-0 trainer on the same machine (``bench/rloo_vs_trl.py``) would get the 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("rad.runtime")
 
 _STARTUP_TIMEOUT = "timed out during startup"
+#: Environment every Ray worker of a run gets (the cache and data roots follow the driver's).
+_FORWARDED_ENV = ("RAD_CACHE", "RAD_DATA_ROOT")
+
+
+class RayResources(Protocol):
+    """The keys :func:`ensure_ray` reads (``rad.settings.LearnerResources``, RL's ``resources``)."""
+
+    ray_address: str
+    ray_num_cpus: int
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables a run's Ray workers need from the driver."""
+    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env.update({k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ})
+    return env
+
+
+def ensure_ray(res: RayResources, needed_cpus: float) -> bool:
+    """Connect to ``res.ray_address`` or start a local cluster, unless Ray is already up.
+
+    A local cluster gets ``res.ray_num_cpus`` logical CPUs, or enough for ``needed_cpus``
+    (at least 2). Returns True when this call started or joined Ray (the caller then
+    owns ``ray.shutdown()``).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": worker_env()}
+    if res.ray_address:
+        ray.init(address=res.ray_address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        init_local_ray(num_cpus=res.ray_num_cpus or max(2, int(math.ceil(needed_cpus))), include_dashboard=False,
+                       runtime_env=runtime_env, log_to_driver=False)
+    return True
 
 
 def init_local_ray(attempts: int = 3, **kwargs: Any) -> None:
