@@ -92,3 +92,50 @@ def test_two_ranks_follow_the_one_rank_trajectory_and_resume(tmp_path, ray_clust
     with pytest.raises(ConfigError, match=r"resources.num_learners: .* written by 2 learner rank\(s\) and this run "
                                           r"has 1"):
         run_sft(one_rank)
+
+
+def _two_ways(tmp_path, make, run):
+    """``run`` of ``make(ranks)`` on one rank (grad_accum 2) and on two (grad_accum 1); both summaries."""
+    out = []
+    for ranks in (1, 2):
+        cfg = make(ranks)
+        cfg.output_dir = str(tmp_path / f"ranks{ranks}")
+        cfg.learner = LearnerConfig(lr=2e-3, micro_batch_size=4, grad_accum=2 // ranks, warmup_ratio=0.0,
+                                    scheduler="constant")
+        cfg.logging = LoggingConfig(tensorboard=False, progress=False)
+        cfg.schedule.epochs, cfg.schedule.max_steps, cfg.schedule.eval_batch_size = 1, 3, 8
+        cfg.resources.num_learners = ranks
+        cfg.data.max_length = 64
+        out.append(run(cfg))
+    return out
+
+
+def test_reward_model_and_dpo_on_two_ranks_match_one(tmp_path, ray_cluster, tiny_model_dir, world_config):
+    from reward_cost_models.config import ScoreModelConfig
+    from reward_cost_models.train import run_score_model
+    from risk_dpo.trainer import DPOConfig, run_dpo
+
+    def score_cfg(ranks):
+        cfg = ScoreModelConfig(kind="reward", world=world_config, model=ModelConfig(name_or_path=str(tiny_model_dir)))
+        cfg.data.train, cfg.data.eval = ["embedded/pref-train:48"], ["embedded/pref-test:20"]
+        return cfg
+
+    one, two = _two_ways(tmp_path / "reward", score_cfg, run_score_model)
+    assert two["learner_ranks"] == 2 and two["steps"] == one["steps"] == 3
+    for key in ("eval/loss", "eval/accuracy", "eval/score_mean"):
+        assert two["final_eval"][key] == pytest.approx(one["final_eval"][key], rel=1e-4, abs=1e-6), key
+    assert two["heldout"]["score_mean"] == pytest.approx(one["heldout"]["score_mean"], rel=1e-4, abs=1e-6)
+    assert (tmp_path / "reward" / "ranks2" / "score_hist.png").is_file()
+
+    def dpo_cfg(ranks):
+        cfg = DPOConfig(world=world_config, model=ModelConfig(name_or_path=str(tiny_model_dir)))
+        cfg.data.pairs = "safety"
+        cfg.data.train, cfg.data.eval = ["embedded/pref-train:48"], ["embedded/pref-test:20"]
+        return cfg
+
+    one, two = _two_ways(tmp_path / "dpo", dpo_cfg, run_dpo)
+    assert two["learner_ranks"] == 2 and two["steps"] == one["steps"] == 3
+    assert one["final_eval"]["eval/loss"] != one["initial_eval"]["eval/loss"]
+    for key in ("eval/loss", "eval/rewards/margins", "eval/rewards/accuracies"):
+        assert two["final_eval"][key] == pytest.approx(one["final_eval"][key], rel=1e-4, abs=1e-6), key
+    _assert_same_weights(tmp_path / "dpo" / "ranks1" / "model", tmp_path / "dpo" / "ranks2" / "model", atol=1e-4)
