@@ -68,7 +68,9 @@ def init_local_ray(attempts: int = 3, **kwargs: Any) -> None:
     """
     import ray
 
-    kwargs["_system_config"] = {"worker_niceness": os.nice(0), **kwargs.get("_system_config", {})}
+    # A worker adds worker_niceness to the niceness it inherits from the raylet, which has this
+    # process's: 0 keeps it there (os.nice(0) would double it under `nice`).
+    kwargs["_system_config"] = {"worker_niceness": 0, **kwargs.get("_system_config", {})}
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**kwargs)
