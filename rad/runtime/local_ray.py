@@ -1,4 +1,4 @@
-"""Starting a local Ray cluster that survives a busy machine.
+"""Starting a local Ray cluster that survives a busy machine, or joining a running one (:func:`ensure_ray`).
 
 Ray waits a fixed 30 s for its raylet to register (``ray/_private/node.py``, not
 configurable); on a 2-core machine under load the start can miss that window. A
