@@ -87,3 +87,28 @@ class LoggingConfig:
     project: str = field("rad", help="W&B project / MLflow experiment name")
     log_every: int = field(1, min=1, help="log metrics every N optimizer steps")
     progress: bool = field(True, help="show a progress bar")
+
+
+@dataclass
+class LearnerResources:
+    """Where a supervised stage's data-parallel learner ranks run (the ``resources:`` section).
+
+    The keys mean what RL's ``resources.*`` keys of the same names mean. One rank
+    on a local machine trains in the calling process; more ranks (or a
+    ``ray_address``) run as Ray actors, one DeepSpeed rank each, on the device Ray
+    gives them (gloo on CPU, NCCL on GPU).
+    """
+
+    num_learners: int = field(1, min=1, help="data-parallel DeepSpeed ranks; each optimizer step's global batch "
+                                             "(learner.micro_batch_size * learner.grad_accum * num_learners) is "
+                                             "cut by rank")
+    cpus_per_learner: float = field(1.0, gt=0, help="Ray CPUs per learner rank")
+    gpus_per_learner: float = field(0.0, min=0, help="Ray GPUs per learner rank")
+    ray_address: str = field("", help="'' = start a local Ray cluster when num_learners > 1, "
+                                      "'auto' = connect to a running one (also for one rank)")
+    ray_num_cpus: int = field(0, min=0, help="logical CPUs of a local cluster (0 = enough for all ranks)")
+
+    def validate(self) -> None:
+        if self.num_learners > 1 and 0 < self.gpus_per_learner < 1:
+            raise ConfigError(f"resources.gpus_per_learner: {self.num_learners} NCCL ranks need a whole GPU each, "
+                              f"got {self.gpus_per_learner}")

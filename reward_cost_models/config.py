@@ -14,7 +14,7 @@ from rad.algos.supervised import ScheduleConfig
 from rad.config import field
 from rad.errors import ConfigError
 from rad.models.score_model import KINDS, NORMALIZE_MODES
-from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
 
 
 @dataclass
@@ -45,6 +45,7 @@ class ScoreModelStage:
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(
         lr=2e-3, micro_batch_size=16, weight_decay=0.0, warmup_ratio=0.05))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=2, eval_batch_size=64))
+    resources: LearnerResources = field(default_factory=LearnerResources)
     regularization: float = field(0.0, min=0, help="weight of mean(score^2) in the loss")
     normalize: str = field("none", choices=NORMALIZE_MODES,
                            help="normalisation the saved model applies when scoring: none (raw), scale (s/std, "

@@ -11,6 +11,11 @@ Safe RLHF does). The run directory gets ``model/`` (see
 checkpoints, ``score_hist.png`` and ``summary.json``. The normalisation
 statistics stored with the model are the mean/std of the held-out scores (of
 the first 512 training pairs when there is no held-out set).
+
+``resources.num_learners`` ranks train data-parallel (:func:`score_model_program`
+on each, see :mod:`rad.runtime.rank_program`); every rank scores the held-out
+pairs for the statistics (ZeRO-3 needs every rank in every forward) and rank 0
+writes the files.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from rad.data.filters import filter_preferences
 from rad.errors import DataError
 from rad.models.loading import load_tokenizer
 from rad.models.score_model import ScoreModel, build_score_model, encode_for_scoring, pad_right
+from rad.runtime.rank_program import run_on_learners
 from reward_cost_models.config import ScoreModelConfig
 from reward_cost_models.losses import cost_loss, pair_accuracy, reward_loss, safety_sign, sign_accuracy
 from reward_cost_models.report import pair_metrics, plot_histogram, score_pairs
@@ -106,8 +112,13 @@ class ScoreModelTrainer(SupervisedTrainer):
 
 
 def run_score_model(cfg: ScoreModelConfig) -> dict[str, Any]:
-    """Train, evaluate, save ``<output_dir>/model``; returns (and writes) a summary dict."""
+    """Train on ``cfg.resources.num_learners`` ranks, evaluate, save ``<output_dir>/model``; the summary."""
     cfg.validate()  # fills the default output_dir also for configs built in code
+    return run_on_learners(score_model_program, cfg, resources=cfg.resources, name=f"{cfg.kind} model")
+
+
+def score_model_program(cfg: ScoreModelConfig) -> dict[str, Any]:
+    """:func:`run_score_model` on one rank; rank 0 writes the files."""
     started = time.perf_counter()
     out = Path(cfg.output_dir)
     train = load_records(cfg.data.train, "preference", cfg.world, cfg.seed)
@@ -129,8 +140,10 @@ def run_score_model(cfg: ScoreModelConfig) -> dict[str, Any]:
                               allow_pickle=cfg.model.allow_pickle_weights, normalize=cfg.normalize, seed=cfg.seed)
     if cfg.lora.enabled:
         model.add_lora(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
-    log.info("%s model from %s on %d pairs (%d held out)", cfg.kind, path, len(train), len(held))
     trainer = ScoreModelTrainer(model, tokenizer, train, held, cfg)
+    if trainer.rank == 0:
+        log.info("%s model from %s on %d pairs (%d held out), %d learner rank(s)", cfg.kind, path, len(train),
+                 len(held), trainer.world_size)
     final = trainer.train(resume=cfg.resume)
     trained_at = time.perf_counter()
 
@@ -141,11 +154,13 @@ def run_score_model(cfg: ScoreModelConfig) -> dict[str, Any]:
     module.score_config.mean = heldout["score_mean"]
     module.score_config.std = max(heldout["score_std"], 1e-6)
     model_out = trainer.learner.save_pretrained(out / "model", tokenizer)
-    hist = plot_histogram(cfg.kind, stats_records, pairs, out / "score_hist.png")
+    hist = out / "score_hist.png"
+    if trainer.rank == 0:
+        plot_histogram(cfg.kind, stats_records, pairs, hist)
 
     summary: dict[str, Any] = {
         "kind": cfg.kind, "model_dir": str(model_out), "backbone": str(path), "lora": cfg.lora.enabled,
-        "steps": trainer.step, "train_rows": len(train), "eval_rows": len(held),
+        "steps": trainer.step, "learner_ranks": trainer.world_size, "train_rows": len(train), "eval_rows": len(held),
         "skipped_rows": {"train": dict(skipped_train), "eval": dict(skipped_eval)},
         "heldout_on": "eval" if held else f"train[:{_STATS_ROWS}]",
         "initial_eval": trainer.initial_eval, "final_eval": final,
@@ -154,6 +169,7 @@ def run_score_model(cfg: ScoreModelConfig) -> dict[str, Any]:
         "histogram": str(hist),
         "timing": {"train_s": trained_at - started, "total_s": time.perf_counter() - started},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("%s model: held-out %s", cfg.kind, {k: round(v, 4) for k, v in heldout.items()})
+    if trainer.rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("%s model: held-out %s", cfg.kind, {k: round(v, 4) for k, v in heldout.items()})
     return summary

@@ -29,7 +29,7 @@ from typing import Any
 from rad.algos.supervised import ScheduleConfig
 from rad.config import field
 from rad.errors import ConfigError
-from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
 from risk_dpo.trainer import DPOConfig, DPODataConfig, LossConfig, run_dpo
 
 log = logging.getLogger("risk_dpo")
@@ -59,6 +59,7 @@ class RSAConfig:
     helpfulness: RSAStageConfig = field(default_factory=lambda: RSAStageConfig(
         data=DPODataConfig(pairs="helpfulness")))
     safety: RSAStageConfig = field(default_factory=lambda: RSAStageConfig(data=DPODataConfig(pairs="safety")))
+    resources: LearnerResources = field(default_factory=LearnerResources, help="learner ranks of both stages")
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -76,7 +77,8 @@ def stage_config(cfg: RSAConfig, stage: int) -> DPOConfig:
     return DPOConfig(output_dir=str(out / f"stage{stage}"), seed=cfg.seed, resume=cfg.resume, world=cfg.world,
                      model=model, reference="", precompute_reference=cfg.precompute_reference,
                      data=copy.deepcopy(section.data), loss=loss, learner=copy.deepcopy(section.learner),
-                     schedule=copy.deepcopy(section.schedule), logging=cfg.logging)
+                     schedule=copy.deepcopy(section.schedule), resources=copy.deepcopy(cfg.resources),
+                     logging=cfg.logging)
 
 
 def _finished(stage_dir: Path) -> dict[str, Any] | None:

@@ -9,6 +9,9 @@ losses and metrics. The base :class:`~rad.algos.supervised.SupervisedTrainer`
 does the rest (epochs, accumulation, ZeRO stage from ``learner.zero_stage``,
 evaluation, checkpoints, resume). The final policy is written in HF format to
 ``<output_dir>/model``, with metrics (JSONL / TensorBoard) and ``summary.json``.
+``resources.num_learners`` ranks train data-parallel (:func:`dpo_program` on each,
+see :mod:`rad.runtime.rank_program`), each with its own reference; rank 0 writes
+the files.
 
 Memory note for ``precompute_reference``: DPO / KLDPO / WDPO store two numbers
 per pair; TDPO / Ra-DPO need the reference's distribution at every response
@@ -32,7 +35,8 @@ from rad.algos.supervised import ScheduleConfig, SupervisedTrainer
 from rad.config import field
 from rad.data.encode import Encoded, collate_lm, encode_pair
 from rad.errors import ConfigError
-from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+from rad.runtime.rank_program import run_on_learners
+from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
 from risk_dpo.losses import LossParams, PairBatch, get_loss
 from risk_dpo.pairs import PAIR_KINDS, load_pairs
 from risk_dpo.token_stats import RISKS, reference_stats, sequence_stats
@@ -89,6 +93,7 @@ class DPOConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=5e-4, micro_batch_size=8))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=1))
+    resources: LearnerResources = field(default_factory=LearnerResources)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
@@ -229,7 +234,13 @@ def load_reference(cfg: DPOConfig, policy: torch.nn.Module, tokenizer: Any) -> t
 
 
 def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
-    """Train, save ``<output_dir>/model`` and ``summary.json``; returns the summary."""
+    """Train on ``cfg.resources.num_learners`` ranks, save ``<output_dir>/model`` and ``summary.json``; the
+    summary."""
+    return run_on_learners(dpo_program, cfg, resources=cfg.resources, name=cfg.loss.name)
+
+
+def dpo_program(cfg: DPOConfig) -> dict[str, Any]:
+    """:func:`run_dpo` on one rank; rank 0 writes the files."""
     out = Path(cfg.output_dir)
     train, skipped_train = load_pairs(cfg.data.train, cfg.data.pairs, cfg.world, cfg.seed)
     held, skipped_eval = load_pairs(cfg.data.eval, cfg.data.pairs, cfg.world, cfg.seed)
@@ -237,17 +248,20 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
         held = held[: cfg.data.max_eval_rows]
     model, tokenizer, path = load_policy(cfg.model, cfg.world, cfg.seed)
     reference = load_reference(cfg, model, tokenizer)
-    log.info("%s from %s on %d %s pairs (%d held out); reference %s%s", cfg.loss.name, path, len(train),
-             cfg.data.pairs, len(held), cfg.reference or "= policy init",
-             " (precomputed)" if cfg.precompute_reference else "")
     trainer = DPOTrainer(model, reference, tokenizer, train, held, cfg)
     del reference
+    if trainer.rank == 0:
+        log.info("%s from %s on %d %s pairs (%d held out); reference %s%s; %d learner rank(s)", cfg.loss.name,
+                 path, len(train), cfg.data.pairs, len(held), cfg.reference or "= policy init",
+                 " (precomputed)" if cfg.precompute_reference else "", trainer.world_size)
     final = trainer.train(resume=cfg.resume)
     model_out = trainer.learner.save_pretrained(out / "model", tokenizer)
     summary: dict[str, Any] = {
         "model_dir": str(model_out), "loss": cfg.loss.name, "pairs": cfg.data.pairs, "steps": trainer.step,
+        "learner_ranks": trainer.world_size,
         "train_pairs": len(train), "eval_pairs": len(held), "skipped_identical_pairs": skipped_train + skipped_eval,
         "initial_eval": trainer.initial_eval, "final_eval": final,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if trainer.rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

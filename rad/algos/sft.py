@@ -4,6 +4,9 @@ The loss is next-token cross-entropy on response tokens only (prompt tokens are
 masked), averaged over the response tokens of the micro batch. After training the
 final model is saved in HF format (``<output_dir>/model``) and a few greedy and
 sampled responses to held-out prompts are written to ``samples.jsonl``.
+
+``resources.num_learners`` ranks train data-parallel (:func:`sft_program` on each,
+see :mod:`rad.runtime.rank_program`); rank 0 writes the run's files.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from rad.algos.assets import load_policy, load_records
 from rad.algos.supervised import ScheduleConfig, SupervisedTrainer
 from rad.config import field
 from rad.data.encode import Encoded, collate_lm, encode_pair, encode_prompt, left_pad, token_mean_loss
-from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+from rad.runtime.rank_program import run_on_learners
+from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
 
 log = logging.getLogger("rad.algos")
 
@@ -41,6 +45,7 @@ class SFTStage:
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=3e-3, micro_batch_size=16))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=2))
+    resources: LearnerResources = field(default_factory=LearnerResources)
     num_samples: int = field(6, min=0, help="held-out prompts answered in samples.jsonl at the end")
     max_new_tokens: int = field(64, min=1)
 
@@ -94,29 +99,39 @@ def generate_samples(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
 
 
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
-    """Train, save ``<output_dir>/model``, write samples; returns a summary dict."""
+    """Train on ``cfg.resources.num_learners`` ranks, save ``<output_dir>/model``, write samples; the summary."""
+    return run_on_learners(sft_program, cfg, resources=cfg.resources, name="sft")
+
+
+def sft_program(cfg: SFTConfig) -> dict[str, Any]:
+    """:func:`run_sft` on one rank: every rank trains and answers the sample prompts (ZeRO-3 shards the weights
+    of every forward over all ranks); rank 0 writes the files."""
     out = Path(cfg.output_dir)
     train = load_records(cfg.data.train, "sft", cfg.world, cfg.seed)
     held = load_records(cfg.data.eval, "sft", cfg.world, cfg.seed)
     if cfg.data.max_eval_rows:
         held = held[: cfg.data.max_eval_rows]
     model, tokenizer, path = load_policy(cfg.model, cfg.world, cfg.seed)
-    log.info("SFT of %s on %d rows (%d held out)", path, len(train), len(held))
     trainer = SFTTrainer(model, tokenizer, train, held, cfg)
+    if trainer.rank == 0:
+        log.info("SFT of %s on %d rows (%d held out), %d learner rank(s)", path, len(train), len(held),
+                 trainer.world_size)
     final = trainer.train(resume=cfg.resume)
     model_out = trainer.learner.save_pretrained(out / "model", tokenizer)
     summary: dict[str, Any] = {"model_dir": str(model_out), "steps": trainer.step, "train_rows": len(train),
                                "eval_rows": len(held), "initial_eval_loss": trainer.initial_eval.get("eval/loss"),
-                               "final_eval_loss": final.get("eval/loss")}
+                               "final_eval_loss": final.get("eval/loss"), "learner_ranks": trainer.world_size}
     if cfg.num_samples and held:
         prompts = [r["prompt"] for r in held[: cfg.num_samples]]
         module = trainer.learner.module
         module.eval()
         greedy = generate_samples(module, tokenizer, prompts, cfg.max_new_tokens, cfg.seed, do_sample=False)
         sampled = generate_samples(module, tokenizer, prompts, cfg.max_new_tokens, cfg.seed, do_sample=True)
-        with open(out / "samples.jsonl", "w") as f:
-            for p, g, s in zip(prompts, greedy, sampled):
-                f.write(json.dumps({"prompt": p, "greedy": g, "sampled": s}) + "\n")
+        if trainer.rank == 0:
+            with open(out / "samples.jsonl", "w") as f:
+                for p, g, s in zip(prompts, greedy, sampled):
+                    f.write(json.dumps({"prompt": p, "greedy": g, "sampled": s}) + "\n")
         summary["samples"] = str(out / "samples.jsonl")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if trainer.rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

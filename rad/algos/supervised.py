@@ -5,12 +5,21 @@ loss is; the base owns the rest: deterministic epoch order from the seed, the
 DeepSpeed learner, gradient accumulation, evaluation, metrics, progress,
 atomic checkpoints and ``--resume`` (which continues from the exact batch where
 the last checkpoint stopped).
+
+The same trainer runs on every rank of a data-parallel group (see
+:mod:`rad.runtime.rank_program`): each rank trains on its shard of every optimizer
+step's global batch (``micro_batch_size * grad_accum * ranks``,
+:mod:`rad.runtime.sharding`), evaluates its share of the held-out batches, and the
+metrics are summed over ranks before rank 0 alone logs them. Rank 0 alone writes
+``config.yaml``, metrics and the trainer state; every rank writes its DeepSpeed
+shards and RNG state into the same checkpoint directory. On one rank every step
+sees exactly the batches it saw before ranks existed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -20,10 +29,13 @@ from typing import Any, Sequence
 import torch
 
 from rad.config import field, save_config, to_dict
-from rad.runtime.checkpoint import (atomic_dir, checkpoint_dir, latest_checkpoint, prune_checkpoints,
-                                    read_trainer_state, write_trainer_state)
+from rad.errors import ConfigError
+from rad.runtime.checkpoint import (checkpoint_dir, latest_checkpoint, prune_checkpoints, read_trainer_state,
+                                    shared_atomic_dir, write_trainer_state)
+from rad.runtime.distributed import all_sum, barrier, rank_and_world
 from rad.runtime.learner import DeepSpeedLearner, set_seed
 from rad.runtime.metrics import MetricsLogger
+from rad.runtime.sharding import eval_batches, micro_batch_indices, steps_per_epoch
 from rad.settings import LearnerConfig, LoggingConfig
 
 log = logging.getLogger("rad.algos")
@@ -63,8 +75,11 @@ class SupervisedTrainer:
         if not self.train_examples:
             raise ValueError("the training set is empty after filtering; check the data specs")
         self.micro = learner_cfg.micro_batch_size
+        self.rank, self.world_size = rank_and_world(learner_cfg.backend)
         # Whole optimizer steps only, so every checkpoint falls on an accumulation boundary.
-        self.steps_per_epoch = max(1, math.ceil(len(self.train_examples) / self.micro) // learner_cfg.grad_accum)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_examples), self.micro, learner_cfg.grad_accum,
+                                               self.world_size)
+        #: micro batches per epoch on this rank
         self.batches_per_epoch = self.steps_per_epoch * learner_cfg.grad_accum
         total = self.steps_per_epoch * schedule.epochs
         self.total_steps = min(total, schedule.max_steps) if schedule.max_steps else total
@@ -74,7 +89,7 @@ class SupervisedTrainer:
         self.batch_in_epoch = 0
         self._eval_step = -1
         self.initial_eval: dict[str, float] = {}
-        if config is not None:
+        if config is not None and self.rank == 0:
             save_config(config, self.output_dir / "config.yaml")
 
     # -- subclass hooks ----------------------------------------------------------
@@ -105,31 +120,40 @@ class SupervisedTrainer:
     # -- evaluation --------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Held-out metrics (averaged over examples), each rank scoring its share of the batches."""
         if not self.eval_examples:
             return {}
         self.learner.eval()
         sums: dict[str, float] = {}
         count = 0
-        bs = self.schedule.eval_batch_size
-        for start in range(0, len(self.eval_examples), bs):
-            chunk = self.eval_examples[start: start + bs]
+        for rows, counted in eval_batches(len(self.eval_examples), self.schedule.eval_batch_size, self.rank,
+                                          self.world_size):
+            chunk = self.eval_examples[rows.start: rows.stop]
             _, metrics = self.compute_loss(self._to_device(self.collate(chunk)), train=False)
+            if not counted:
+                continue
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
             count += len(chunk)
+        sums, count = all_sum(sums, count)
         self.learner.train()
         return self.on_eval_end({f"eval/{k}": v / count for k, v in sums.items()})
 
     # -- checkpoints -------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed}
+        """What resume needs besides the engine; ``batch_in_epoch`` counts this rank's micro batches."""
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed,
+                "world_size": self.world_size}
 
     def save_checkpoint(self) -> Path:
+        """A checkpoint of every rank (a collective: all ranks call it at the same step)."""
         final = checkpoint_dir(self.output_dir, self.step)
-        with atomic_dir(final) as tmp:
+        with shared_atomic_dir(final) as tmp:
             self.learner.save_checkpoint(tmp)
-            write_trainer_state(tmp, self.trainer_state())
-        prune_checkpoints(self.output_dir, self.schedule.keep_checkpoints)
+            write_trainer_state(tmp, self.trainer_state(), rank=self.rank)
+        if self.rank == 0:
+            prune_checkpoints(self.output_dir, self.schedule.keep_checkpoints)
+        barrier()
         return final
 
     def resume(self) -> bool:
@@ -137,22 +161,34 @@ class SupervisedTrainer:
         if ckpt is None:
             log.info("no checkpoint in %s; starting from scratch", self.output_dir)
             return False
+        state = read_trainer_state(ckpt, restore_rng=False)
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world_size:
+            raise ConfigError(f"resources.num_learners: {ckpt} was written by {saved_world} learner rank(s) and "
+                              f"this run has {self.world_size}; resume with resources.num_learners={saved_world} "
+                              "(the data position and the optimizer's shards depend on it)")
         self.learner.load_checkpoint(ckpt)
-        state = read_trainer_state(ckpt)
+        state = read_trainer_state(ckpt, rank=self.rank)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         log.info("resumed from %s (step %d, epoch %d, batch %d)", ckpt, self.step, self.epoch, self.batch_in_epoch)
         return True
 
     # -- the loop ----------------------------------------------------------------
     def _micro_batch(self, order: list[int], index: int) -> dict[str, torch.Tensor]:
-        # Cyclic indexing keeps every micro batch full, also for sets smaller than a step.
-        n = len(order)
-        idx = [order[j % n] for j in range(index * self.micro, (index + 1) * self.micro)]
+        """This rank's micro batch ``index`` of the epoch (cyclic, so every micro batch is full)."""
+        idx = micro_batch_indices(order, index, self.micro, self.learner_cfg.grad_accum, self.rank, self.world_size)
         return self._to_device(self.collate([self.train_examples[i] for i in idx]))
 
     def _log_eval(self, logger: MetricsLogger) -> dict[str, float]:
         self._eval_step = self.step
         return logger.log(self.evaluate(), step=self.step)
+
+    def _logging(self) -> LoggingConfig:
+        """The run's sinks on rank 0; none on the other ranks (their metrics reach rank 0 through all_sum)."""
+        if self.rank == 0:
+            return self.logging_cfg
+        return dataclasses.replace(self.logging_cfg, tensorboard=False, jsonl=False, wandb=False, mlflow=False,
+                                   progress=False)
 
     def train(self, resume: bool = False) -> dict[str, float]:
         """Run to ``total_steps``; returns the final evaluation metrics."""
@@ -163,11 +199,12 @@ class SupervisedTrainer:
         sched = self.schedule
         last_eval: dict[str, float] = {}
         metrics_cfg = to_dict(self.config) if self.config is not None else None
-        with MetricsLogger(self.output_dir, self.logging_cfg, config=metrics_cfg) as logger:
+        logging_cfg = self._logging()
+        with MetricsLogger(self.output_dir, logging_cfg, config=metrics_cfg) as logger:
             if self.step == 0:
                 last_eval = self.initial_eval = self._log_eval(logger)
             bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
-                       disable=not self.logging_cfg.progress, dynamic_ncols=True)
+                       disable=not logging_cfg.progress, dynamic_ncols=True)
             self.learner.train()
             accum: dict[str, float] = {}
             accum_n = 0
@@ -188,7 +225,8 @@ class SupervisedTrainer:
                     bar.update(1)
                     if self.step % self.logging_cfg.log_every == 0:
                         now = time.perf_counter()
-                        row = {f"{self.stage}/{k}": v / accum_n for k, v in accum.items()}
+                        sums, n = all_sum(accum, accum_n)
+                        row = {f"{self.stage}/{k}": v / n for k, v in sums.items()}
                         row[f"{self.stage}/lr"] = self.learner.lr()
                         norm = self.learner.grad_norm()
                         if norm is not None:

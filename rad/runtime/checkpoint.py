@@ -4,7 +4,9 @@ A checkpoint is a directory ``<run>/checkpoints/step-<N>`` written first under a
 temporary name in the same parent and renamed into place, so a run killed while
 saving never leaves a half-written checkpoint that ``--resume`` would pick up.
 The trainer state (step, epoch, data position, RNG states, algorithm scalars such
-as lambda) lives in ``trainer_state.json`` + ``rng.pt`` inside it.
+as lambda) lives in ``trainer_state.json`` + ``rng.pt`` inside it; with several
+data-parallel ranks (:func:`shared_atomic_dir`) each rank also keeps its own RNG
+state (``rng-rank<r>.pt``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,31 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def shared_atomic_dir(final: str | Path) -> Iterator[Path]:
+    """:func:`atomic_dir` for every rank of the process group at once (a collective).
+
+    Rank 0 makes the temporary directory and tells the others its name; every rank
+    writes into it; once all are done, rank 0 renames it into place. On one rank it
+    is :func:`atomic_dir`.
+    """
+    from rad.runtime.distributed import barrier, broadcast_object, world_size
+
+    if world_size() == 1:
+        with atomic_dir(final) as tmp:
+            yield tmp
+        return
+    if torch.distributed.get_rank() == 0:
+        with atomic_dir(final) as tmp:
+            broadcast_object(str(tmp))
+            yield tmp
+            barrier()
+    else:
+        yield Path(broadcast_object(None))
+        barrier()
+    barrier()  # the rename is done before any rank goes on
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -64,18 +91,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_trainer_state(ckpt_dir: str | Path, state: dict[str, Any]) -> None:
+def _rng_file(ckpt_dir: Path, rank: int) -> Path:
+    return ckpt_dir / ("rng.pt" if rank == 0 else f"rng-rank{rank}.pt")
+
+
+def write_trainer_state(ckpt_dir: str | Path, state: dict[str, Any], rank: int = 0) -> None:
+    """Rank 0 writes ``state`` and its RNG state; another rank only its own RNG state."""
     ckpt_dir = Path(ckpt_dir)
-    (ckpt_dir / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-    torch.save(rng_state(), ckpt_dir / "rng.pt")
+    if rank == 0:
+        (ckpt_dir / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    torch.save(rng_state(), _rng_file(ckpt_dir, rank))
 
 
-def read_trainer_state(ckpt_dir: str | Path, restore_rng: bool = True) -> dict[str, Any]:
+def read_trainer_state(ckpt_dir: str | Path, restore_rng: bool = True, rank: int = 0) -> dict[str, Any]:
+    """The state rank 0 wrote; restores ``rank``'s own RNG state when asked."""
     ckpt_dir = Path(ckpt_dir)
     state = json.loads((ckpt_dir / "trainer_state.json").read_text())
-    if restore_rng and (ckpt_dir / "rng.pt").exists():
+    rng = _rng_file(ckpt_dir, rank)
+    if restore_rng and rng.exists():
         # Our own file, written by write_trainer_state: it holds numpy RNG tuples, not tensors only.
-        set_rng_state(torch.load(ckpt_dir / "rng.pt", weights_only=False))
+        set_rng_state(torch.load(rng, weights_only=False))
     return state
 
 

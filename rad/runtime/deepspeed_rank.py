@@ -9,12 +9,11 @@ train (:meth:`~DeepSpeedRank.build_model`) and what one step computes.
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Any, Sequence
 
 import torch
 
+from rad.runtime.distributed import rendezvous_address, set_rendezvous
 from rad.settings import LearnerConfig
 
 
@@ -37,15 +36,7 @@ class DeepSpeedRank:
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port: the rendezvous of a group, asked of its rank 0."""
-        from rad.runtime.distributed import free_port
-
-        try:
-            import ray
-
-            ip = ray.util.get_node_ip_address()
-        except Exception:  # outside Ray
-            ip = socket.gethostbyname(socket.gethostname())
-        return ip, free_port()
+        return rendezvous_address()
 
     def build_model(self) -> torch.nn.Module:
         """The model this rank trains (called once, by :meth:`init`, after seeding)."""
@@ -55,8 +46,7 @@ class DeepSpeedRank:
         """Join the process group at ``master_addr:master_port`` and build the DeepSpeed engine."""
         from rad.runtime.learner import DeepSpeedLearner, set_seed
 
-        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
-                           "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})
+        set_rendezvous(rank, world_size, master_addr, master_port)
         set_seed(seed)
         self.learner = DeepSpeedLearner(self.build_model(), self.cfg, total_steps=self.total_steps)
         self.rank = rank

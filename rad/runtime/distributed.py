@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
@@ -37,6 +38,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rendezvous_address() -> tuple[str, int]:
+    """This node's IP (as Ray sees it, else the host's) and a free port: a group's rendezvous, asked of rank 0."""
+    try:
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # outside Ray
+        ip = socket.gethostbyname(socket.gethostname())
+    return ip, free_port()
+
+
+def set_rendezvous(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+    """Write the rendezvous variables :func:`init_distributed` joins with (one process per rank)."""
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
+                       "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})
 
 
 def device() -> torch.device:
@@ -113,3 +131,48 @@ def init_distributed(backend: str = "auto") -> None:
             if "EADDRINUSE" not in str(exc) or attempt == 2:
                 raise
             log.warning("rendezvous port taken before use (%s); retrying on another", exc)
+
+
+def rank_and_world(backend: str = "auto") -> tuple[int, int]:
+    """This process's rank and the group's size, initialising the group first if needed."""
+    init_distributed(backend)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def world_size() -> int:
+    """Ranks in the process group (1 without one)."""
+    initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if initialized else 1
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for on one rank)."""
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself on one rank)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_sum(sums: Mapping[str, float], count: float) -> tuple[dict[str, float], float]:
+    """Per-key sums and a count added over ranks (unchanged on one rank).
+
+    Keys may differ between ranks (a rank whose shard was empty has none); the
+    result has every key any rank had. Ranks are added in rank order, so every
+    rank gets the same floats.
+    """
+    if world_size() == 1:
+        return dict(sums), count
+    parts: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(parts, (dict(sums), count))
+    total: dict[str, float] = {}
+    for part_sums, _ in parts:
+        for k, v in part_sums.items():
+            total[k] = total.get(k, 0.0) + v
+    return total, sum(c for _, c in parts)

@@ -1,4 +1,5 @@
-"""How the roles of an online RL run map to Ray resources, and starting (or joining) the Ray cluster.
+"""How the roles of an online RL run map to Ray resources (the cluster is joined or started by
+:func:`rad.runtime.local_ray.ensure_ray`).
 
 One :class:`ResourcesConfig` (the ``resources:`` section of ``rad rl`` and ``rad baseline
 ppo-lag``) says how many actors each role has and what each reserves. The device of every
@@ -9,8 +10,6 @@ same code.
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 
 from rad.config import field
@@ -48,25 +47,3 @@ class ResourcesConfig:
         if self.colocate_models and self.placement == "none":
             raise ConfigError("resources.colocate_models needs resources.placement (e.g. pack): the reference "
                               "and the scorers join learner rank 0's placement bundle")
-
-
-def init_ray(res: ResourcesConfig, needed_cpus: float) -> None:
-    """Join ``res.ray_address`` or start a local cluster with enough logical CPUs for ``needed_cpus``.
-
-    Every actor gets ``OMP_NUM_THREADS = threads_per_actor`` (and no tokenizer threads), so
-    the roles sharing a machine do not oversubscribe its cores.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(res.threads_per_actor)}
-    if "RAD_CACHE" in os.environ:
-        env["RAD_CACHE"] = os.environ["RAD_CACHE"]
-    if res.ray_address:
-        ray.init(address=res.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
-    else:
-        from rad.runtime.local_ray import init_local_ray
-
-        init_local_ray(num_cpus=res.ray_num_cpus or max(2, int(math.ceil(needed_cpus))), include_dashboard=False,
-                       runtime_env={"env_vars": env}, log_to_driver=False)

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from rad.errors import ConfigError
-from rad.runtime.resources import ResourcesConfig, init_ray
+from rad.runtime.local_ray import ensure_ray
+from rad.runtime.resources import ResourcesConfig
 from rad.runtime.rollout.config import RolloutConfig
 
 
@@ -62,7 +63,7 @@ class RLRoles:
         engines = 0 if rollout.hybrid else rollout.num_engines
         needed = ((1 + len(trained)) * n * res.cpus_per_learner + res.cpus_per_reference
                   + res.num_scorers * res.cpus_per_scorer + engines * rollout.num_cpus_per_engine + 1)
-        init_ray(res, needed)
+        ensure_ray(res, needed, threads=res.threads_per_actor)
         start = time.perf_counter()
         self.placement = self._place(name, trained)
         strategies = (lambda role: self.placement.strategies(role)) if self.placement else (lambda role: None)
