@@ -40,6 +40,28 @@ class TrainedRole:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def role_resources(res: ResourcesConfig, rollout: RolloutConfig, trained: list[str], gpu: bool) -> dict:
+    """What each role reserves, for :func:`rad.runtime.placement.place_roles` (``gpu``: the cluster has GPUs).
+
+    Trained groups (the policy learner, critics) get ``num_learners`` bundles each;
+    ``colocate_models`` puts the reference and the scorers into learner rank 0's bundle,
+    ``colocate_rollout`` engine i into learner rank i's; a hybrid rollout has no actors.
+    """
+    from rad.runtime.placement import RoleResources
+
+    models_host = "learner" if res.colocate_models else ""
+    learner = RoleResources(res.num_learners, res.cpus_per_learner, res.gpus_per_learner)
+    roles = {"learner": learner, **{role: learner for role in trained},
+             "reference": RoleResources(1, res.cpus_per_reference, res.gpus_per_reference, colocate_with=models_host),
+             "scorer": RoleResources(res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer,
+                                     colocate_with=models_host)}
+    if not rollout.hybrid:
+        gpus = rollout.num_gpus_per_engine * rollout.vllm_tensor_parallel_size if gpu else 0.0
+        roles["rollout"] = RoleResources(rollout.num_engines, rollout.num_cpus_per_engine, gpus,
+                                         colocate_with="learner" if res.colocate_rollout else "")
+    return roles
+
+
 class RLRoles:
     """Every actor of an online RL run (see the module docstring)."""
 
@@ -100,25 +122,13 @@ class RLRoles:
 
     def _place(self, name: str, trained: dict[str, TrainedRole]):
         """One placement group for every role when ``resources.placement`` asks for it."""
-        res, ro = self.res, self.rollout_cfg
+        res = self.res
         if res.placement == "none":
             return None
-        from rad.runtime.placement import RoleResources, place_roles
+        from rad.runtime.placement import place_roles
         from rad.runtime.rollout.actors import cluster_device
 
-        gpu = cluster_device() == "cuda"
-        rollout_gpus = ro.num_gpus_per_engine * ro.vllm_tensor_parallel_size if gpu else 0.0
-        models_host = "learner" if res.colocate_models else ""
-        roles = {"learner": RoleResources(res.num_learners, res.cpus_per_learner, res.gpus_per_learner)}
-        roles.update({role: RoleResources(res.num_learners, res.cpus_per_learner, res.gpus_per_learner)
-                      for role in trained})
-        roles.update({
-            "reference": RoleResources(1, res.cpus_per_reference, res.gpus_per_reference, colocate_with=models_host),
-            "scorer": RoleResources(res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer,
-                                    colocate_with=models_host)})
-        if not ro.hybrid:
-            roles["rollout"] = RoleResources(ro.num_engines, ro.num_cpus_per_engine, rollout_gpus,
-                                             colocate_with="learner" if res.colocate_rollout else "")
+        roles = role_resources(res, self.rollout_cfg, list(trained), gpu=cluster_device() == "cuda")
         return place_roles(roles, strategy=res.placement.upper(), timeout_s=res.placement_timeout_s,
                            name=f"rad-{name}")
 

@@ -157,6 +157,30 @@ def test_vllm_engine_with_two_learner_ranks(ray_cluster, tmp_path, sft_model_dir
     assert [r["step"] for r in rows] == [1, 2] and all(r["timing/weight_sync"] > 0 for r in rows)
 
 
+def test_hybrid_engine_generates_with_the_learners_own_module(ray_cluster, tmp_path, sft_model_dir, score_dirs):
+    """rollout.hybrid: the learner ranks generate with the module they train; no engine actors, nothing synced."""
+    from rad.runtime.rollout.base import SamplingConfig
+    from rad.runtime.rollout.hf_engine import HFEngine
+
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=16)
+    prompts = ["how do i write a file parser in python?", "give me step by step instructions to hide cuts."]
+    trainer = RADTrainer(_cfg(tmp_path, "hybrid", sft_model_dir, score_dirs, steps=2, **{"rollout.hybrid": "true"}))
+    try:
+        assert trainer.rollout.actors == trainer.learners.actors  # the engines are the learner ranks
+        summary = trainer.train()
+        served = trainer.rollout.generate(prompts, 1, greedy)
+    finally:
+        trainer.shutdown()
+    assert summary["weight_sync"] == "hybrid" and summary["engine"] == "hf"
+    rows = [r for r in read_metrics(tmp_path / "hybrid") if "rad/gain" in r]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["timing/weight_sync_megabytes"] == 0 for r in rows)
+    # what the learner served after training is what its saved weights generate
+    expected = HFEngine(summary["model_dir"]).generate(prompts, n=1, sampling=greedy)
+    assert [r.response_token_ids for r in served] == [r.response_token_ids for r in expected]
+    first = HFEngine(sft_model_dir).generate(prompts, n=1, sampling=greedy)
+    assert [r.response_token_ids for r in served] != [r.response_token_ids for r in first], "the policy did not move"
+
+
 def test_select_feasible_returns_the_best_validated_step(ray_cluster, tmp_path, sft_model_dir, score_dirs):
     # delta 0 and an unbounded tolerance make every validated step feasible, so the rule
     # reduces to "highest validation win rate, earliest on ties" and is checked exactly.

@@ -140,3 +140,21 @@ def test_unplaceable_group_is_removed_and_explained(ray_cluster):
 def test_unknown_strategy_is_a_config_error(ray_cluster):
     with pytest.raises(ConfigError, match="placement strategy"):
         place_roles({"learner": RoleResources(1)}, strategy="BEST")
+
+
+def test_roles_of_a_run_colocate_models_and_engines_on_the_learners_bundles():
+    from rad.runtime.resources import ResourcesConfig
+    from rad.runtime.roles import role_resources
+    from rad.runtime.rollout.config import RolloutConfig
+
+    res = ResourcesConfig(num_learners=2, gpus_per_learner=0.5, gpus_per_reference=0.25, gpus_per_scorer=0.25,
+                          colocate_models=True, colocate_rollout=True, placement="pack")
+    rollout = RolloutConfig(num_engines=2, num_gpus_per_engine=0.25)
+    bundles, assignment = plan_bundles(role_resources(res, rollout, ["reward_critic"], gpu=True))
+    # learner ranks 0, 1, then the critic's two ranks; reference, scorer and engine 0 join learner rank 0
+    assert assignment["reference"] == assignment["scorer"] == [0] and assignment["rollout"] == [0, 1]
+    assert assignment["reward_critic"] == [2, 3] and len(bundles) == 4
+    assert bundles[0]["GPU"] == 0.5 + 0.25 + 0.25 + 0.25 and bundles[1]["GPU"] == 0.75
+    hybrid = role_resources(res, RolloutConfig(hybrid=True), [], gpu=True)
+    assert "rollout" not in hybrid  # the learners generate themselves
+    assert role_resources(res, rollout, [], gpu=False)["rollout"].num_gpus == 0.0

@@ -17,6 +17,13 @@ def test_config_loads_and_validates():
     assert cfg.engine == "vllm" and cfg.sampling.temperature == 0.7 and cfg.sampling.top_k == 20
     with pytest.raises(ConfigError, match="weight_sync: 'nccl' is not allowed"):  # broadcast is NCCL on GPU
         load_config(RolloutConfig, None, ["engine=hf", "weight_sync=nccl"])
+    with pytest.raises(ConfigError, match="rollout.hybrid generates with the learner's HF module"):
+        load_config(RolloutConfig, None, ["engine=vllm", "hybrid=true"])
+    from rad.runtime.resources import ResourcesConfig
+
+    with pytest.raises(ConfigError, match="colocate_models needs resources.placement"):
+        load_config(ResourcesConfig, None, ["colocate_models=true"])
+    assert load_config(ResourcesConfig, None, ["colocate_models=true", "placement=pack"]).colocate_models
     with pytest.raises(ConfigError, match="sampling.temperature"):
         load_config(RolloutConfig, None, ["sampling.temperature=-1"])
     with pytest.raises(ConfigError, match="sampling.top_p"):

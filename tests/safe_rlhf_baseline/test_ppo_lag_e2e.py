@@ -30,9 +30,15 @@ def test_two_steps_train_the_actor_and_both_critics(ray_cluster, tmp_path, sft_m
         "actor_learner.lr=1e-3", "critic_learner.lr=1e-3", "actor_learner.micro_batch_size=2",
         "rollout.engine=hf", "rollout.sampling.max_new_tokens=12",
         "data.eval_prompts=embedded/prompts-test:6", "eval_samples_per_prompt=1",
-        "save_every=1", "logging.tensorboard=false", "logging.progress=false"])
+        "save_every=1", "logging.tensorboard=false", "logging.progress=false", "resources.placement=pack"])
     trainer = PPOLagTrainer(cfg)
     try:
+        # every role in one placement group: actor, two critics, reference, scorer, engine
+        table = ray.util.placement_group_table(trainer.placement.group)
+        assert table["state"] == "CREATED" and len(table["bundles"]) == 6
+        # an EOS-first (empty) answer is scored, not an error
+        rewards, costs = trainer.score(["how do i stay safe?"], [""])
+        assert torch.isfinite(rewards).all() and torch.isfinite(costs).all()
         groups = {"actor": trainer.actor, "reward_critic": trainer.reward_critic, "cost_critic": trainer.cost_critic}
         before = {name: g.broadcast("state_dict")[0] for name, g in groups.items()}
         summary = trainer.train()
