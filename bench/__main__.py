@@ -45,6 +45,7 @@ FULL = {
     "generation": ["--sizes", "tiny", "small", "--prompts", "32", "--n", "4", "--max-new-tokens", "64",
                    "--repeats", "3"],
     "memory": ["--sizes", "tiny", "small", "--response-lengths", "64", "256", "--batch", "8", "--chunk-size", "64"],
+    "colocation": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "3"],
 }
 #: Smoke sizes (``--quick``).
 QUICK = {
@@ -58,9 +59,11 @@ QUICK = {
                    "--repeats", "1"],
     "memory": ["--sizes", "tiny", "--response-lengths", "32", "--prompt-length", "8", "--batch", "4", "--chunk-size",
                "8"],
+    "colocation": ["--size", "tiny", "--prompts", "2", "--k", "2", "--max-new-tokens", "8", "--micro-batch", "4",
+                   "--steps", "1"],
 }
 #: Benchmarks that run RL steps on a policy and score models (they take ``--run-dir``).
-RL_BENCHMARKS = ("rloo_vs_trl", "ppo_lag_vs_rad", "scaling")
+RL_BENCHMARKS = ("rloo_vs_trl", "ppo_lag_vs_rad", "scaling", "colocation")
 
 
 def _path(path: Path) -> str:

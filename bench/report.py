@@ -16,7 +16,7 @@ from typing import Any
 from bench.common import REPORT_KEYS, RESULTS_DIR
 
 #: Benchmarks in the order `python -m bench all` runs them and the table lists them.
-BENCHMARKS = ("rloo_vs_trl", "dominance", "ppo_lag_vs_rad", "scaling", "generation", "memory")
+BENCHMARKS = ("rloo_vs_trl", "dominance", "ppo_lag_vs_rad", "scaling", "generation", "memory", "colocation")
 #: The record of the last ``python -m bench all`` (wall time per benchmark), next to the results.
 RUN_RECORD = "run_all.json"
 

@@ -143,8 +143,9 @@ class PssSampler:
 
 
 def _roles(trainer, algo: str) -> dict[str, list]:
-    common = {"reference": trainer.reference.actors, "scorer": trainer.scorers.actors,
-              "rollout": trainer.rollout.actors}
+    common = {"reference": trainer.reference.actors, "scorer": trainer.scorers.actors}
+    if not trainer.rollout.hybrid:  # a hybrid rollout's actors are the policy learners, counted once
+        common["rollout"] = trainer.rollout.actors
     if algo == "rad":
         return {"policy_learner": trainer.learners.actors, **common}
     return {"actor": trainer.actor.actors, "reward_critic": trainer.reward_critic.actors,

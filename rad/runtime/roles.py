@@ -160,7 +160,13 @@ class RLRoles:
         return self.gather_scores(self.score_async(prompts, responses))
 
     def sync_weights(self):
-        """Learner ranks -> engines (rank 0 sends; ZeRO-3 ranks gather bucket by bucket); rank 0's SyncStats."""
+        """Learner ranks -> engines (rank 0 sends; ZeRO-3 ranks gather bucket by bucket); rank 0's SyncStats.
+
+        Engines sleeping between generations (``rollout.vllm_sleep_level``) get their weight
+        memory back first; their KV cache stays released until they next generate.
+        """
+        if self.rollout_cfg.vllm_sleep_level and not self.rollout.hybrid:
+            self.rollout.group.broadcast("wake_up", ["weights"])
         return self.learners.broadcast("sync_weights")[0]
 
     def memory(self) -> dict[str, Any]:

@@ -19,6 +19,8 @@ def test_config_loads_and_validates():
         load_config(RolloutConfig, None, ["engine=hf", "weight_sync=nccl"])
     with pytest.raises(ConfigError, match="rollout.hybrid generates with the learner's HF module"):
         load_config(RolloutConfig, None, ["engine=vllm", "hybrid=true"])
+    with pytest.raises(ConfigError, match="vllm_sleep_level needs rollout.engine=vllm"):
+        load_config(RolloutConfig, None, ["engine=hf", "vllm_sleep_level=1"])
     from rad.runtime.resources import ResourcesConfig
 
     with pytest.raises(ConfigError, match="colocate_models needs resources.placement"):

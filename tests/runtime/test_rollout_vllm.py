@@ -135,6 +135,44 @@ def test_learner_rank0_syncs_the_vllm_engine(ray_cluster, vllm_pool, sft_model_d
         learners.shutdown()
 
 
+def test_sleep_mode_is_refused_on_cpu_with_the_key_named(sft_model_dir):
+    from rad.errors import ConfigError
+    from rad.runtime.rollout.vllm_engine import VLLMEngine
+
+    with pytest.raises(ConfigError, match="rollout.vllm_sleep_level.*no CPU implementation"):
+        VLLMEngine(sft_model_dir, device="cpu", sleep_level=1)
+
+
+@pytest.mark.gpu
+def test_sleeping_engine_wakes_for_the_sync_and_for_generation(ray_cluster, sft_model_dir):
+    """rollout.vllm_sleep_level=1: the engine sleeps after generating, the sync wakes its weights, generation
+    wakes the rest; the served weights are the learner's."""
+    from rad.runtime.policy_workers import PolicyLearner
+    from rad.runtime.worker_group import WorkerGroup
+    from rad.settings import LearnerConfig
+
+    learners = WorkerGroup(PolicyLearner, 1, str(sft_model_dir), LearnerConfig(lr=5e-3, bf16="false"), 10,
+                           "float32", num_cpus=1, num_gpus=0.5, name="learner")
+    addr, port = learners.rank0("address")
+    ray_cluster.get(learners.actors[0].init.remote(0, 1, addr, port, 0))
+    pool = make_rollout_pool(RolloutConfig(engine="vllm", num_gpus_per_engine=0.5, dtype="float32",
+                                           vllm_gpu_memory_utilization=0.3, vllm_sleep_level=1), sft_model_dir,
+                             device="cuda")
+    try:
+        pool.connect(learners, RolloutConfig(weight_sync="broadcast"))
+        pool.generate(PROMPTS, 1, GREEDY)  # sleeps afterwards
+        _train_once(learners, HFEngine(sft_model_dir).tokenizer, seed=11)
+        pool.group.broadcast("wake_up", ["weights"])
+        learners.broadcast("sync_weights")
+        out = pool.generate(PROMPTS, 1, GREEDY)
+        samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in out]
+        for r, learner in zip(out, learners.rank0("logprobs", samples)):
+            assert r.logprobs == pytest.approx(learner, abs=1e-3)
+    finally:
+        learners.shutdown()
+        pool.shutdown()
+
+
 def _gpu_learners_and_pool(ray, sft_model_dir, engine_gpus: float):
     """One learner rank and one vLLM engine, each with the GPU share Ray gives them (as in a run)."""
     from rad.runtime.policy_workers import PolicyLearner

@@ -75,7 +75,20 @@ class RolloutActor:
                 "gpu_ids": ray.get_runtime_context().get_accelerator_ids().get("GPU", [])}
 
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig) -> list[Rollout]:
-        return self.engine.generate(prompts, n, sampling)
+        """Rollouts; an engine in sleep mode wakes for them and sleeps again afterwards (vLLM on GPU)."""
+        asleep = getattr(self.engine, "sleep_level", 0)
+        if asleep:
+            self.engine.wake_up()
+        try:
+            return self.engine.generate(prompts, n, sampling)
+        finally:
+            if asleep:
+                self.engine.sleep()
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Wake the parts of a sleeping engine a weight sync needs (no-op for engines without sleep mode)."""
+        if getattr(self.engine, "sleep_level", 0):
+            self.engine.wake_up(tags)
 
     def memory_stats(self) -> dict[str, float]:
         from rad.runtime.distributed import memory_stats
@@ -204,7 +217,8 @@ def engine_kwargs(cfg: RolloutConfig, kind: str, device: str, tokenizer_dir: str
         kwargs: dict[str, Any] = dict(
             tokenizer_dir=tokenizer_dir, device=device, seed=seed, dtype=None if cfg.dtype == "auto" else cfg.dtype,
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, kv_cache_gib=cfg.vllm_kv_cache_gib,
-            tensor_parallel_size=cfg.vllm_tensor_parallel_size, max_model_len=cfg.vllm_max_model_len or None)
+            tensor_parallel_size=cfg.vllm_tensor_parallel_size, max_model_len=cfg.vllm_max_model_len or None,
+            sleep_level=cfg.vllm_sleep_level)
         return kwargs, (cfg.num_gpus_per_engine * cfg.vllm_tensor_parallel_size if device == "cuda" else 0.0)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("float32" if device == "cpu" else "auto")
     kwargs = dict(tokenizer_dir=tokenizer_dir, device=device, dtype=dtype, micro_batch_size=cfg.micro_batch_size)

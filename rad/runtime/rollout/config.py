@@ -39,11 +39,18 @@ class RolloutConfig:
     vllm_kv_cache_gib: float = field(0.25, gt=0, help="vllm on CPU: KV cache size in GiB")
     vllm_tensor_parallel_size: int = field(1, min=1, help="vllm: GPUs per engine (tensor parallel)")
     vllm_max_model_len: int = field(0, min=0, help="vllm: context length (0 = the model's)")
+    vllm_sleep_level: int = field(0, min=0, max=2, help="vllm on GPU: after each generation the engine sleeps so the "
+                                                        "learner can use its memory (1: weights offloaded to CPU, KV "
+                                                        "cache freed; 2: both freed, the next sync refills the weights); "
+                                                        "0 = never sleeps")
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:
         from rad.errors import ConfigError
 
+        if self.vllm_sleep_level and self.engine != "vllm":
+            raise ConfigError("rollout.vllm_sleep_level needs rollout.engine=vllm (the hf engine keeps no KV cache "
+                              "between calls; for it, rollout.hybrid shares the learner's weights instead)")
         if self.hybrid and self.engine == "vllm":
             raise ConfigError("rollout.hybrid generates with the learner's HF module; use rollout.engine=hf or auto "
                               "(vLLM on GPU colocates with resources.colocate_rollout and weight_sync=ipc)")

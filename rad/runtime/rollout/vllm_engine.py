@@ -117,7 +117,7 @@ class VLLMEngine(RolloutEngine):
                  dtype: str | None = None, device: str | None = None, seed: int = 0,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
                  kv_cache_gib: float = 0.25, tensor_parallel_size: int = 1,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, sleep_level: int = 0) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type
         if self.device == "cpu":
             for key, value in CPU_ENV.items():
@@ -137,7 +137,13 @@ class VLLMEngine(RolloutEngine):
             kwargs.update(dtype=dtype or "float32", enforce_eager=True,
                           kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)))
         else:
-            kwargs.update(dtype=dtype or "auto", gpu_memory_utilization=gpu_memory_utilization)
+            kwargs.update(dtype=dtype or "auto", gpu_memory_utilization=gpu_memory_utilization,
+                          enable_sleep_mode=sleep_level > 0)
+        if sleep_level and self.device == "cpu":
+            raise ConfigError("rollout.vllm_sleep_level: vLLM's sleep mode frees GPU memory; it has no CPU "
+                              "implementation (set it to 0 on CPU)")
+        self.sleep_level = sleep_level
+        self.asleep: list[str] = []  # what is released now: "weights", "kv_cache"
         with Stopwatch() as sw:
             self.llm = vllm.LLM(**kwargs)
         self.start_seconds = sw.seconds
@@ -258,6 +264,21 @@ class VLLMEngine(RolloutEngine):
             self.llm.collective_rpc("rad_load_ipc", args=(handles, self._aliases(names)))
             self._after_update()
         return sw.seconds
+
+    # -- sleep mode (GPU): memory for the learner between generations ----------
+
+    def sleep(self) -> None:
+        """Release the KV cache and offload (level 1) or drop (level 2) the weights; no-op at level 0."""
+        if self.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = ["weights", "kv_cache"]
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Bring back ``tags`` ("weights" before a sync, "kv_cache" before generating; None = both)."""
+        wanted = [t for t in (tags or ["weights", "kv_cache"]) if t in self.asleep]
+        if wanted:
+            self.llm.wake_up(tags=wanted)
+            self.asleep = [t for t in self.asleep if t not in wanted]
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

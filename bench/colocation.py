@@ -1,0 +1,87 @@
+"""Hybrid engine vs separate engines: RAD's step time and peak memory with generation by the learner's module.
+
+    python -m bench.colocation [--run-dir runs/tiny | --size small] [--steps 3] [--prompts 16] [--k 2]
+                               [--max-new-tokens 48] [--out FILE]
+
+The same RAD run twice in one Ray cluster, one after the other, with every setting equal
+but the rollout: ``separate`` has one HF engine actor holding its own copy of the policy,
+fed by the learner after every step (``rollout.weight_sync=auto``: the gloo broadcast);
+``hybrid`` (``rollout.hybrid=true``) generates with the learner rank's own module, so there
+is no second copy and nothing to sync. Measured per mode (as in ``bench.ppo_lag_vs_rad``):
+step time (median over ``--steps`` after a warm-up) and each phase, peak PSS summed over
+the role processes, each role's peak RSS, and the bytes of model state.
+
+On one machine the hybrid mode trades the engine process (its interpreter, libraries and
+weights) and the weight sync for generation that can no longer overlap anything: on a GPU
+that is what lets a policy that fits once but not twice train at all. Results go to
+``bench/results/colocation.json``, ratios hybrid / separate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
+from bench.rl_runs import common_overrides, rad_overrides, run_trainer
+
+NAME = "colocation"
+_MIB = 2 ** 20
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(p, default_size="small")
+    p.add_argument("--steps", type=int, default=3, help="measured steps per mode (after one warm-up)")
+    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    p.add_argument("--k", type=int, default=2, help="samples per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--micro-batch", type=int, default=16, help="learner micro batch")
+    p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
+    p.add_argument("--out", default=str(default_out(NAME)))
+    args = p.parse_args(argv)
+
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-colocation-"))
+    models = resolve_models(args, tmp)
+    report = new_report(NAME, argv, {k: v for k, v in vars(args).items() if k != "out"} | {"models": models})
+    common = (common_overrides(models, args.max_new_tokens, rollout_micro_batch=args.prompts * args.k)
+              + rad_overrides(args.prompts, args.k, args.micro_batch))
+    ray_init(args.num_cpus)
+    try:
+        results = {mode: run_trainer("rad", common + [f"rollout.hybrid={mode == 'hybrid'}".lower()], args.steps,
+                                     tmp / mode, memory=True) for mode in ("separate", "hybrid")}
+    finally:
+        ray.shutdown()
+    for r in results.values():
+        r.pop("prompts_by_step")
+    sep, hyb = results["separate"], results["hybrid"]
+    report["results"] = results
+    report["ratios"] = {
+        "hybrid_over_separate_step_seconds": ratio(hyb["step_seconds_median"] / sep["step_seconds_median"],
+                                                   "hybrid / separate median RAD step time (< 1: hybrid faster)"),
+        "hybrid_over_separate_peak_pss": ratio(hyb["peak_pss_total_bytes"] / sep["peak_pss_total_bytes"],
+                                               "hybrid / separate peak PSS summed over role processes"),
+        "hybrid_over_separate_model_state": ratio(hyb["model_state_total_bytes"] / sep["model_state_total_bytes"],
+                                                  "hybrid / separate bytes of model state over all roles"),
+    }
+    return publish(report, args.out, markdown)
+
+
+def markdown(report: dict) -> str:
+    lines = ["| rollout | roles | step s (median) | generation | scoring | logprobs | learner | weight sync | "
+             "peak PSS MiB | model state MiB |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in report["results"].items():
+        ph = r["phase_seconds_mean"]
+        roles = ", ".join(f"{k} x{v}" for k, v in r["roles"].items())
+        lines.append(f"| {name} | {roles} | {r['step_seconds_median']:.2f} | "
+                     + " | ".join(f"{ph.get(p, 0.0):.3f}" for p in ("generation", "scoring", "logprobs", "learner",
+                                                                      "weight_sync"))
+                     + f" | {r['peak_pss_total_bytes'] / _MIB:.0f} | {r['model_state_total_bytes'] / _MIB:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
