@@ -30,10 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS_DIR
+from bench.common import RESULTS_DIR, ROOT, pythonpath_with_root
 from bench.report import BENCHMARKS, RUN_RECORD, write
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Arguments of each benchmark in a full run (``all`` under ~20 min on 2 cores).
 FULL = {
     "rloo_vs_trl": ["--prompts", "16", "--k", "4", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "6"],
@@ -84,7 +83,7 @@ def benchmark_args(name: str, quick: bool, out_dir: Path, run_dir: str | None, e
 def run_benchmark(python: str, name: str, args: list[str]) -> float:
     """Run ``python -m bench.<name> args`` from the repository root; its wall time in seconds."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = pythonpath_with_root(env)
     cmd = [python, "-m", f"bench.{name}", *args]
     print(f"\n=== {' '.join(cmd)}", flush=True)
     start = time.perf_counter()

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
 #: The top-level keys of every result file.
 REPORT_KEYS = ("benchmark", "command", "date", "cpu_model", "cpu_cores", "load_average_before", "load_average_after",
                "versions", "settings", "results", "ratios")
@@ -96,12 +97,24 @@ def default_out(name: str) -> Path:
     return RESULTS_DIR / f"{name}.json"
 
 
-def ray_init(num_cpus: int, one_thread_per_actor: bool = True) -> None:
-    """A local Ray cluster with ``num_cpus`` logical CPUs (and, as ``rad rl`` runs, one intra-op thread per actor)."""
+def pythonpath_with_root(env: dict[str, str]) -> str:
+    """``env``'s PYTHONPATH with this repository in front (processes it starts import this tree's ``rad``)."""
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT)]
+    return os.pathsep.join([str(ROOT), *rest])
+
+
+def ray_init(num_cpus: int, one_thread_per_actor: bool = True, num_gpus: int | None = None) -> None:
+    """A local Ray cluster with ``num_cpus`` logical CPUs (and, as ``rad rl`` runs, one intra-op thread per actor).
+
+    ``num_gpus`` None lets Ray count the machine's GPUs. Actors import this repository's ``rad``
+    (it goes in front of PYTHONPATH, which Ray's workers inherit), not another installed copy.
+    """
     from rad.runtime.local_ray import init_local_ray
 
+    os.environ["PYTHONPATH"] = pythonpath_with_root(dict(os.environ))
     env = {"TOKENIZERS_PARALLELISM": "false", **({"OMP_NUM_THREADS": "1"} if one_thread_per_actor else {})}
-    init_local_ray(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    init_local_ray(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                   runtime_env={"env_vars": env})
 
 
 # -- the models the RL benchmarks run -------------------------------------------------------------
@@ -140,14 +153,18 @@ def resolve_models(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
 
         given["policy"] = str(tiny_model_dir(WorldConfig(), size=args.size))
         source = f"tiny:{args.size}"
-    for kind, seed in (("reward", 7), ("cost", 8)):
-        if given[kind]:
-            continue
-        from rad.models.loading import load_tokenizer
-        from rad.models.score_model import build_score_model, save_score_model
-
-        tok = load_tokenizer(given["policy"], padding_side="right")
-        given[kind] = str(save_score_model(build_score_model(given["policy"], kind=kind, tokenizer=tok, seed=seed),
-                                           tmp / kind, tok))
-        source += f", seeded {kind} head"
+    missing = [kind for kind in ("reward", "cost") if not given[kind]]
+    given.update(seeded_score_models(given["policy"], tmp, missing))
+    source += "".join(f", seeded {kind} head" for kind in missing)
     return {**given, "source": source}
+
+
+def seeded_score_models(backbone: str | Path, out_dir: Path, kinds=("reward", "cost")) -> dict[str, str]:
+    """Untrained score models of ``kinds`` on ``backbone`` (seeded heads), saved as ``out_dir/<kind>``."""
+    from rad.models.loading import load_tokenizer
+    from rad.models.score_model import build_score_model, save_score_model
+
+    tok = load_tokenizer(backbone, padding_side="right")
+    seeds = {"reward": 7, "cost": 8}
+    return {kind: str(save_score_model(build_score_model(backbone, kind=kind, tokenizer=tok, seed=seeds[kind]),
+                                       out_dir / kind, tok)) for kind in kinds}

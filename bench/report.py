@@ -17,6 +17,9 @@ from bench.common import REPORT_KEYS, RESULTS_DIR
 
 #: Benchmarks in the order `python -m bench all` runs them and the table lists them.
 BENCHMARKS = ("rloo_vs_trl", "dominance", "ppo_lag_vs_rad", "scaling", "generation", "memory", "colocation")
+#: Everything the table lists when its JSON is there: the benchmarks, then checks that ``all`` does not run
+#: (``gpu_check`` needs a GPU machine: ``python -m bench.gpu_check``, see bench/GPU.md).
+REPORTED = (*BENCHMARKS, "gpu_check")
 #: The record of the last ``python -m bench all`` (wall time per benchmark), next to the results.
 RUN_RECORD = "run_all.json"
 
@@ -24,7 +27,7 @@ RUN_RECORD = "run_all.json"
 def load_results(results_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The result of every benchmark that has one, and the names whose file predates :data:`REPORT_KEYS`."""
     out, stale = {}, []
-    for name in BENCHMARKS:
+    for name in REPORTED:
         path = results_dir / f"{name}.json"
         if path.is_file():
             rep = json.loads(path.read_text())

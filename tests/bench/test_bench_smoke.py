@@ -1,4 +1,5 @@
-"""Smoke run of the cheap benchmarks: the dominance micro-benchmark and the Markdown table built from JSON.
+"""Smoke run of the cheap benchmarks: the dominance micro-benchmark and the Markdown table built from JSON;
+the one-GPU check on CPU at a tiny size, and the wheel split / reassembly that brings its packages to a GPU machine.
 
 The Ray / TRL benchmarks are not run here (minutes each); their ``--quick`` mode is
 ``python -m bench all --quick``.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import dominance, memory, report
+from bench import dominance, gpu_check, memory, report
 from bench.__main__ import FULL, QUICK, RL_BENCHMARKS, benchmark_args
-from bench.common import REPORT_KEYS
+from bench.common import REPORT_KEYS, pythonpath_with_root
 
 ROOT = Path(__file__).resolve().parents[2]
 META_KEYS = {"benchmark", "command", "date", "cpu_model", "cpu_cores", "load_average_before", "load_average_after",
@@ -149,7 +152,7 @@ def test_markdown_table_leaves_out_old_format_results(quick_dominance, tmp_path)
 
 
 def test_committed_results_are_well_formed():
-    for name in report.BENCHMARKS:
+    for name in report.REPORTED:
         path = ROOT / "bench" / "results" / f"{name}.json"
         if path.is_file():
             _check_report(json.loads(path.read_text()), name)
@@ -174,3 +177,149 @@ def test_python_m_bench_quick_dominance(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     _check_report(json.loads((tmp_path / "dominance.json").read_text()), "dominance")
     assert (tmp_path / "README.md").read_text().startswith("# Benchmark results")
+
+
+# -- the one-GPU check (bench/gpu_check.py), on CPU ---------------------------------------------
+
+
+@pytest.mark.slow  # starts a Ray cluster and four trainers: a few minutes on 2 cores
+def test_gpu_check_runs_on_cpu_at_a_tiny_size(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHONPATH": pythonpath_with_root(dict(os.environ))}
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--size", "tiny", "--steps",
+                           "1", "--budget-s", "0", "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert "gpu_check PASS" in done.stdout.splitlines()[-1]
+    rep = json.loads(out.read_text())
+    _check_report(rep, "gpu_check")
+    hybrid = gpu_check.has_hybrid_rollout()
+    runs = rep["results"]["runs"]
+    assert set(runs) == {"rad_separate", "ppo_lag_separate"} | ({"rad_hybrid", "ppo_lag_hybrid"} if hybrid else set())
+    assert rep["settings"]["models"]["policy_parameters"] > rep["settings"]["models"]["score_backbone_parameters"]
+    for key, run in runs.items():
+        assert run["steps"] == 1 and len(run["sync_checks"]) == 1, key
+        assert {"timing/generation", "timing/learner", "timing/weight_sync", "timing/step",
+                "throughput/tokens_per_s"} <= set(run["steps_metrics"][0]), key
+        check = run["sync_checks"][0]
+        assert check["tensors_changed"] > 0, key  # the step moved the policy, and then:
+        if key.endswith("separate"):  # every learner tensor reached the engine unchanged
+            assert run["transport"] == "broadcast" and [e["equal"] for e in check["engines"]] == [True], key
+            assert check["engines"][0]["tensors_compared"] == check["engines"][0]["learner_tensors"] > 0
+        else:  # hybrid: the learner generates with its own module; no engine copy to compare
+            assert run["hybrid"] and check["engines"] == [], key
+        for role, stats in run["memory"].items():
+            assert all(m["device"] == "cpu" and m["peak_rss_mb"] > 0 for m in stats), (key, role)
+    roles = {"learner", "reference", "scorer"}
+    assert set(runs["rad_separate"]["memory"]) == roles | {"rollout"}
+    assert set(runs["ppo_lag_separate"]["memory"]) == roles | {"reward_critic", "cost_critic", "rollout"}
+    if hybrid:
+        assert set(runs["ppo_lag_hybrid"]["memory"]) == roles | {"reward_critic", "cost_critic"}
+    assert rep["results"]["passed"] and rep["results"]["problems"] == []
+    assert "| rad_separate | 1 |" in gpu_check.markdown(rep)
+
+
+def _cfg(algo: str, overrides: list[str]):
+    from rad.algos.rad import RADConfig
+    from rad.config import load_config
+    from safe_rlhf_baseline.config import PPOLagConfig
+
+    return load_config(RADConfig if algo == "rad" else PPOLagConfig, None, overrides + ["output_dir=unused"])
+
+
+@pytest.mark.parametrize("algo", ["rad", "ppo_lag"])
+def test_gpu_check_cuda_config_differs_from_cpu_only_in_placement(algo):
+    import argparse
+
+    models = {"policy": "p", "reward": "r", "cost": "c"}
+    gpu, cpu = (gpu_check.run_overrides(argparse.Namespace(device=d, size="0.5b", weight_sync=None), models,
+                                        algo, hybrid=False) for d in ("cuda", "cpu"))
+    differ = {a.split("=")[0] for a in set(gpu) ^ set(cpu)}
+    assert differ == {"resources.gpus_per_learner", "resources.gpus_per_reference", "resources.gpus_per_scorer",
+                      "rollout.num_gpus_per_engine", "rollout.weight_sync"}
+    cfg = _cfg(algo, gpu)  # the GPU run's config is valid
+    res, ro = cfg.resources, cfg.rollout
+    assert ro.weight_sync == "ipc" and ro.engine == "hf"
+    trained = 1 if algo == "rad" else 3  # the policy, or PPO's actor and two critics
+    total = trained * res.gpus_per_learner + res.gpus_per_reference + res.gpus_per_scorer + ro.num_gpus_per_engine
+    assert min(res.gpus_per_learner, res.gpus_per_reference, res.gpus_per_scorer, ro.num_gpus_per_engine) > 0
+    assert total <= 1.0  # every role fits on the one GPU
+    assert _cfg(algo, cpu).resources.gpus_per_learner == 0
+
+
+def test_gpu_check_verdict_names_what_failed():
+    good_engine = {"tensors_compared": 3, "learner_tensors": 3, "differ": [], "equal": True}
+    run = {"steps": 2, "sync_checks": [{"engines": [good_engine], "tensors_changed": 3}] * 2,
+           "memory": {"scorer": [{"device": "cuda:0"}], "rollout": [{"device": "cuda:0"}]}}
+    assert gpu_check.run_problems(run, "cuda", 2) == []
+    bad = {**good_engine, "differ": ["lm_head.weight"], "equal": False}
+    broken = {**run, "steps": 1, "sync_checks": [{"engines": [good_engine, bad], "tensors_changed": 0}],
+              "memory": {"scorer": [{"device": "cpu"}], "rollout": [{"device": "cuda:0"}]}}
+    problems = gpu_check.run_problems(broken, "cuda", 2)
+    assert len(problems) == 4
+    assert problems[0] == "1 of 2 steps" and "lm_head.weight" in problems[1]
+    assert "did not change" in problems[2] and problems[3] == "roles not on cuda: scorer on cpu"
+    assert gpu_check.run_problems({"error": "RadError: x"}, "cuda", 2) == ["failed: RadError: x"]
+
+
+# -- bench/gpu_wheels.sh: split, carry, reassemble, verify (on dummy files; nothing is downloaded) ----
+
+
+def _wheels(tmp_path) -> dict[str, bytes]:
+    import random
+
+    rng = random.Random(0)
+    sizes = {"big-1.0-cp312-cp312-manylinux_2_17_x86_64.whl": 2_500_000, "a-1-py3-none-any.whl": 700_000,
+             "b-1-py3-none-any.whl": 300_000, "c-1-py3-none-any.whl": 900_000}
+    files = {name: rng.randbytes(n) for name, n in sizes.items()}
+    (tmp_path / "src" / "wheels").mkdir(parents=True)
+    for name, data in files.items():
+        (tmp_path / "src" / "wheels" / name).write_bytes(data)
+    subprocess.run("sha256sum -- *.whl > SHA256SUMS", shell=True, check=True, cwd=tmp_path / "src" / "wheels")
+    return files
+
+
+def _wheels_sh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_wheels.sh"), *args], capture_output=True, text=True,
+                          env={**os.environ, "PART_SIZE": "1m"}, timeout=120)
+
+
+def test_gpu_wheels_split_parts_reassemble_to_the_same_bytes(tmp_path):
+    files = _wheels(tmp_path)
+    done = _wheels_sh("split", str(tmp_path / "src"))
+    assert done.returncode == 0, done.stderr
+    parts = sorted((tmp_path / "src" / "parts").iterdir())
+    assert len(parts) >= 4  # 4.4 MB in parts of at most 1 MiB
+    for part in parts:  # each part fits the transfer size (plus its small checksum list)
+        payload = sum(f.stat().st_size for f in part.iterdir() if f.name != "SHA256SUMS")
+        assert 0 < payload <= 2 ** 20 and (part / "SHA256SUMS").is_file()
+    pieces = sorted(f.name for p in parts for f in p.iterdir() if ".whl.part-" in f.name)
+    assert pieces == [f"big-1.0-cp312-cp312-manylinux_2_17_x86_64.whl.part-a{c}" for c in "abc"]
+    # the parts arrive one by one on the other machine, in any order, then reassemble there
+    there = tmp_path / "there"
+    for part in reversed(parts):
+        shutil.copytree(part, there / "parts" / part.name)
+    done = _wheels_sh("assemble", str(there))
+    assert done.returncode == 0, done.stderr
+    assert {f.name: f.read_bytes() for f in (there / "wheels").glob("*.whl")} == files
+
+
+def test_gpu_wheels_assemble_refuses_a_missing_or_damaged_part(tmp_path):
+    _wheels(tmp_path)
+    assert _wheels_sh("split", str(tmp_path / "src")).returncode == 0
+    parts = tmp_path / "src" / "parts"
+    piece = next(parts.glob("*/big-*.part-ab"))
+    missing = tmp_path / "missing"
+    shutil.copytree(parts, missing / "parts")
+    (missing / "parts" / piece.parent.name / piece.name).unlink()
+    done = _wheels_sh("assemble", str(missing))
+    assert done.returncode != 0 and "did not arrive whole" in done.stderr
+    damaged = tmp_path / "damaged"
+    shutil.copytree(parts, damaged / "parts")
+    target = damaged / "parts" / piece.parent.name / piece.name
+    data = bytearray(target.read_bytes())
+    data[1000] ^= 1
+    target.write_bytes(bytes(data))
+    done = _wheels_sh("assemble", str(damaged))
+    assert done.returncode != 0 and "big-1.0" in done.stdout + done.stderr
+    assert _wheels_sh("assemble", str(tmp_path / "nothing")).returncode != 0
