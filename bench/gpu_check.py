@@ -32,10 +32,11 @@ What it does:
 The JSON (``bench/results/gpu_check.json`` by default) is rewritten after every run, so a run
 killed by a time limit still leaves what it measured.
 
-Weight transport: on one GPU the learner and the engine share the device, and NCCL refuses two
-ranks of a group on one GPU, so the default is ``ipc`` there (the engine opens CUDA IPC handles of
-the learner's parameters, see :mod:`rad.runtime.rollout.weight_sync`); on CPU ``broadcast``
-(gloo). ``--weight-sync`` picks another.
+Weight transport: the product's ``auto``. On one GPU the learner and the engine share the device
+and NCCL cannot join two processes on one device, so ``auto`` resolves to ``ipc`` there (the
+engine opens CUDA IPC handles of the learner's parameters, see
+:func:`rad.runtime.rollout.weight_sync.resolve_transport`); on CPU to ``broadcast`` (gloo). The
+resolved transport is recorded per run; ``--weight-sync`` forces another.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ BATCHES: dict[str, dict[str, int]] = {
 #: the learner share, the reference, a scorer and an engine: 3 x 0.15 + 0.1 + 0.1 + 0.2 = 0.85 <= 1.
 GPU_SHARES = {"learner": 0.15, "reference": 0.1, "scorer": 0.1, "engine": 0.2}
 #: Default weight transport per device (see the module docstring).
-TRANSPORT = {"cuda": "ipc", "cpu": "broadcast"}
+TRANSPORT = "auto"  # resolved by the product: ipc on one shared GPU, the gloo broadcast on CPU
 
 
 def has_hybrid_rollout() -> bool:
@@ -149,7 +150,7 @@ def run_overrides(args: argparse.Namespace, models: dict[str, Any], algo: str, h
             f"resources.gpus_per_learner={shares['learner']}", f"resources.gpus_per_reference={shares['reference']}",
             f"resources.gpus_per_scorer={shares['scorer']}",
             f"rollout.num_gpus_per_engine={shares['engine']}",
-            f"rollout.weight_sync={args.weight_sync or TRANSPORT[args.device]}", "rollout.sync_timeout_s=120",
+            f"rollout.weight_sync={args.weight_sync or TRANSPORT}", "rollout.sync_timeout_s=120",
             *(["rollout.hybrid=true"] if hybrid else [])]
 
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--size", default="0.5b", choices=tuple(SIZES))
     p.add_argument("--steps", type=int, default=2, help="steps per run (each followed by a weight-sync check)")
     p.add_argument("--weight-sync", choices=("broadcast", "object_store", "ipc"),
-                   help=f"learner -> engine transport (default: {TRANSPORT})")
+                   help="learner -> engine transport (default: the product's auto)")
     p.add_argument("--budget-s", type=float, default=480.0, help="wall-time budget; over it is a FAIL (0 = none)")
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
     p.add_argument("--out", default=str(default_out(NAME)))
@@ -247,7 +248,7 @@ def check(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     models = build_models(args.size, tmp / "models")
     settings = {k: v for k, v in vars(args).items() if k != "out"} | {
         "batch": BATCHES[args.size], "gpu_shares": GPU_SHARES if args.device == "cuda" else {},
-        "weight_sync": args.weight_sync or TRANSPORT[args.device], "models": models,
+        "weight_sync": args.weight_sync or TRANSPORT, "models": models,
         "hybrid": "run" if hybrid else "skipped: rollout.hybrid is not in this tree's RolloutConfig",
         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None}
     report = new_report(NAME, argv, settings)

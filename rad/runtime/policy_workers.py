@@ -141,7 +141,8 @@ class PolicyLearner(DeepSpeedRank):
             self._layout, self._sender, self._hybrid = [], None, True
             return transport
         self._hybrid = False
-        kind = resolve_transport(transport, str(self.learner.device), engine_device)
+        kind = resolve_transport(transport, str(self.learner.device), engine_device,
+                                 self._engines_on_my_gpu(engines), len(engines))
         if kind == "ipc" and self.cfg.zero_stage == 3:
             raise ConfigError("rollout.weight_sync=ipc shares the learner's own parameters, which ZeRO-3 "
                               "partitions; use broadcast with learner.zero_stage=3")
@@ -151,6 +152,16 @@ class PolicyLearner(DeepSpeedRank):
             self._sender = make_weight_sender(kind, engines, self.learner.device, timeout_s,
                                               address=self.address()[0])
         return kind
+
+    def _engines_on_my_gpu(self, engines: Sequence[Any]) -> int:
+        """How many of ``engines`` hold one of the physical GPUs Ray gave this rank (0 on CPU)."""
+        import ray
+
+        if self.learner.device.type != "cuda" or not engines:
+            return 0
+        mine = set(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
+        theirs = ray.get([e.info.remote() for e in engines])
+        return sum(bool(mine & set(info.get("gpu_ids", []))) for info in theirs)
 
     def sync_weights(self):
         """One weight sync (all ranks take part; under ZeRO-3 they gather bucket by bucket); rank 0 returns

@@ -40,6 +40,11 @@ def test_transport_per_device_pair():
     assert resolve_transport("auto", "cpu", "cpu") == "broadcast"  # gloo: the code NCCL runs on GPU
     assert resolve_transport("auto", "cuda:0", "cuda") == "broadcast"
     assert resolve_transport("auto", "cuda:0", "cpu") == "object_store"
+    # engines on the learner's own GPU: NCCL cannot join two processes on one device
+    assert resolve_transport("auto", "cuda:0", "cuda", engines_on_learner_gpu=1, engines=1) == "ipc"
+    assert resolve_transport("auto", "cuda:0", "cuda", engines_on_learner_gpu=1, engines=2) == "object_store"
+    with pytest.raises(ConfigError, match="NCCL cannot join two processes on one device"):
+        resolve_transport("broadcast", "cuda:0", "cuda", engines_on_learner_gpu=1, engines=1)
     with pytest.raises(ConfigError, match="one device type"):
         resolve_transport("broadcast", "cuda:0", "cpu")
     with pytest.raises(ConfigError, match="ipc needs CUDA"):

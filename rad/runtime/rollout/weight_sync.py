@@ -251,14 +251,24 @@ class IpcSender(WeightSender):
                      self.timeout_s)
 
 
-def resolve_transport(kind: str, learner_device: str, engine_device: str) -> str:
+def resolve_transport(kind: str, learner_device: str, engine_device: str, engines_on_learner_gpu: int = 0,
+                      engines: int = 1) -> str:
     """``rollout.weight_sync`` with ``auto`` resolved: broadcast when learner and engines share a device
-    type (gloo on CPU, NCCL on GPU), else the object store."""
+    type (gloo on CPU, NCCL on GPU), else the object store; on a GPU that the learner shares with
+    engines (``engines_on_learner_gpu`` of ``engines``), CUDA IPC when all of them are there, since
+    NCCL cannot join two processes on one device."""
     if kind not in TRANSPORTS:
         raise ConfigError(f"rollout.weight_sync: unknown transport {kind!r}; expected one of {list(TRANSPORTS)}")
     same = torch.device(learner_device).type == torch.device(engine_device).type
     if kind == "auto":
-        return "broadcast" if same else "object_store"
+        if not same:
+            return "object_store"
+        if engines_on_learner_gpu:
+            return "ipc" if engines_on_learner_gpu == engines else "object_store"
+        return "broadcast"
+    if kind == "broadcast" and engines_on_learner_gpu and torch.device(learner_device).type == "cuda":
+        raise ConfigError(f"rollout.weight_sync=broadcast: {engines_on_learner_gpu} engine(s) share learner rank 0's "
+                          "GPU, and NCCL cannot join two processes on one device; use ipc (or auto)")
     if kind == "broadcast" and not same:
         raise ConfigError(f"rollout.weight_sync=broadcast needs the learner and the engines on one device type; "
                           f"the learner is on {learner_device}, the engines on {engine_device} (use object_store)")
