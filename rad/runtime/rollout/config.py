@@ -24,8 +24,8 @@ class RolloutConfig:
     weight_sync: str = field("auto", choices=("auto", "broadcast", "object_store", "ipc"),
                              help="learner -> engine transport, driven by learner rank 0: broadcast (a process "
                                   "group: gloo on CPU, NCCL on GPU), object_store (Ray), ipc (CUDA, engines on the "
-                                  "learner's GPU); auto = broadcast when learner and engines share a device type, "
-                                  "else object_store (see rad/runtime/rollout/weight_sync.py)")
+                                  "learner's GPU); auto = ipc when the engines share learner rank 0's GPU, object_store "
+                                  "across device types, else broadcast (see rad/runtime/rollout/weight_sync.py)")
     sync_timeout_s: float = field(300.0, gt=0, help="a weight sync that has not finished by then fails with an "
                                                     "error naming the engine (a dead engine never hangs the run)")
     sync_bucket_mb: float = field(256.0, gt=0, help="weights travel in buckets of at most this size (ZeRO-3 "
