@@ -38,7 +38,6 @@ from rad.algos.online import OnlineRLTrainer, run_trainer
 from rad.errors import ConfigError
 from rad.runtime.roles import TrainedRole
 from rad.settings import LearnerConfig
-from safe_rlhf_baseline.batching import pad_lists, unpad
 from safe_rlhf_baseline.config import PPOLagConfig
 from safe_rlhf_baseline.lagrange import LagrangeMultiplier
 from safe_rlhf_baseline.ppo_math import gae, masked_mean, shape_rewards
@@ -78,15 +77,12 @@ class PPOLagTrainer(OnlineRLTrainer):
     name = "ppo-lag"
 
     def __init__(self, cfg: PPOLagConfig):
-        from rad.algos.assets import load_records, model_dir
-        from rad.models.loading import load_tokenizer
+        from rad.algos.assets import load_records
 
         algo, res = cfg.algo, cfg.resources
         self.ptx_records = load_records(cfg.data.ptx, "sft", cfg.world, cfg.seed)
         if cfg.data.ptx and not self.ptx_records:
             raise ConfigError("data.ptx: no records after loading")
-        policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
-        self.tokenizer = load_tokenizer(policy_dir, trust_remote_code=cfg.policy.trust_remote_code)
         self.total_updates = algo.steps * updates_per_step(cfg)
         self.actor_cfg = fit_geometry(cfg.actor_learner, algo.train_batch_size, res.num_learners)
         self.critic_cfg = fit_geometry(cfg.critic_learner, algo.train_batch_size, res.num_learners)
@@ -135,36 +131,41 @@ class PPOLagTrainer(OnlineRLTrainer):
         return (self.actor, self.reward_critic, self.cost_critic)
 
     # -- experience ----------------------------------------------------------------------------
-    def _ptx_samples(self, update: int) -> list[dict[str, Any]] | None:
-        """PTX samples of PPO update ``update``: consecutive slices of seeded per-epoch permutations."""
+    def _ptx_samples(self, update: int):
+        """PTX samples of PPO update ``update`` (a TokenBatch): consecutive slices of seeded per-epoch
+        permutations."""
         if not self.ptx_records or self.cfg.algo.ptx_coeff == 0:
             return None
         from rad.data.encode import encode_pair
 
         size, n = self.cfg.algo.train_batch_size, len(self.ptx_records)
-        out = []
+        from rad.runtime.batch import TokenBatch
+
+        prompts, responses = [], []
         for pos in range(update * size, (update + 1) * size):
             epoch, i = divmod(pos, n)
             order = list(range(n))
             random.Random(self.cfg.seed * 7919 + 31 + epoch).shuffle(order)
             rec = self.ptx_records[order[i]]
             enc = encode_pair(self.tokenizer, rec["prompt"], rec["response"], self.cfg.data.ptx_max_length)
-            out.append({"prompt_ids": enc.prompt_ids, "response_ids": enc.response_ids})
-        return out
+            prompts.append(enc.prompt_ids)
+            responses.append(enc.response_ids)
+        return TokenBatch.from_ids(prompts, responses, self.pad_id)
 
-    def experience_calls(self, samples: list[dict[str, Any]]) -> list[list]:
-        """The four roles' log-prob and value calls on ``samples``, started and not waited for."""
-        return [g.split_async(m, samples) for g, m in ((self.reference, "logprobs"), (self.actor, "logprobs"),
+    def experience_calls(self, batch) -> list[list]:
+        """The four roles' log-prob and value calls on the step's TokenBatch, started and not waited for."""
+        return [g.split_async(m, batch) for g, m in ((self.reference, "logprobs"), (self.actor, "logprobs"),
                                                        (self.reward_critic, "values"), (self.cost_critic, "values"))]
 
-    def make_experience(self, calls: list[list], rewards: torch.Tensor,
+    def make_experience(self, batch, calls: list[list], rewards: torch.Tensor,
                         costs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Log-probs and values of :meth:`experience_calls`, then shaped streams and GAE on the driver."""
+        """Log-probs and values of :meth:`experience_calls`, then shaped streams and GAE on the driver, all in
+        response coordinates ``[B, L]`` (each response from column 0; float64)."""
         from rad.runtime.worker_group import WorkerGroup
 
-        parts = [WorkerGroup.concat(refs) for refs in calls]
-        ref_lp, old_lp, r_values, c_values = (pad_lists(p)[0] for p in parts)
-        mask = pad_lists(parts[0])[1]
+        parts = [batch.response_aligned(WorkerGroup.concat(refs).double()) for refs in calls]
+        ref_lp, old_lp, r_values, c_values = (p[0] for p in parts)
+        mask = parts[0][1]
         algo = self.cfg.algo
         shaped_r, shaped_c = shape_rewards(rewards, costs, old_lp, ref_lp, mask, algo.kl_coeff, algo.clip_range_score)
         adv_r, ret_r = gae(r_values, shaped_r, mask, algo.gamma, algo.gae_lambda)
@@ -178,7 +179,6 @@ class PPOLagTrainer(OnlineRLTrainer):
         import ray
 
         from rad.runtime.metrics import PhaseTimer
-        from rad.runtime.worker_group import split_evenly
 
         algo = self.cfg.algo
         timer = PhaseTimer()
@@ -187,39 +187,38 @@ class PPOLagTrainer(OnlineRLTrainer):
         with timer.phase("generation"):
             rollouts = self.sample(prompts, algo.samples_per_prompt, seed=self.step_seed())
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
-        samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in rollouts]
+        batch = self.token_batch(rollouts)
         # as in RAD, the scorers work while the four roles compute log-probs and values
         with timer.phase("scoring"):
             score_refs = self.roles.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
-            calls = self.experience_calls(samples)
+            calls = self.experience_calls(batch)
             rewards, costs = self.roles.gather_scores(score_refs)
         self.multiplier.observe(costs.tolist())
         with timer.phase("logprobs"):
-            exp = self.make_experience(calls, rewards, costs)
+            exp = self.make_experience(batch, calls, rewards, costs)
         mask = exp["mask"]
-        lists = {k: unpad(exp[k], mask) for k in ("old_logprobs", "reward_advantages", "cost_advantages",
-                                                  "reward_values", "reward_returns", "cost_values", "cost_returns")}
-        actor_samples = [{**s, "old_logprobs": lists["old_logprobs"][i], "reward_advantages":
-                          lists["reward_advantages"][i], "cost_advantages": lists["cost_advantages"][i]}
-                         for i, s in enumerate(samples)]
-        critic_samples = {name: [{**s, "old_values": lists[f"{name}_values"][i], "returns": lists[f"{name}_returns"][i]}
-                                 for i, s in enumerate(samples)] for name in ("reward", "cost")}
+        token = {k: batch.from_response_aligned(exp[k].float()) for k in (
+            "old_logprobs", "reward_advantages", "cost_advantages", "reward_values", "reward_returns", "cost_values",
+            "cost_returns")}
+        actor_batch = batch.with_fields(old_logprobs=token["old_logprobs"], reward_advantages=token["reward_advantages"],
+                                        cost_advantages=token["cost_advantages"])
+        critic_batch = {name: batch.with_fields(old_values=token[f"{name}_values"], returns=token[f"{name}_returns"])
+                        for name in ("reward", "cost")}
         n = len(self.actor)
         tbs = algo.train_batch_size
         stats: dict[str, list[float]] = {}
         jc = float("nan")
         with timer.phase("learner"):
             for _ in range(algo.update_iters):
-                for lo in range(0, len(samples), tbs):
+                for lo in range(0, len(batch), tbs):
                     jc = self.multiplier.step()
                     ptx = self._ptx_samples(self.updates)
-                    ptx_shards = split_evenly(ptx, n) if ptx else [None] * n
+                    ptx_shards = ptx.split(n) if ptx else [None] * n
                     refs = [a.ppo_step.remote(s, self.lam, algo.clip_range_ratio, p, algo.ptx_coeff)
-                            for a, s, p in zip(self.actor.actors, split_evenly(actor_samples[lo: lo + tbs], n),
-                                               ptx_shards)]
+                            for a, s, p in zip(self.actor.actors, actor_batch.rows(lo, lo + tbs).split(n), ptx_shards)]
                     for name, group in (("reward", self.reward_critic), ("cost", self.cost_critic)):
                         refs += [a.train_step.remote(s, algo.clip_range_value) for a, s in
-                                 zip(group.actors, split_evenly(critic_samples[name][lo: lo + tbs], n))]
+                                 zip(group.actors, critic_batch[name].rows(lo, lo + tbs).split(n))]
                     out = ray.get(refs)
                     actor_out, reward_out, cost_out = out[:n], out[n: 2 * n], out[2 * n:]
                     for prefix, group_out in (("actor", actor_out), ("reward_critic", reward_out),
@@ -233,7 +232,7 @@ class PPOLagTrainer(OnlineRLTrainer):
         self.step += 1
         elapsed = time.perf_counter() - start
         mean = {k: sum(v) / len(v) for k, v in stats.items()}
-        lengths = mask.sum(-1).double()
+        lengths = batch.response_lengths.double()
         kl = ((exp["old_logprobs"] - exp["ref_logprobs"]) * mask).sum(-1)
         metrics = {
             # the reference's names

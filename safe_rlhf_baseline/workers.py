@@ -10,12 +10,11 @@
   the clipped value loss; like the actor it is a
   :class:`~rad.runtime.deepspeed_rank.DeepSpeedRank` (rendezvous, engine, checkpoints).
 
-Samples are dicts with ``prompt_ids`` and ``response_ids`` (the rollout's token
-ids) plus per-response-token lists, placed into the shifted sequence coordinates
-of :func:`rad.runtime.logprobs.token_logprobs` (see
-:mod:`safe_rlhf_baseline.batching`): the value at position ``p`` is the critic's
-value of the state whose next token is input token ``p + 1``, the log-prob at
-``p`` is that token's.
+Every role takes a :class:`~rad.runtime.batch.TokenBatch` (the rollout's token ids) whose
+per-token fields and outputs are ``[B, T-1]`` tensors in the shifted sequence coordinates of
+:func:`rad.runtime.logprobs.token_logprobs`: the value at position ``p`` is the critic's
+value of the state whose next token is input token ``p + 1``, the log-prob at ``p`` is that
+token's.
 """
 
 from __future__ import annotations
@@ -26,24 +25,22 @@ import torch
 from torch import nn
 
 from rad.errors import ConfigError
-from rad.runtime.deepspeed_rank import DeepSpeedRank, micro_batches
-from rad.runtime.logprobs import collate_samples
+from rad.runtime.batch import TokenBatch
+from rad.runtime.deepspeed_rank import DeepSpeedRank
 from rad.runtime.policy_workers import PolicyLearner
 from rad.settings import LearnerConfig
-from safe_rlhf_baseline.batching import gather_responses, place
 from safe_rlhf_baseline.ppo_math import actor_loss, clip_fraction, critic_loss, masked_mean
 
 
 class PPOActor(PolicyLearner):
     """One data-parallel rank of the actor: :class:`PolicyLearner` + :meth:`ppo_step`."""
 
-    def ppo_step(self, samples: Sequence[dict[str, Any]], lam: float, clip_range_ratio: float,
-                 ptx: Sequence[dict[str, Any]] | None = None, ptx_coeff: float = 0.0) -> dict[str, float]:
-        """One optimizer step of the PPO-Lagrangian actor loss on this rank's samples.
+    def ppo_step(self, batch: TokenBatch, lam: float, clip_range_ratio: float, ptx: TokenBatch | None = None,
+                 ptx_coeff: float = 0.0) -> dict[str, float]:
+        """One optimizer step of the PPO-Lagrangian actor loss on this rank's shard.
 
-        Each sample carries ``old_logprobs``, ``reward_advantages`` and
-        ``cost_advantages`` (one float per response token). With ``ptx`` (SFT
-        samples, same count, ``prompt_ids``/``response_ids``) the loss of each micro
+        ``batch`` carries the per-token fields ``old_logprobs``, ``reward_advantages`` and
+        ``cost_advantages``. With ``ptx`` (SFT samples, same count) the loss of each micro
         batch is ``actor_loss + ptx_coeff * nll``, nll the token-mean negative
         log-likelihood of the PTX responses. The reference runs PTX as a second
         micro batch accumulated into the same optimizer step, which averages the
@@ -51,29 +48,27 @@ class PPOActor(PolicyLearner):
         absorbs (up to gradient clipping).
         """
         self.learner.train()
-        micro = self.step_micro_batches(samples, "actor")
-        ptx_micro = micro_batches(ptx, self.cfg.micro_batch_size) if ptx else [None] * len(micro)
+        micro = self.step_micro_batches(batch, "actor")
+        ptx_micro = ptx.micro_batches(self.cfg.micro_batch_size) if ptx else [None] * len(micro)
         if len(ptx_micro) != len(micro):
-            raise ValueError(f"actor rank {self.rank}: {len(ptx)} PTX samples for {len(samples)} RL samples")
-        pad = self.tokenizer.pad_token_id
+            raise ValueError(f"actor rank {self.rank}: {len(ptx)} PTX samples for {len(batch)} RL samples")
         dev = self.learner.device
         totals = {"actor_loss": 0.0, "ptx_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
-        for chunk, ptx_chunk in zip(micro, ptx_micro):
-            batch = {k: v.to(dev) for k, v in collate_samples(chunk, pad).items()}
-            width = batch["input_ids"].shape[1] - 1
-            mask = batch["response_mask"][:, 1:]
-            old = place(chunk, "old_logprobs", width, dev)
-            adv_r = place(chunk, "reward_advantages", width, dev)
-            adv_c = place(chunk, "cost_advantages", width, dev)
-            logp = self.token_logprobs(batch)
+        for mb, ptx_mb in zip(micro, ptx_micro):
+            inputs = mb.model_inputs(dev)
+            mask = inputs["response_mask"][:, 1:]
+            old = mb.token("old_logprobs", dev)
+            adv_r = mb.token("reward_advantages", dev)
+            adv_c = mb.token("cost_advantages", dev)
+            logp = self.token_logprobs(inputs)
             loss = actor_loss(logp, old, adv_r, adv_c, lam, mask, clip_range_ratio)
             totals["actor_loss"] += loss.item() / len(micro)
             totals["clip_fraction"] += clip_fraction(logp, old, mask, clip_range_ratio).item() / len(micro)
             totals["approx_kl"] += masked_mean((old - logp.detach()), mask).item() / len(micro)
-            if ptx_chunk is not None and ptx_coeff > 0:
-                pbatch = {k: v.to(dev) for k, v in collate_samples(ptx_chunk, pad).items()}
-                plp = self.token_logprobs(pbatch)
-                nll = -plp.sum() / pbatch["response_mask"][:, 1:].sum().clamp(min=1)
+            if ptx_mb is not None and ptx_coeff > 0:
+                pinputs = ptx_mb.model_inputs(dev)
+                plp = self.token_logprobs(pinputs)
+                nll = -plp.sum() / pinputs["response_mask"][:, 1:].sum().clamp(min=1)
                 loss = loss + ptx_coeff * nll
                 totals["ptx_loss"] += nll.item() / len(micro)
             self.learner.backward(loss)
@@ -128,43 +123,38 @@ class CriticLearner(DeepSpeedRank):
         self.policy_dir = policy_dir
 
     def build_model(self) -> nn.Module:
-        from rad.algos.assets import resolve_dtype
-        from rad.models.loading import load_tokenizer
         from rad.models.score_model import load_score_model
+        from rad.runtime.distributed import resolve_dtype
 
         check_same_vocab(self.critic_dir, self.policy_dir, self.trust_remote_code)
-        self.pad_id = load_tokenizer(self.policy_dir, trust_remote_code=self.trust_remote_code).pad_token_id
         score_model = load_score_model(self.critic_dir, dtype=resolve_dtype(self.dtype),
                                        trust_remote_code=self.trust_remote_code)
         return ValueModel(score_model).train()
 
-    def _batch(self, chunk: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.learner.device) for k, v in collate_samples(chunk, self.pad_id).items()}
-
     @torch.no_grad()
-    def values(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
-        """The value of the state before each response token, per sample."""
+    def values(self, batch: TokenBatch) -> torch.Tensor:
+        """``[B, T-1]`` float32: at position ``t`` the value of the state whose next token is input token ``t+1``
+        (0 off the response), on the CPU."""
         self.learner.eval()
-        out: list[list[float]] = []
-        for chunk in micro_batches(samples, self.cfg.micro_batch_size):
-            batch = self._batch(chunk)
-            v = self.learner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[:, :-1]
-            out.extend(gather_responses(v, chunk))
+        out = []
+        for mb in batch.micro_batches(self.cfg.micro_batch_size):
+            inputs = mb.model_inputs(self.learner.device)
+            v = self.learner(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[:, :-1]
+            out.append(batch.pad_tokens((v * inputs["response_mask"][:, 1:]).float().cpu()))
         self.learner.train()
-        return out
+        return torch.cat(out)
 
-    def train_step(self, samples: Sequence[dict[str, Any]], clip_range_value: float) -> dict[str, float]:
-        """One optimizer step of the clipped value loss; samples carry ``old_values`` and ``returns``."""
+    def train_step(self, batch: TokenBatch, clip_range_value: float) -> dict[str, float]:
+        """One optimizer step of the clipped value loss; ``batch`` carries per-token ``old_values`` and ``returns``."""
         self.learner.train()
-        micro = self.step_micro_batches(samples, "critic")
+        micro = self.step_micro_batches(batch, "critic")
         total_loss, total_value = 0.0, 0.0
-        for chunk in micro:
-            batch = self._batch(chunk)
-            width = batch["input_ids"].shape[1] - 1
-            mask = batch["response_mask"][:, 1:]
-            values = self.learner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[:, :-1]
-            loss = critic_loss(values, place(chunk, "old_values", width, values.device),
-                               place(chunk, "returns", width, values.device), mask, clip_range_value)
+        dev = self.learner.device
+        for mb in micro:
+            inputs = mb.model_inputs(dev)
+            mask = inputs["response_mask"][:, 1:]
+            values = self.learner(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[:, :-1]
+            loss = critic_loss(values, mb.token("old_values", dev), mb.token("returns", dev), mask, clip_range_value)
             self.learner.backward(loss)
             self.learner.step()
             total_loss += loss.item() / len(micro)

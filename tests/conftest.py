@@ -53,6 +53,21 @@ def make_samples():
     return random_samples
 
 
+def random_batch(vocab_size: int, n: int = 6, seed: int = 0, pad_id: int = 0):
+    """:func:`random_samples` as the runtime's typed batch, with their ``advantages`` as a per-sample field."""
+    from rad.runtime.batch import TokenBatch
+
+    samples = random_samples(vocab_size, n, seed)
+    batch = TokenBatch.from_ids([s["prompt_ids"] for s in samples], [s["response_ids"] for s in samples], pad_id)
+    return batch.with_fields(advantages=torch.tensor([s["advantage"] for s in samples], dtype=torch.float64))
+
+
+@pytest.fixture(scope="session")
+def make_batch():
+    """:func:`random_batch`, for tests that feed the roles."""
+    return random_batch
+
+
 def step_with_gradients(rank, call):
     """``call()`` (one train step of a DeepSpeedRank) and the full gradients it stepped on, at any ZeRO stage.
 

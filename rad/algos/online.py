@@ -62,6 +62,10 @@ class OnlineRLTrainer:
             self.prompts = [self.prompts[i] for i in train_idx]
         self.policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
         self.reference_dir = cfg.reference or self.policy_dir
+        from rad.models.loading import load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.policy_dir, trust_remote_code=cfg.policy.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id
         self.roles = RLRoles(
             name=f"{self.name}-{self.out.name}", res=cfg.resources, rollout=cfg.rollout, seed=cfg.seed,
             policy_dir=self.policy_dir, reference_dir=self.reference_dir, policy=self.policy_role(),
@@ -151,6 +155,14 @@ class OnlineRLTrainer:
     def step_seed(self) -> int:
         """The sampling seed of the current step's rollouts."""
         return self.cfg.rollout.sampling.seed + 1000 * (self.step + 1)
+
+    def token_batch(self, rollouts):
+        """The typed batch of sorted rollouts (:class:`~rad.runtime.batch.TokenBatch`, padded with the policy's
+        pad id): what the controller sends to every role that reads token ids."""
+        from rad.runtime.batch import TokenBatch
+
+        return TokenBatch.from_ids([r.prompt_token_ids for r in rollouts], [r.response_token_ids for r in rollouts],
+                                   self.pad_id)
 
     def step_prompt_indices(self, step: int) -> list[int]:
         """Indices of step ``step``'s prompts: consecutive slices of seeded per-epoch permutations."""

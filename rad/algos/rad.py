@@ -35,6 +35,7 @@ import torch
 from rad.algos.online import OnlineRLTrainer, run_trainer
 from rad.config import field
 from rad.errors import ConfigError
+from rad.runtime.batch import TokenBatch
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.roles import TrainedRole
 from rad.runtime.rollout.config import RolloutConfig
@@ -173,14 +174,14 @@ def learner_geometry(cfg: RADStage) -> LearnerConfig:
     return dataclasses.replace(cfg.learner, micro_batch_size=micro, grad_accum=shard // micro)
 
 
-def kl_per_sample(logp: list[float], ref: list[float], estimator: str) -> float:
-    """Sum over response tokens of the per-token KL estimate (k1: log-ratio; k3: r - 1 - log r)."""
-    lp = torch.tensor(logp, dtype=torch.float64)
-    lr = torch.tensor(ref, dtype=torch.float64)
-    log_ratio = lp - lr
-    if estimator == "k1":
-        return float(log_ratio.sum())
-    return float((torch.exp(-log_ratio) - 1 + log_ratio).sum())
+def kl_per_sample(batch: TokenBatch, logp: torch.Tensor, ref: torch.Tensor, estimator: str) -> torch.Tensor:
+    """``[B]`` float64: each sample's sum over its response tokens of the per-token KL estimate between the
+    ``[B, T-1]`` policy and reference log-probs (k1: the log-ratio; k3: r - 1 - log r)."""
+    out = []
+    for lp, lr in zip(batch.response_values(logp), batch.response_values(ref)):
+        log_ratio = lp.double() - lr.double()
+        out.append(log_ratio.sum() if estimator == "k1" else (torch.exp(-log_ratio) - 1 + log_ratio).sum())
+    return torch.stack(out)
 
 
 def window_gain(window: Sequence[Sequence[Sequence[float]]], n_particles: int, weighting) -> tuple[float, float]:
@@ -292,7 +293,6 @@ class RADTrainer(OnlineRLTrainer):
     def train_step(self, reference: ReferenceCosts) -> dict[str, float]:
         from rad.risk import dominance_step, dual_ascent, rloo_advantages, spectral_risk
         from rad.runtime.metrics import PhaseTimer
-        from rad.runtime.worker_group import split_evenly
 
         algo = self.cfg.algo
         timer = PhaseTimer()
@@ -302,19 +302,18 @@ class RADTrainer(OnlineRLTrainer):
         with timer.phase("generation"):
             rollouts = self.sample(prompts, algo.k, seed=self.step_seed())
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
-        samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in rollouts]
+        batch = self.token_batch(rollouts)
         # Scores and both log-prob passes need only the rollouts, so the scorer, reference and learner actors
         # work at the same time: "scoring" times the scores, "logprobs" the further wait for the log-probs.
         with timer.phase("scoring"):
             score_refs = self.roles.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
-            ref_refs = self.reference.split_async("logprobs", samples)
-            pol_refs = self.learners.split_async("logprobs", samples)
+            ref_refs = self.reference.split_async("logprobs", batch)
+            pol_refs = self.learners.split_async("logprobs", batch)
             rewards, costs = self.roles.gather_scores(score_refs)
         with timer.phase("logprobs"):
             ref_lp = self.reference.concat(ref_refs)
             pol_lp = self.learners.concat(pol_refs)
-        kl = torch.tensor([kl_per_sample(p, q, algo.kl_estimator) for p, q in zip(pol_lp, ref_lp)],
-                          dtype=torch.float64)
+        kl = kl_per_sample(batch, pol_lp, ref_lp, algo.kl_estimator)
         shaped = rewards - algo.beta * kl
         with timer.phase("dominance"):
             dom = dominance_step(costs.view(len(prompts), algo.k), reference.particles(indices), self.weighting,
@@ -328,10 +327,9 @@ class RADTrainer(OnlineRLTrainer):
         adv = rloo_advantages(total)
         if algo.reward_whiten:
             adv = adv / adv.std().clamp(min=1e-8)
-        for s, a in zip(samples, adv.reshape(-1).tolist()):
-            s["advantage"] = a
         with timer.phase("learner"):
-            stats = self.learners.scatter("train_step", split_evenly(samples, len(self.learners)))
+            stats = self.learners.scatter("train_step", batch.with_fields(advantages=adv.reshape(-1)).split(
+                len(self.learners)))
         lam_integral = self.lam
         if algo.dual_window > 1:
             gain_hat, viol_hat = self.windowed_gain(costs, reference.costs_of(indices))
@@ -345,7 +343,7 @@ class RADTrainer(OnlineRLTrainer):
             sync = self.roles.sync_weights()
         self.step += 1
         elapsed = time.perf_counter() - start
-        lengths = torch.tensor([len(s["response_ids"]) for s in samples], dtype=torch.float64)
+        lengths = batch.response_lengths.double()
         metrics = {
             "objective/reward": rewards.mean(), "objective/cost": costs.mean(), "objective/kl": kl.mean(),
             "objective/rlhf_reward": shaped.mean(), "objective/safe_fraction": (costs <= 0).double().mean(),

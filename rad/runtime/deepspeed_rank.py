@@ -9,17 +9,12 @@ train (:meth:`~DeepSpeedRank.build_model`) and what one step computes.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from rad.runtime.distributed import rendezvous_address, set_rendezvous
 from rad.settings import LearnerConfig
-
-
-def micro_batches(samples: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    """Consecutive chunks of at most ``size`` samples."""
-    return [samples[i: i + size] for i in range(0, len(samples), size)]
 
 
 class DeepSpeedRank:
@@ -51,15 +46,15 @@ class DeepSpeedRank:
         self.learner = DeepSpeedLearner(self.build_model(), self.cfg, total_steps=self.total_steps)
         self.rank = rank
 
-    def step_micro_batches(self, samples: Sequence[Any], who: str) -> list[Sequence[Any]]:
-        """``samples`` cut into the micro batches of one optimizer step.
+    def step_micro_batches(self, batch, who: str) -> list:
+        """A :class:`~rad.runtime.batch.TokenBatch` cut into the micro batches of one optimizer step.
 
         DeepSpeed steps the optimizer after ``grad_accum`` micro batches; any other
         count would desynchronise it, so that is an error.
         """
-        micro = micro_batches(samples, self.cfg.micro_batch_size)
+        micro = batch.micro_batches(self.cfg.micro_batch_size)
         if len(micro) != self.cfg.grad_accum:
-            raise ValueError(f"{who} rank {self.rank}: {len(samples)} samples make {len(micro)} micro batches, "
+            raise ValueError(f"{who} rank {self.rank}: {len(batch)} samples make {len(micro)} micro batches, "
                              f"but learner.grad_accum={self.cfg.grad_accum}")
         return micro
 

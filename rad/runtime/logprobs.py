@@ -45,17 +45,12 @@ from rad.runtime.packing import pack, packed_model_inputs, packing_mode
 
 
 def collate_samples(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+response ids with a mask over response tokens (the ones scored)."""
-    width = max(len(s["prompt_ids"]) + len(s["response_ids"]) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(samples), width), dtype=torch.long)
-    resp = torch.zeros((len(samples), width), dtype=torch.bool)
-    for i, s in enumerate(samples):
-        p, r = list(s["prompt_ids"]), list(s["response_ids"])
-        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-        attn[i, : len(p) + len(r)] = 1
-        resp[i, len(p): len(p) + len(r)] = True
-    return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
+    """Right-padded prompt+response ids with a mask over response tokens (the ones scored), from
+    ``{"prompt_ids", "response_ids"}`` dicts: :class:`~rad.runtime.batch.TokenBatch`'s model inputs."""
+    from rad.runtime.batch import TokenBatch
+
+    batch = TokenBatch.from_ids([s["prompt_ids"] for s in samples], [s["response_ids"] for s in samples], pad_id)
+    return batch.model_inputs("cpu")
 
 
 def response_logprobs(lp: torch.Tensor, samples: Sequence[dict[str, Any]]) -> list[list[float]]:

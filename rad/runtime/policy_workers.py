@@ -1,8 +1,9 @@
 """Policy-side roles: the DeepSpeed policy learner (data-parallel ranks) and the frozen reference.
 
-Both take samples as token ids (what the rollout engines produced), so log-probs
-are computed on exactly the sampled tokens. One sample is a dict with
-``prompt_ids``, ``response_ids`` and, for training, ``advantage``.
+Both take a :class:`~rad.runtime.batch.TokenBatch` of the token ids the rollout engines
+produced (so log-probs are computed on exactly the sampled tokens) and return per-token
+values as one ``[B, T-1]`` tensor in the batch's log-prob coordinates; training reads the
+per-sample field ``advantages``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any, Sequence
 
 import torch
 
-from rad.runtime.deepspeed_rank import DeepSpeedRank, micro_batches
-from rad.runtime.logprobs import collate_samples, response_logprobs, token_logprobs
+from rad.runtime.batch import TokenBatch
+from rad.runtime.deepspeed_rank import DeepSpeedRank
+from rad.runtime.logprobs import collate_samples, token_logprobs
 from rad.settings import LearnerConfig
 
 __all__ = ["PolicyLearner", "ReferenceWorker", "collate_samples", "token_logprobs"]
@@ -49,13 +51,11 @@ class ReferenceWorker:
         return memory_stats(self.device)
 
     @torch.no_grad()
-    def logprobs(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
-        """Per-token log-probs of each sample's response tokens."""
-        out: list[list[float]] = []
-        for chunk in micro_batches(samples, self.micro):
-            batch = {k: v.to(self.model.device) for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
-            out += response_logprobs(token_logprobs(self.model, batch, self.chunk_size), chunk)
-        return out
+    def logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        """``[B, T-1]`` float32 log-probs of the batch's response tokens (0 elsewhere), on the CPU."""
+        return torch.cat([batch.pad_tokens(token_logprobs(self.model, mb.model_inputs(self.model.device),
+                                                          self.chunk_size).cpu())
+                          for mb in batch.micro_batches(self.micro)])
 
 
 class PolicyLearner(DeepSpeedRank):
@@ -85,35 +85,32 @@ class PolicyLearner(DeepSpeedRank):
         return token_logprobs(self.learner, batch, chunk_size=self.cfg.logprob_chunk_size, packing=self.cfg.packing)
 
     @torch.no_grad()
-    def logprobs(self, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
-        """Per-token log-probs under the current policy (no gradient)."""
+    def logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        """``[B, T-1]`` float32 log-probs under the current policy (no gradient; 0 off the response), on the CPU."""
         self.learner.eval()
-        out: list[list[float]] = []
-        for chunk in micro_batches(samples, self.cfg.micro_batch_size):
-            batch = {k: v.to(self.learner.device)
-                     for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
-            out += response_logprobs(self.token_logprobs(batch), chunk)
+        out = [batch.pad_tokens(self.token_logprobs(mb.model_inputs(self.learner.device)).cpu())
+               for mb in batch.micro_batches(self.cfg.micro_batch_size)]
         self.learner.train()
-        return out
+        return torch.cat(out)
 
-    def train_step(self, samples: Sequence[dict[str, Any]]) -> dict[str, float]:
-        """One optimizer step of REINFORCE on this rank's samples: loss = -mean_i A_i * agg_t log pi.
+    def train_step(self, batch: TokenBatch) -> dict[str, float]:
+        """One optimizer step of REINFORCE on this rank's shard: loss = -mean_i A_i * agg_t log pi.
 
-        ``sequence_sum`` (default) is the unbiased score-function estimator of the
-        sequence-level objective; ``token_mean`` divides each sequence's log-prob by
-        its length (lower variance, biased towards short responses).
+        ``batch.sample_fields["advantages"]`` holds A. ``sequence_sum`` (default) is the
+        unbiased score-function estimator of the sequence-level objective; ``token_mean``
+        divides each sequence's log-prob by its length (lower variance, biased towards
+        short responses).
         """
         self.learner.train()
-        micro = self.step_micro_batches(samples, "policy")
+        micro = self.step_micro_batches(batch, "policy")
         total_loss, total_logp = 0.0, 0.0
-        for chunk in micro:
-            batch = {k: v.to(self.learner.device)
-                     for k, v in collate_samples(chunk, self.tokenizer.pad_token_id).items()}
-            adv = torch.tensor([s["advantage"] for s in chunk], dtype=torch.float32, device=self.learner.device)
-            lp = self.token_logprobs(batch)
+        for mb in micro:
+            inputs = mb.model_inputs(self.learner.device)
+            adv = mb.sample("advantages", self.learner.device)
+            lp = self.token_logprobs(inputs)
             seq = lp.sum(-1)
             if self.loss_aggregation == "token_mean":
-                seq = seq / batch["response_mask"][:, 1:].sum(-1).clamp(min=1)
+                seq = seq / inputs["response_mask"][:, 1:].sum(-1).clamp(min=1)
             loss = -(adv * seq).mean()
             self.learner.backward(loss)
             self.learner.step()

@@ -5,7 +5,8 @@ says how arguments reach its actors (verl's idea):
 
 * ``broadcast(method, *args)``   the same call on every actor, results in rank order
 * ``scatter(method, shards)``    shard i goes to actor i, results in rank order
-* ``split(method, items)``       a list cut into contiguous near-equal shards, results concatenated
+* ``split(method, items)``       a list (or a :class:`~rad.runtime.batch.TokenBatch`) cut into
+  contiguous near-equal shards, results concatenated (lists, or tensors along the batch)
   (``split_async`` + ``concat``: the same without blocking, so roles can overlap)
 * ``rank0(method, *args)``       only the first actor (e.g. "give me the weights")
 
@@ -79,16 +80,25 @@ class WorkerGroup:
     def split_async(self, method: str, items: Sequence[Any], **kwargs: Any) -> list:
         """:meth:`split` without waiting: the shards' object refs, for :meth:`concat` (other roles can work
         meanwhile)."""
-        shards = split_evenly(items, len(self.actors))
-        return [getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards) if s]
+        from rad.runtime.batch import TokenBatch
+
+        if isinstance(items, TokenBatch):
+            shards = items.split(len(self.actors))  # non-empty shards only
+        else:
+            shards = [s for s in split_evenly(items, len(self.actors)) if s]
+        return [getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards)]
 
     @staticmethod
-    def concat(refs: list) -> list:
-        """The results of :meth:`split_async`'s calls, concatenated in shard order."""
+    def concat(refs: list):
+        """The results of :meth:`split_async`'s calls, concatenated in shard order (tensors along dim 0)."""
         import ray
+        import torch
 
+        parts = ray.get(refs)
+        if parts and isinstance(parts[0], torch.Tensor):
+            return torch.cat(parts, dim=0)
         out: list = []
-        for part in ray.get(refs):
+        for part in parts:
             out.extend(part)
         return out
 

@@ -14,12 +14,18 @@ REQUIRED = ["reward_model=r", "cost_model=c"]
 
 
 def test_kl_estimators_by_hand():
-    logp, ref = [-1.0, -2.0], [-1.5, -1.0]
-    assert kl_per_sample(logp, ref, "k1") == pytest.approx(0.5 - 1.0)
+    from rad.runtime.batch import TokenBatch
+
+    # sample 0: prompt of 2 tokens, response of 2; sample 1: prompt 1, response 1 (its log-probs: 0.3 vs 0.1)
+    batch = TokenBatch.from_ids([[5, 6], [7]], [[8, 9], [4]], pad_id=0)
+    logp = torch.tensor([[0.0, -1.0, -2.0], [0.3, 0.0, 0.0]])  # [B, T-1]: position t scores token t+1
+    ref = torch.tensor([[9.0, -1.5, -1.0], [0.1, 9.0, 9.0]])  # off-response entries must not count
+    k1 = kl_per_sample(batch, logp, ref, "k1")
+    assert k1.dtype == torch.float64 and k1.tolist() == pytest.approx([0.5 - 1.0, 0.3 - 0.1])
     # k3 = exp(ref - logp) - 1 - (ref - logp), per token
     expected = (math.exp(-0.5) - 1 + 0.5) + (math.exp(1.0) - 1 - 1.0)
-    assert kl_per_sample(logp, ref, "k3") == pytest.approx(expected)
-    assert kl_per_sample(logp, ref, "k3") >= 0
+    k3 = kl_per_sample(batch, logp, ref, "k3")
+    assert k3[0].item() == pytest.approx(expected) and (k3 >= 0).all()
 
 
 def test_shaped_reward_signal_and_rloo_by_hand():

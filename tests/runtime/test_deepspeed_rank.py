@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rad.runtime.deepspeed_rank import DeepSpeedRank, micro_batches
+from rad.runtime.batch import TokenBatch
+from rad.runtime.deepspeed_rank import DeepSpeedRank
 from rad.runtime.distributed import free_port
 from rad.settings import LearnerConfig
 
@@ -11,10 +12,6 @@ from rad.settings import LearnerConfig
 class _LinearRank(DeepSpeedRank):
     def build_model(self) -> torch.nn.Module:
         return torch.nn.Linear(3, 1)
-
-
-def test_micro_batches_are_consecutive_chunks():
-    assert micro_batches(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
 
 
 def test_init_builds_the_engine_on_the_subclass_model(single_rank_env):
@@ -28,9 +25,11 @@ def test_init_builds_the_engine_on_the_subclass_model(single_rank_env):
     assert set(state) == {"weight", "bias"}
     for name, tensor in expected.items():
         torch.testing.assert_close(state[name], tensor)
-    assert rank.step_micro_batches(list(range(4)), "toy") == [[0, 1], [2, 3]]
+    four = TokenBatch.from_ids([[1]] * 4, [[2, 3]] * 4, pad_id=0)
+    assert [len(mb) for mb in rank.step_micro_batches(four, "toy")] == [2, 2]
+    five = TokenBatch.from_ids([[1]] * 5, [[2, 3]] * 5, pad_id=0)
     with pytest.raises(ValueError, match="toy rank 0: 5 samples make 3 micro batches, but learner.grad_accum=2"):
-        rank.step_micro_batches(list(range(5)), "toy")
+        rank.step_micro_batches(five, "toy")
 
 
 def test_a_rank_without_a_model_says_so(single_rank_env):

@@ -127,10 +127,10 @@ def test_learner_rank0_syncs_the_vllm_engine(ray_cluster, vllm_pool, sft_model_d
             assert torch.equal(readable[name], want[name]), name
         out = ray.get(vllm_pool.actors[0].generate.remote(PROMPTS, 1, GREEDY))
         probe = [r.prompt_token_ids + r.response_token_ids for r in out]
-        samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in out]
+        batch = _batch_of(out)
         engine_lp = ray.get(vllm_pool.actors[0].token_logprobs.remote(probe))
-        for got, learner, r in zip(engine_lp, learners.rank0("logprobs", samples), out):
-            assert got[len(r.prompt_token_ids) - 1:] == pytest.approx(learner, abs=1e-4)
+        for got, learner, r in zip(engine_lp, batch.response_values(learners.rank0("logprobs", batch)), out):
+            assert got[len(r.prompt_token_ids) - 1:] == pytest.approx(learner.tolist(), abs=1e-4)
     finally:
         learners.shutdown()
 
@@ -165,12 +165,18 @@ def test_sleeping_engine_wakes_for_the_sync_and_for_generation(ray_cluster, sft_
         pool.group.broadcast("wake_up", ["weights"])
         learners.broadcast("sync_weights")
         out = pool.generate(PROMPTS, 1, GREEDY)
-        samples = [{"prompt_ids": r.prompt_token_ids, "response_ids": r.response_token_ids} for r in out]
-        for r, learner in zip(out, learners.rank0("logprobs", samples)):
-            assert r.logprobs == pytest.approx(learner, abs=1e-3)
+        batch = _batch_of(out)
+        for r, learner in zip(out, batch.response_values(learners.rank0("logprobs", batch))):
+            assert r.logprobs == pytest.approx(learner.tolist(), abs=1e-3)
     finally:
         learners.shutdown()
         pool.shutdown()
+
+
+def _batch_of(rollouts):
+    from rad.runtime.batch import TokenBatch
+
+    return TokenBatch.from_ids([r.prompt_token_ids for r in rollouts], [r.response_token_ids for r in rollouts], 0)
 
 
 def _gpu_learners_and_pool(ray, sft_model_dir, engine_gpus: float):

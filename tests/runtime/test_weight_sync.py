@@ -57,13 +57,14 @@ def _learners(ray, sft_model_dir, ranks: int, zero_stage: int):
 
 def _train_once(learners, tokenizer, seed: int):
     """One REINFORCE step on made-up samples: the learner's weights move."""
-    g = torch.Generator().manual_seed(seed)
-    prompt = tokenizer("Question: how do I stay safe?\nAnswer:")["input_ids"]
-    samples = [{"prompt_ids": prompt, "response_ids": torch.randint(5, 200, (6,), generator=g).tolist(),
-                "advantage": float(a)} for a in torch.randn(4 * len(learners), generator=g)]
-    from rad.runtime.worker_group import split_evenly
+    from rad.runtime.batch import TokenBatch
 
-    learners.scatter("train_step", split_evenly(samples, len(learners)))
+    g = torch.Generator().manual_seed(seed)
+    n = 4 * len(learners)
+    prompt = tokenizer("Question: how do I stay safe?\nAnswer:")["input_ids"]
+    batch = TokenBatch.from_ids([prompt] * n, torch.randint(5, 200, (n, 6), generator=g).tolist(),
+                                tokenizer.pad_token_id)
+    learners.scatter("train_step", batch.with_fields(advantages=torch.randn(n, generator=g)).split(len(learners)))
 
 
 def _assert_engines_hold(ray, pool, learners):

@@ -12,16 +12,16 @@ from safe_rlhf_baseline.workers import PPOActor
 BASE = LearnerConfig(micro_batch_size=2, grad_accum=2, lr=1e-2, scheduler="constant", warmup_ratio=0.0)
 
 
-def ppo_samples(actor, samples, seed):
-    """The samples with old log-probs near the actor's own and per-token reward / cost advantages."""
+def ppo_samples(actor, batch, seed):
+    """The batch with old log-probs near the actor's own and per-token reward / cost advantages."""
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for s, lp in zip(samples, actor.logprobs(samples)):
-        n = len(lp)
-        out.append({**s, "old_logprobs": (torch.tensor(lp) + 0.3 * torch.randn(n, generator=g)).tolist(),
-                    "reward_advantages": torch.randn(n, generator=g).tolist(),
-                    "cost_advantages": torch.randn(n, generator=g).tolist()})
-    return out
+    mask = batch.token_mask.float()
+
+    def noise():
+        return torch.randn(mask.shape, generator=g) * mask
+
+    return batch.with_fields(old_logprobs=actor.logprobs(batch) + 0.3 * noise(), reward_advantages=noise(),
+                             cost_advantages=noise())
 
 
 def update(model_dir, samples, ptx, with_gradients, **options):
@@ -33,12 +33,12 @@ def update(model_dir, samples, ptx, with_gradients, **options):
 
 
 @pytest.mark.parametrize("stage", [0, 2])
-def test_ppo_step_with_all_options_equals_the_plain_step(tiny_model_dir, make_samples, single_rank_env,
+def test_ppo_step_with_all_options_equals_the_plain_step(tiny_model_dir, make_batch, single_rank_env,
                                                          with_gradients, stage):
     from rad.models.loading import load_tokenizer
 
     vocab = len(load_tokenizer(tiny_model_dir))
-    samples, ptx = make_samples(vocab, n=4, seed=6), make_samples(vocab, n=4, seed=7)
+    samples, ptx = make_batch(vocab, n=4, seed=6), make_batch(vocab, n=4, seed=7)
     plain, plain_grads = update(tiny_model_dir, samples, ptx, with_gradients, zero_stage=stage)
     got, grads = update(tiny_model_dir, samples, ptx, with_gradients, zero_stage=stage, gradient_checkpointing=True,
                         logprob_chunk_size=3, packing=True)

@@ -7,7 +7,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safe_rlhf_baseline.batching import pad_lists, unpad
 from safe_rlhf_baseline.ppo_math import (actor_loss, clip_fraction, critic_loss, gae, lagrangian_advantages,
                                          masked_mean, shape_rewards)
 
@@ -30,6 +29,16 @@ def test_gae_hand_computed():
     torch.testing.assert_close(ret[1], t([1.1, 1.0, 0.0]))
 
 
+def _padded(lists):
+    """Right-padded float64 rows and their mask (test input; the product pads in TokenBatch)."""
+    out = torch.zeros((len(lists), max(len(x) for x in lists)), dtype=torch.float64)
+    mask = torch.zeros(out.shape, dtype=torch.bool)
+    for i, x in enumerate(lists):
+        out[i, : len(x)] = torch.tensor(x, dtype=torch.float64)
+        mask[i, : len(x)] = True
+    return out, mask
+
+
 @settings(max_examples=40, deadline=None)
 @given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=4), gamma=st.floats(0.5, 1.0),
        lam=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
@@ -37,21 +46,21 @@ def test_gae_matches_the_discounted_sum_of_deltas(lengths, gamma, lam, seed):
     g = torch.Generator().manual_seed(seed)
     vals = [torch.randn(n, generator=g, dtype=torch.float64).tolist() for n in lengths]
     rews = [torch.randn(n, generator=g, dtype=torch.float64).tolist() for n in lengths]
-    values, mask = pad_lists(vals)
-    rewards, _ = pad_lists(rews)
+    values, mask = _padded(vals)
+    rewards, _ = _padded(rews)
     adv, ret = gae(values, rewards, mask, gamma, lam)
     for row, (v, r) in enumerate(zip(vals, rews)):
         n = len(v)
         deltas = [r[k] + gamma * (v[k + 1] if k + 1 < n else 0.0) - v[k] for k in range(n)]
         brute = [sum((gamma * lam) ** (k - s) * deltas[k] for k in range(s, n)) for s in range(n)]
-        assert unpad(adv, mask)[row] == pytest.approx(brute, abs=1e-9)
-        assert unpad(ret, mask)[row] == pytest.approx([a + b for a, b in zip(brute, v)], abs=1e-9)
+        assert adv[row][mask[row]].tolist() == pytest.approx(brute, abs=1e-9)
+        assert ret[row][mask[row]].tolist() == pytest.approx([a + b for a, b in zip(brute, v)], abs=1e-9)
     assert float(adv[~mask].abs().sum()) == 0.0
 
 
 def test_gae_with_lambda_one_and_gamma_one_is_the_return_to_go_minus_value():
-    values, mask = pad_lists([[0.3, -0.2, 0.7]])
-    rewards, _ = pad_lists([[1.0, 2.0, 3.0]])
+    values, mask = _padded([[0.3, -0.2, 0.7]])
+    rewards, _ = _padded([[1.0, 2.0, 3.0]])
     adv, ret = gae(values, rewards, mask, 1.0, 1.0)
     torch.testing.assert_close(ret, t([[6.0, 5.0, 3.0]]))
     torch.testing.assert_close(adv, t([[5.7, 5.2, 2.3]]))

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from rad.models.loading import load_causal_lm, load_tokenizer
+from rad.models.loading import load_tokenizer
 from rad.models.score_model import build_score_model
-from rad.runtime.policy_workers import collate_samples, token_logprobs
-from safe_rlhf_baseline.batching import gather_responses, pad_lists, place, unpad
+from rad.runtime.policy_workers import collate_samples
 from safe_rlhf_baseline.workers import ValueModel, check_same_vocab
 
 SAMPLES = [{"prompt_ids": [1, 5, 6, 7], "response_ids": [8, 9, 2]},
@@ -35,33 +34,6 @@ def test_value_at_the_last_token_is_the_score_model_score(score_model):
 def test_value_model_shares_the_score_model_parameters(score_model):
     names = {n for n, _ in ValueModel(score_model).named_parameters()}
     assert names == {n for n, _ in score_model.named_parameters()}
-
-
-def test_place_and_gather_use_the_log_prob_coordinates(tiny_model_dir):
-    batch = collate_samples(SAMPLES, pad_id=0)
-    width = batch["input_ids"].shape[1] - 1
-    per_token = [{**s, "x": [float(i + 1) for i in range(len(s["response_ids"]))]} for s in SAMPLES]
-    placed = place(per_token, "x", width)
-    assert torch.equal(placed != 0, batch["response_mask"][:, 1:])
-    assert gather_responses(placed, per_token) == [s["x"] for s in per_token]
-    # token_logprobs is non-zero exactly where place() writes
-    model = load_causal_lm(tiny_model_dir, dtype=torch.float32)
-    with torch.no_grad():
-        lp = token_logprobs(model, batch)
-    assert torch.equal(lp != 0, batch["response_mask"][:, 1:])
-    assert [len(x) for x in gather_responses(lp, SAMPLES)] == [3, 5]
-
-
-def test_place_rejects_a_length_mismatch():
-    with pytest.raises(ValueError, match="sample 0: x has 2 entries for 3"):
-        place([{**SAMPLES[0], "x": [1.0, 2.0]}], "x", 10)
-
-
-def test_pad_unpad_round_trip():
-    lists = [[1.0], [2.0, 3.0, 4.0], [5.0, 6.0]]
-    padded, mask = pad_lists(lists)
-    assert padded.shape == (3, 3) and mask.sum().item() == 6
-    assert unpad(padded, mask) == lists
 
 
 def test_same_tokenizer_passes(tiny_model_dir, sft_model_dir):
