@@ -22,7 +22,7 @@ What it does:
 * runs ``--steps`` RAD steps and ``--steps`` PPO-Lag steps through the trainers the CLI uses
   (:class:`~rad.algos.rad.RADTrainer`, :class:`~safe_rlhf_baseline.trainer.PPOLagTrainer`),
   once with separate engines and once with ``rollout.hybrid=true`` (the learner's own module
-  generates: no engine copy, nothing to sync; skipped and said so in a tree without the key);
+  generates: no engine copy, nothing to sync); ``--runs`` picks a subset;
 * after every step (whose last phase is the weight sync) compares each engine's weights with
   learner rank 0's bit for bit, and checks that the policy moved;
 * reads every role's peak memory (:meth:`rad.runtime.roles.RLRoles.memory`: torch's peak
@@ -57,6 +57,8 @@ from bench.rl_runs import (PHASES, build_trainer, common_overrides, phase_cell, 
                            summarize_steps)
 
 NAME = "gpu_check"
+#: The runs: each algorithm with separate engines, then with the learner generating itself (rollout.hybrid).
+RUNS = ("rad_separate", "ppo_lag_separate", "rad_hybrid", "ppo_lag_hybrid")
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,6 @@ BATCHES: dict[str, dict[str, int]] = {
 GPU_SHARES = {"learner": 0.15, "reference": 0.1, "scorer": 0.1, "engine": 0.2}
 #: Default weight transport per device (see the module docstring).
 TRANSPORT = "auto"  # resolved by the product: ipc on one shared GPU, the gloo broadcast on CPU
-
-
-def has_hybrid_rollout() -> bool:
-    """Whether this tree's rollout config has ``rollout.hybrid`` (generation by the learner's own module)."""
-    from rad.runtime.rollout.config import RolloutConfig
-
-    return "hybrid" in {f.name for f in dataclasses.fields(RolloutConfig)}
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -227,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=2, help="steps per run (each followed by a weight-sync check)")
     p.add_argument("--weight-sync", choices=("broadcast", "object_store", "ipc"),
                    help="learner -> engine transport (default: the product's auto)")
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS,
+                   help="which of the four runs (algorithm x rollout mode), in this order")
     p.add_argument("--budget-s", type=float, default=480.0, help="wall-time budget; over it is a FAIL (0 = none)")
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
     p.add_argument("--out", default=str(default_out(NAME)))
@@ -243,17 +240,15 @@ def check(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
         raise SystemExit("gpu_check FAIL: --device cuda, but torch sees no CUDA device (use --device cpu)")
     if args.budget_s > 0:  # a hang prints where the driver waits, while the run goes on
         faulthandler.dump_traceback_later(args.budget_s, exit=False)
-    hybrid = has_hybrid_rollout()
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-check-"))
     models = build_models(args.size, tmp / "models")
     settings = {k: v for k, v in vars(args).items() if k != "out"} | {
         "batch": BATCHES[args.size], "gpu_shares": GPU_SHARES if args.device == "cuda" else {},
         "weight_sync": args.weight_sync or TRANSPORT, "models": models,
-        "hybrid": "run" if hybrid else "skipped: rollout.hybrid is not in this tree's RolloutConfig",
         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None}
     report = new_report(NAME, argv, settings)
     report["results"] = {"model_build_seconds": time.perf_counter() - start, "runs": {}}
-    runs = [(algo, mode) for mode in ("separate", *(("hybrid",) if hybrid else ())) for algo in ("rad", "ppo_lag")]
+    runs = [key.rsplit("_", 1) for key in RUNS if key in args.runs]
     ray_init(args.num_cpus, num_gpus=1 if args.device == "cuda" else 0)
     try:
         for algo, mode in runs:
@@ -302,12 +297,11 @@ def summary_line(report: dict[str, Any]) -> str:
     peak = max((sum(role_peak_gib(ms, st["device"]) for ms in r["memory"].values())
                 for r in res["runs"].values() if "memory" in r), default=0.0)
     what = "GPU memory reserved" if st["device"] == "cuda" else "RSS"
-    hybrid = "" if st["hybrid"] == "run" else "; hybrid runs skipped (no rollout.hybrid key)"
     head = (f"gpu_check PASS: {len(res['runs'])} runs x {st['steps']} steps on {st['device']} ({st['size']}), "
             f"engines == learner after all {syncs} engine syncs" if res["passed"]
             else f"gpu_check FAIL: {'; '.join(res['problems'])}")
     return f"{head}; peak {what} of all roles {peak:.1f} GiB; {res['wall_seconds']:.0f} s " \
-           f"(budget {st['budget_s']:.0f} s){hybrid}"
+           f"(budget {st['budget_s']:.0f} s)"
 
 
 def markdown(report: dict[str, Any]) -> str:
