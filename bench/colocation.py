@@ -19,29 +19,18 @@ that is what lets a policy that fits once but not twice train at all. Results go
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
-
-from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
-from bench.rl_runs import add_rl_batch_args, common_overrides, rad_overrides, run_trainer
+from bench.common import publish, ratio, ray_init
+from bench.rl_runs import common_overrides, rad_overrides, rl_bench_setup, run_trainer
 
 NAME = "colocation"
 _MIB = 2 ** 20
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_args(p, default_size="small")
-    add_rl_batch_args(p, steps=3, k=2, steps_help="measured steps per mode (after one warm-up)")
-    p.add_argument("--out", default=str(default_out(NAME)))
-    args = p.parse_args(argv)
-
     import ray
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-colocation-"))
-    models = resolve_models(args, tmp)
-    report = new_report(NAME, argv, {k: v for k, v in vars(args).items() if k != "out"} | {"models": models})
+    args, tmp, models, report = rl_bench_setup(NAME, __doc__, argv, steps=3, k=2,
+                                               steps_help="measured steps per mode (after one warm-up)")
     common = (common_overrides(models, args.max_new_tokens, rollout_micro_batch=args.prompts * args.k)
               + rad_overrides(args.prompts, args.k, args.micro_batch))
     ray_init(args.num_cpus)

@@ -32,6 +32,24 @@ def add_rl_batch_args(parser, steps: int, k: int, steps_help: str) -> None:
     parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
 
 
+def rl_bench_setup(name: str, doc: str, argv: list[str] | None, steps: int, k: int, steps_help: str):
+    """A two-run RL benchmark's arguments (models, batch, ``--out``), its temp dir, models and new report."""
+    import argparse
+    import tempfile
+
+    from bench.common import add_model_args, default_out, new_report, resolve_models
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_model_args(p, default_size="small")
+    add_rl_batch_args(p, steps=steps, k=k, steps_help=steps_help)
+    p.add_argument("--out", default=str(default_out(name)))
+    args = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    models = resolve_models(args, tmp)
+    report = new_report(name, argv, {k: v for k, v in vars(args).items() if k != "out"} | {"models": models})
+    return args, tmp, models, report
+
+
 def common_overrides(models: dict[str, str], max_new_tokens: int, rollout_micro_batch: int) -> list[str]:
     """Config overrides every benchmarked RL run shares: models, HF engine, fixed-length responses, no I/O."""
     return [f"policy.name_or_path={models['policy']}", f"reward_model={models['reward']}",
