@@ -121,14 +121,21 @@ def _wait(refs: list, engines: Sequence, what: str, timeout_s: float) -> list:
         raise RadError(f"weight sync ({what}): engine(s) {slow} did not finish within {timeout_s:g} s "
                        f"(rollout.sync_timeout_s)") from None
     except ray.exceptions.RayActorError as exc:
-        dead = []
-        for i, engine in enumerate(engines):
-            try:
-                ray.get(engine.info.remote(), timeout=5)
-            except Exception:
-                dead.append(i)
-        raise RadError(f"weight sync ({what}): rollout engine(s) {dead or '?'} died: "
+        raise RadError(f"weight sync ({what}): rollout engine(s) {dead_engines(engines) or '?'} died: "
                        f"{str(exc).splitlines()[0]}") from None
+
+
+def dead_engines(engines: Sequence, timeout_s: float = 5.0) -> list[int]:
+    """Indices of the engine actors that no longer answer."""
+    import ray
+
+    dead = []
+    for i, engine in enumerate(engines):
+        try:
+            ray.get(engine.info.remote(), timeout=timeout_s)
+        except Exception:
+            dead.append(i)
+    return dead
 
 
 class WeightSender(abc.ABC):
@@ -200,11 +207,8 @@ class BroadcastSender(WeightSender):
         try:
             self.group = join_group(address, port, 0, world, device, timeout_s)
         except Exception as exc:
-            try:  # an engine's own error (it died, it cannot join) says more than the rendezvous time-out
-                _wait(joining, self.engines, self.kind, 1.0)
-            except RadError as engine_error:
-                raise engine_error from None
-            raise RadError(f"weight sync (broadcast): the process group did not form: {exc}") from None
+            raise RadError(f"weight sync (broadcast): the process group did not form within {timeout_s:g} s "
+                           f"(dead engines: {dead_engines(self.engines)}): {str(exc).splitlines()[0]}") from None
         _wait(joining, self.engines, self.kind, timeout_s)
         self.world_size = world
 
@@ -216,9 +220,10 @@ class BroadcastSender(WeightSender):
 
         try:
             broadcast_bucket(self.group, pack_bucket(specs, tensors, self.device))
-        except RuntimeError as exc:
-            _wait(self._receiving, self.engines, self.kind, 1.0)  # names a dead engine if there is one
-            raise RadError(f"weight sync (broadcast): {str(exc).splitlines()[0]}") from None
+        except RuntimeError as exc:  # gloo / NCCL: a member is gone, or the group's timeout passed
+            raise RadError(f"weight sync (broadcast): engine(s) {dead_engines(self.engines) or '?'} did not take "
+                           f"the weights (dead, or slower than rollout.sync_timeout_s): "
+                           f"{str(exc).splitlines()[0]}") from None
 
     def finish(self) -> list[float]:
         return _wait(self._receiving, self.engines, self.kind, self.timeout_s)
