@@ -73,24 +73,12 @@ def cluster_record(address: str) -> dict[str, Any]:
 
 
 def rad_stage_demand(cfg: Any, gpu_cluster: bool) -> dict[str, float]:
-    """CPUs and GPUs the RAD stage's actors reserve (learner, reference, scorer, rollout).
+    """CPUs and GPUs the RAD stage's actors reserve (learner, reference, scorer, rollout), as the stage plans
+    them (:func:`rad.runtime.roles.role_resources`); engines ask for GPUs only on a cluster with GPUs."""
+    from rad.runtime.placement import plan_bundles, total_resources
+    from rad.runtime.roles import role_resources
 
-    Rollout engines ask for GPUs only on a cluster with GPUs, where ``auto`` means vLLM and a
-    vLLM engine takes ``num_gpus_per_engine`` per tensor-parallel rank.
-    """
-    from rad.runtime.placement import RoleResources, plan_bundles, total_resources
-
-    res, rollout = cfg.rad.resources, cfg.rad.rollout
-    engine_gpus = 0.0
-    if gpu_cluster:
-        tp = rollout.vllm_tensor_parallel_size if rollout.engine in ("vllm", "auto") else 1
-        engine_gpus = rollout.num_gpus_per_engine * tp
-    roles = {"learner": RoleResources(res.num_learners, res.cpus_per_learner, res.gpus_per_learner),
-             "reference": RoleResources(1, res.cpus_per_learner, res.gpus_per_learner),
-             "scorer": RoleResources(res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer),
-             "rollout": RoleResources(rollout.num_engines, rollout.num_cpus_per_engine,
-                                      engine_gpus)}
-    bundles, _ = plan_bundles(roles)
+    bundles, _ = plan_bundles(role_resources(cfg.rad.resources, cfg.rad.rollout, [], gpu=gpu_cluster))
     return total_resources(bundles)
 
 
