@@ -13,8 +13,14 @@ from rad.runtime.rollout.vllm_engine import require_vllm, tied_weight_names, vll
 
 
 def test_config_loads_and_validates():
-    cfg = load_config(RolloutConfig, None, ["engine=vllm", "sampling.temperature=0.7", "sampling.top_k=20"])
+    cfg = load_config(RolloutConfig, None, ["engine=vllm", "sampling.temperature=0.7", "sampling.top_k=20",
+                                            "off_policy_sampling=true"])
     assert cfg.engine == "vllm" and cfg.sampling.temperature == 0.7 and cfg.sampling.top_k == 20
+    # RL rollouts are the policy's own samples unless the config says otherwise, naming the key
+    for override, key in (("sampling.temperature=0.7", "temperature=0.7"), ("sampling.top_p=0.9", "top_p=0.9"),
+                          ("sampling.top_k=20", "top_k=20"), ("sampling.temperature=0", "temperature=0.0")):
+        with pytest.raises(ConfigError, match=rf"rollout\.sampling\.{key} .*off-policy.*off_policy_sampling=true"):
+            load_config(RolloutConfig, None, [override])
     with pytest.raises(ConfigError, match="weight_sync: 'nccl' is not allowed"):  # broadcast is NCCL on GPU
         load_config(RolloutConfig, None, ["engine=hf", "weight_sync=nccl"])
     with pytest.raises(ConfigError, match="rollout.hybrid generates with the learner's HF module"):

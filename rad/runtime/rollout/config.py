@@ -44,9 +44,23 @@ class RolloutConfig:
                                                         "cache freed; 2: both freed, the next sync refills the weights); "
                                                         "0 = never sleeps")
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    off_policy_sampling: bool = field(False, help="allow sampling settings under which the rollouts are not the "
+                                                  "policy's own samples (temperature != 1, top_p < 1, top_k > 0): "
+                                                  "the learner's log-probs and the policy gradient assume the "
+                                                  "policy's distribution")
 
     def validate(self) -> None:
         from rad.errors import ConfigError
+
+        if not self.off_policy_sampling:
+            sampling = self.sampling
+            for key, value, on_policy in (("temperature", sampling.temperature, sampling.temperature == 1.0),
+                                          ("top_p", sampling.top_p, sampling.top_p == 1.0),
+                                          ("top_k", sampling.top_k, sampling.top_k == 0)):
+                if not on_policy:
+                    raise ConfigError(f"rollout.sampling.{key}={value} samples from another distribution than the "
+                                      f"policy's, so the learner's log-probs are off-policy (on-policy: temperature "
+                                      f"1, top_p 1, top_k 0); set rollout.off_policy_sampling=true to allow it")
 
         if self.vllm_sleep_level and self.engine != "vllm":
             raise ConfigError("rollout.vllm_sleep_level needs rollout.engine=vllm (the hf engine keeps no KV cache "
