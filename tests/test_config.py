@@ -56,6 +56,16 @@ def test_override_parsing():
         apply_overrides({"a": 1}, ["a.b=2"])
 
 
+def test_documented_true_false_choices_take_yaml_booleans(tmp_path):
+    # `learner.bf16` is a string key with choices auto/true/false: YAML's booleans mean those strings
+    assert load_config(SFTConfig, None, ["learner.bf16=true"]).learner.bf16 == "true"
+    path = tmp_path / "c.yaml"
+    path.write_text("learner:\n  bf16: false\n")
+    assert load_config(SFTConfig, path).learner.bf16 == "false"
+    with pytest.raises(ConfigError, match=r"learner\.scheduler: 'true' is not allowed"):  # not a choice there
+        load_config(SFTConfig, None, ["learner.scheduler=true"])
+
+
 def test_yaml_scientific_notation_is_a_number(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("learner:\n  lr: 1e-5\n")  # YAML 1.1 reads this as a string
