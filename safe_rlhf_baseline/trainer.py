@@ -111,6 +111,9 @@ class PPOLagTrainer(OnlineRLTrainer):
     def policy_logprob_chunk_size(self) -> int:
         return self.cfg.actor_learner.logprob_chunk_size
 
+    def model_dir_keys(self) -> tuple[str, ...]:
+        return (*super().model_dir_keys(), "reward_critic_model", "cost_critic_model")
+
     @property
     def lam(self) -> float:
         return self.multiplier.value

@@ -60,6 +60,7 @@ class OnlineRLTrainer:
                 raise ConfigError(f"algo.val_prompts: {exc}") from None
             self.val_prompts = [self.prompts[i] for i in val_idx]
             self.prompts = [self.prompts[i] for i in train_idx]
+        self.check_model_dirs()  # before any actor starts: a wrong path is one line, not a Ray traceback
         self.policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
         self.reference_dir = cfg.reference or self.policy_dir
         from rad.models.loading import load_tokenizer
@@ -75,6 +76,18 @@ class OnlineRLTrainer:
             logprob_chunk_size=self.policy_logprob_chunk_size())
         self.startup_seconds = self.roles.startup_seconds
         self.step = 0
+
+    def model_dir_keys(self) -> tuple[str, ...]:
+        """The config keys that name a model directory this run loads (checked before any actor starts)."""
+        return ("reference", "reward_model", "cost_model")
+
+    def check_model_dirs(self) -> None:
+        for key in self.model_dir_keys():
+            path = getattr(self.cfg, key)
+            if path and not (Path(path) / "config.json").is_file():
+                what = "is not a directory" if not Path(path).is_dir() else "has no config.json"
+                raise ConfigError(f"{key}: {path!r} {what}; expected a saved model directory (the output of "
+                                  f"the stage that trains it)")
 
     # -- the hooks of an algorithm ---------------------------------------------------------------
     def policy_role(self) -> TrainedRole:

@@ -136,3 +136,17 @@ def test_pi_multipliers_add_kp_times_the_last_error_and_clip():
     assert applied(5.0, 1.0, 0.5, [-0.6, -0.1], mu_lr=1.0) == (0.0, 0.0)  # both met: clipped at 0
     assert applied(50.0, 3.0, 1.0, [0.4, 0.2], mu_lr=1.0) == (10.0, 10.0)  # clipped at lambda_max
     assert applied(5.0, 3.0, 0.0, [0.4, 0.2]) == pytest.approx((5.0, 0.0))  # mu switched off stays 0
+
+
+def test_a_missing_model_directory_is_refused_before_any_actor_starts(tmp_path, score_dirs):
+    """`rad rl reward_model=/nope` names the key instead of failing inside a Ray actor."""
+    from rad.algos.rad import RADTrainer
+    from rad.config import load_config
+    from rad.errors import ConfigError
+
+    base = [f"output_dir={tmp_path}", f"cost_model={score_dirs['cost']}", "data.prompts=embedded/prompts-train:8"]
+    with pytest.raises(ConfigError, match=r"reward_model: '/nope' is not a directory"):
+        RADTrainer(load_config(RADConfig, None, base + ["reward_model=/nope"]))
+    with pytest.raises(ConfigError, match=r"reference: .* has no config.json"):
+        RADTrainer(load_config(RADConfig, None, base + [f"reward_model={score_dirs['reward']}",
+                                                         f"reference={tmp_path}"]))
