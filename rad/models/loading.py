@@ -206,8 +206,13 @@ def load_causal_lm(
         # None lets transformers prefer safetensors and fall back to .bin.
         "use_safetensors": None if allow_pickle else True,
     }
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except SafetensorError as exc:  # a truncated or corrupt weights file
+        raise ConfigError(f"model: the safetensors weights in {name!r} are unreadable ({exc}); the file is "
+                          "truncated or corrupt: copy or save the model again") from None
     except OSError as exc:
         if is_local:
             raise ConfigError(f"model: cannot load from directory {name!r}: {exc}") from exc

@@ -305,6 +305,7 @@ def _load_backbone(path: str, dtype: Any, trust_remote_code: bool, allow_pickle:
     checkpoint as a trunk always reports the LM head as unexpected, which is the point.
     """
     import transformers
+    from safetensors import SafetensorError
     from transformers import AutoModel
 
     name, is_local = _resolve(path, "score-model backbone")
@@ -316,8 +317,8 @@ def _load_backbone(path: str, dtype: Any, trust_remote_code: bool, allow_pickle:
         model, info = AutoModel.from_pretrained(name, dtype=_as_dtype(dtype), trust_remote_code=trust_remote_code,
                                                 use_safetensors=None if allow_pickle else True,
                                                 output_loading_info=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"score-model backbone: cannot load {name!r} with AutoModel: {exc}") from exc
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: truncated or corrupt weights
+        raise ConfigError(f"score-model backbone: cannot load {name!r} with AutoModel: {exc}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
     if info.get("missing_keys"):

@@ -55,6 +55,19 @@ def test_directory_without_config_or_weights(tmp_path, tiny_dir):
         load_causal_lm(empty / "config.json")
 
 
+def test_truncated_weights_are_named_not_a_safetensors_traceback(tmp_path, tiny_dir):
+    from rad.models.score_model import _load_backbone
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_dir, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConfigError, match=r"model: the safetensors weights in '.*cut' are unreadable .*truncated"):
+        load_causal_lm(cut)
+    with pytest.raises(ConfigError, match=r"score-model backbone: cannot load '.*cut'"):
+        _load_backbone(str(cut), torch.float32, trust_remote_code=False, allow_pickle=False)
+
+
 def test_pickled_weights_need_explicit_permission(tmp_path, tiny_dir, tiny_model, tiny_tokenizer):
     pickled = tmp_path / "pickled"
     pickled.mkdir()
