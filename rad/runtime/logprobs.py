@@ -53,15 +53,6 @@ def collate_samples(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str,
     return batch.model_inputs("cpu")
 
 
-def response_logprobs(lp: torch.Tensor, samples: Sequence[dict[str, Any]]) -> list[list[float]]:
-    """Each sample's response-token log-probs, read from :func:`token_logprobs`'s ``[B, T-1]`` output."""
-    out = []
-    for i, s in enumerate(samples):
-        start = len(s["prompt_ids"]) - 1
-        out.append(lp[i, start: start + len(s["response_ids"])].tolist())
-    return out
-
-
 def hf_model(model: Any) -> torch.nn.Module:
     """The transformers model inside ``model`` (a DeepSpeedLearner or engine has it as ``module``)."""
     while not hasattr(model, "get_output_embeddings") and hasattr(model, "module"):

