@@ -116,16 +116,16 @@ def rl_shape(args: argparse.Namespace, gen: torch.Generator) -> tuple[list[dict]
 
     algo = RADAlgoConfig()
     pairs, source = _cost_blocks(args, gen)
-    kwargs = dict(weighting=algo.weighting, eps=algo.eps, max_iter=algo.sinkhorn_iters,
-                  n_particles=algo.n_particles, density=algo.density)
+    kwargs = dict(weighting=algo.weighting, eps=algo.ot.eps, max_iter=algo.ot.max_iter,
+                  n_particles=algo.ot.n_particles, density=algo.ot.density)
     _call(pairs[0][0], pairs[0][1], "semi_dual", **kwargs)  # warm-up (imports scipy's optimiser)
     runs: dict[str, list] = {m: [] for m in METHODS}
     for policy, ref in pairs:
-        particles = empirical_quantiles(ref, algo.n_particles)
+        particles = empirical_quantiles(ref, algo.ot.n_particles)
         for method in METHODS:  # interleaved, so a change in the machine's load hits every method alike
             runs[method].append(_call(policy, particles, method, **kwargs))
-    rows = [{**_row(algo.n_particles, args.rl_batch, m, r),
-             "max_iter": algo.sinkhorn_iters, "weighting": algo.weighting} for m, r in runs.items()]
+    rows = [{**_row(algo.ot.n_particles, args.rl_batch, m, r),
+             "max_iter": algo.ot.max_iter, "weighting": algo.weighting} for m, r in runs.items()]
     return rows, source
 
 

@@ -64,8 +64,8 @@ def common_overrides(models: dict[str, str], max_new_tokens: int, rollout_micro_
 
 def rad_overrides(prompts: int, k: int, micro_batch: int, lr: float = 1e-4) -> list[str]:
     """RAD with a small one-off reference sample (it is not part of the timed step)."""
-    return [f"algo.k={k}", f"algo.prompts_per_step={prompts}", "algo.ref_prompts=16",
-            "algo.ref_samples_per_prompt=2", f"learner.lr={lr}", f"learner.micro_batch_size={micro_batch}",
+    return [f"algo.k={k}", f"algo.prompts_per_step={prompts}", "algo.ref_costs.prompts=16",
+            "algo.ref_costs.samples_per_prompt=2", f"learner.lr={lr}", f"learner.micro_batch_size={micro_batch}",
             "learner.zero_stage=0"]
 
 
@@ -172,7 +172,7 @@ class PssSampler:
 
 
 def _roles(trainer, algo: str) -> dict[str, list]:
-    common = {"reference": trainer.reference.actors, "scorer": trainer.scorers.actors}
+    common = {"reference": trainer.reference_policy.actors, "scorer": trainer.scorers.actors}
     if not trainer.rollout.hybrid:  # a hybrid rollout's actors are the policy learners, counted once
         common["rollout"] = trainer.rollout.actors
     if algo == "rad":

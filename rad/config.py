@@ -200,6 +200,9 @@ def from_dict(cls: type[T], data: typing.Mapping[str, Any], prefix: str = "") ->
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
+        moved = getattr(cls, "MOVED", {})  # keys renamed or nested since an earlier release: say where they went
+        if unknown[0] in moved:
+            raise ConfigError(f"config key {where}{unknown[0]} has moved: use {where}{moved[unknown[0]]}")
         raise ConfigError(
             f"unknown config key {where}{unknown[0]}; allowed keys{' under ' + prefix if prefix else ''}: "
             f"{sorted(fields)}")

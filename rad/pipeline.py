@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rad.algos.rad import RADConfig, RADStage, run_rad
+from rad.algos.rad import run_rad
+from rad.algos.rad_config import RADConfig, RADStage
 from rad.algos.sft import SFTConfig, SFTStage, run_sft
 from rad.config import field, from_dict, save_config, to_dict
 from rad.errors import ConfigError

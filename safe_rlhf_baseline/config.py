@@ -81,12 +81,14 @@ class PPOLagStage:
 class PPOLagConfig(PPOLagStage):
     """``rad baseline ppo-lag``: Safe RLHF PPO-Lagrangian from an SFT policy and trained reward / cost models."""
 
+    MOVED = {"reference": "reference_model"}
+
     output_dir: str = field("runs/ppo_lag", help="run directory")
     seed: int = field(0)
     resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
     world: WorldConfig = field(default_factory=WorldConfig)
     policy: ModelConfig = field(default_factory=ModelConfig, help="actor initialisation (the SFT model)")
-    reference: str = field("", help="reference policy directory ('' = the actor initialisation)")
+    reference_model: str = field("", help="reference policy directory ('' = the actor initialisation)")
     reward_model: str = field("", help="reward model directory (rad rm train output)")
     cost_model: str = field("", help="cost model directory (rad cm train output)")
     reward_critic_model: str = field("", help="reward critic initialisation ('' = the reward model)")

@@ -17,6 +17,9 @@ Reading chosen for several workers: the reference keeps one window per GPU of
 ``episode_cost_window_size`` costs and averages the per-GPU means. Here the
 controller sees every rollout, so there is one window over all of them; to
 reproduce an N-GPU reference run, set the window to N times the reference's.
+
+The step itself is :func:`rad.algos.dual.log_lambda_step`, which RAD's ``log_sgd`` dual
+controller uses too.
 """
 
 from __future__ import annotations
@@ -25,15 +28,7 @@ import math
 from collections import deque
 from typing import Any, Iterable
 
-
-def lagrange_step(log_lambda: float, episode_cost: float, threshold: float, lr: float,
-                  log_lambda_max: float | None = None) -> float:
-    """One SGD step on ``log_lambda`` for the loss ``-(episode_cost - threshold) * exp(log_lambda)``."""
-    grad = -(episode_cost - threshold) * math.exp(log_lambda)
-    new = log_lambda - lr * grad
-    if log_lambda_max is not None:
-        new = min(new, log_lambda_max)
-    return new
+from rad.algos.dual import log_lambda_step
 
 
 class LagrangeMultiplier:
@@ -69,7 +64,7 @@ class LagrangeMultiplier:
         """One update step (a no-op during the delay); returns the ``Jc`` it used."""
         jc = self.episode_cost()
         if self.updates >= self.delay_steps:
-            self.log_lambda = lagrange_step(self.log_lambda, jc, self.threshold, self.lr, self.log_lambda_max)
+            self.log_lambda = log_lambda_step(self.log_lambda, jc - self.threshold, self.lr, self.log_lambda_max)
         self.updates += 1
         return jc
 

@@ -157,7 +157,7 @@ class PPOLagTrainer(OnlineRLTrainer):
 
     def experience_calls(self, batch) -> list[list]:
         """The four roles' log-prob and value calls on the step's TokenBatch, started and not waited for."""
-        return [g.split_async(m, batch) for g, m in ((self.reference, "logprobs"), (self.actor, "logprobs"),
+        return [g.split_async(m, batch) for g, m in ((self.reference_policy, "logprobs"), (self.actor, "logprobs"),
                                                        (self.reward_critic, "values"), (self.cost_critic, "values"))]
 
     def make_experience(self, batch, calls: list[list], rewards: torch.Tensor,

@@ -39,7 +39,8 @@ class OnlineRLTrainer:
     selector = None  # a ValidationSelector when the algorithm validates steps (RAD's select=feasible)
     _selection_state: dict[str, Any] | None = None
 
-    def __init__(self, cfg: Any, val_prompts: int = 0) -> None:
+    def __init__(self, cfg: Any, selection: Any = None) -> None:
+        """``selection``: a :class:`~rad.algos.selection.SelectionConfig` when the algorithm validates steps."""
         from rad.algos.assets import load_records, model_dir
 
         self.cfg = cfg
@@ -50,19 +51,21 @@ class OnlineRLTrainer:
         self.eval_prompts = [r["prompt"] for r in load_records(cfg.data.eval_prompts, "prompt", cfg.world, cfg.seed)]
         if not self.prompts:
             raise ConfigError("data.prompts: no prompts after loading")
+        self.selection = selection
         self.val_prompts: list[str] = []
+        val_prompts = selection.held_out if selection is not None else 0
         if val_prompts:
             from rad.algos.selection import split_validation
 
             try:
                 train_idx, val_idx = split_validation(len(self.prompts), val_prompts, cfg.seed)
             except ValueError as exc:
-                raise ConfigError(f"algo.val_prompts: {exc}") from None
+                raise ConfigError(f"algo.selection.prompts: {exc}") from None
             self.val_prompts = [self.prompts[i] for i in val_idx]
             self.prompts = [self.prompts[i] for i in train_idx]
         self.check_model_dirs()  # before any actor starts: a wrong path is one line, not a Ray traceback
         self.policy_dir = model_dir(cfg.policy, cfg.world, cfg.seed)
-        self.reference_dir = cfg.reference or self.policy_dir
+        self.reference_dir = cfg.reference_model or self.policy_dir
         from rad.models.loading import load_tokenizer
 
         self.tokenizer = load_tokenizer(self.policy_dir, trust_remote_code=cfg.policy.trust_remote_code)
@@ -79,7 +82,7 @@ class OnlineRLTrainer:
 
     def model_dir_keys(self) -> tuple[str, ...]:
         """The config keys that name a model directory this run loads (checked before any actor starts)."""
-        return ("reference", "reward_model", "cost_model")
+        return ("reference_model", "reward_model", "cost_model")
 
     def check_model_dirs(self) -> None:
         for key in self.model_dir_keys():
@@ -146,8 +149,9 @@ class OnlineRLTrainer:
         return self.roles.rollout
 
     @property
-    def reference(self):
-        return self.roles.reference
+    def reference_policy(self):
+        """The reference policy's log-prob worker group."""
+        return self.roles.reference_policy
 
     @property
     def scorers(self):
@@ -286,16 +290,15 @@ class OnlineRLTrainer:
             return json.loads(path.read_text())
         if self.step == 0:  # the engines still hold the initial policy, i.e. the reference
             return self.evaluate_policy("validation_reference", self.val_prompts, self._VAL_SEED,
-                                        self.cfg.algo.val_samples_per_prompt)
+                                        self.selection.samples_per_prompt)
         raise ConfigError(f"{path} is missing: the run cannot validate against the reference after step 0")
 
     def validate(self, logger) -> None:
-        """Every ``val_every`` steps and at the last: score the policy on the validation prompts."""
-        algo = self.cfg.algo
-        if self.selector is None or (self.step % algo.val_every and self.step != algo.steps):
+        """Every ``selection.every`` steps and at the last: score the policy on the validation prompts."""
+        if self.selector is None or (self.step % self.selection.every and self.step != self.cfg.algo.steps):
             return
         record = self.evaluate_policy(f"validation_step{self.step}", self.val_prompts, self._VAL_SEED,
-                                      algo.val_samples_per_prompt)
+                                      self.selection.samples_per_prompt)
         cand, better = self.selector.judge(self.step, record)
         if better:
             self.learners.broadcast("save_pretrained", str(self.out / "best"))

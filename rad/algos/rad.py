@@ -6,21 +6,24 @@ validation, evaluation); every model lives in a Ray actor of its role::
     prompts --rollout pool--> k responses/prompt --scorers--> reward r, cost c
                                                  --reference / learner--> per-token log-probs (ref, policy)
                                                  (scorers, reference and learner at the same time)
-    driver:  r~ = r - beta * KL_t-sum (k1 or k3)
-             costs of the whole batch -> quantile particles -> FSD gain vs reference particles
-             -> particle gradient -> dominance signal s (>= 0)
-             R = r~ + lambda * s ;  A = RLOO over the k samples of each prompt
+    driver:  r~ = r - beta * KL_t-sum (k1 or k3)                          shaped_rewards
+             costs of the batch -> quantile particles -> FSD gain and violation vs the reference's
+             -> particle gradients -> dominance signals s_gain, s_viol (per sample)   dominance_step
+             g = (delta - gain, viol - tolerance) -> multipliers (lambda, mu)  the dual controller
+             A = RLOO over k of  r~ + lambda s_gain + mu s_viol               rad_advantages
     learner: loss = -mean A * log pi(y|x)     (DeepSpeed, data-parallel ranks)
-    driver:  lambda <- clamp(lambda - lr_lambda * (gain - delta), 0, lambda_max)
     learner ranks -> rollout engines (weight sync); metrics; atomic checkpoints
 
-The reference particles are the cost quantiles of reference-policy samples on
-``algo.ref_prompts`` prompts, computed once and cached in the run directory.
+The step's math is in the pure functions below (tests call them directly); the
+multipliers come from a controller of :mod:`rad.algos.dual` (``algo.dual.controller``;
+``projected`` is the paper's dual ascent). The reference particles are the cost
+quantiles of reference-policy samples (``algo.ref_costs``), computed once and cached
+in the run directory. The config is in :mod:`rad.algos.rad_config`.
 
-Reading chosen for the dual step (DESIGN section 2): the gain used for dual ascent
-and for the ``rad/gain`` metric is the exact 1-D value (``gain_exact``); Sinkhorn's
-entropic gain is biased upwards by the regularisation (measured 8-16% at eps=0.01)
-and only drives the particle gradient, as in the paper.
+Reading chosen for the dual step: the gain the controller sees, and the ``rad/gain``
+metric, is the exact 1-D value (``gain_exact``); Sinkhorn's entropic gain is biased
+upwards by the regularisation (measured 8-16% at eps=0.01) and only drives the
+particle gradient, as in the paper.
 """
 
 from __future__ import annotations
@@ -32,135 +35,40 @@ from typing import Any, Sequence
 
 import torch
 
+from rad.algos.advantages import rloo_advantages
+from rad.algos.dual import rad_controller
 from rad.algos.online import OnlineRLTrainer, run_trainer
-from rad.config import field
+from rad.algos.rad_config import RADConfig, RADStage
 from rad.errors import ConfigError
 from rad.runtime.batch import TokenBatch
-from rad.runtime.resources import ResourcesConfig
 from rad.runtime.roles import TrainedRole
-from rad.runtime.rollout.config import RolloutConfig
-from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+from rad.settings import LearnerConfig
 
-@dataclass
-class RADAlgoConfig:
-    """The RAD objective, constraint and dual update."""
-
-    k: int = field(4, min=1, help="responses per prompt (RLOO needs >= 2; the paper uses 2)")
-    prompts_per_step: int = field(16, min=1, help="prompts per RL step (batch = prompts_per_step * k)")
-    steps: int = field(40, min=1, help="RL steps")
-    beta: float = field(0.05, min=0, help="KL coefficient folded into the reward")
-    kl_estimator: str = field("k1", choices=("k1", "k3"), help="per-token KL estimator")
-    loss_aggregation: str = field("sequence_sum", choices=("sequence_sum", "token_mean"),
-                                  help="REINFORCE on sum_t log pi (unbiased) or its per-token mean")
-    weighting: str = field("cvar:0.9", help="spectral weighting spec: uniform, cvar:0.9, var:0.9,0.05, "
-                                            "linear, exponential:5, power:3, wang:0.75")
-    solver: str = field("sinkhorn", choices=("sinkhorn", "exact"), help="OT solver for the particle gradient")
-    eps: float = field(0.01, gt=0, help="Sinkhorn regularisation, relative to the particles' spread")
-    sinkhorn_iters: int = field(1000, min=1, help="iteration cap of the entropic OT solve")
-    sinkhorn_method: str = field("auto", choices=("auto", "semi_dual", "scaling", "log"),
-                                 help="how the entropic plan is computed: semi_dual (L-BFGS on POT's smooth-OT "
-                                      "semi-dual), scaling or log (Sinkhorn), auto picks; see rad/risk/dominance.py")
-    n_particles: int = field(64, min=2, help="quantile particles N")
-    density: str = field("kde", choices=("kde", "constant"), help="f(q_i) in the quantile gradient")
-    bandwidth: float = field(0.0, min=0, help="KDE bandwidth (0 = Silverman)")
-    indicator_bandwidth: float = field(0.0, min=0, help="smooth 1{c<=q} with Phi((q-c)/h) (0 = hard)")
-    delta: float = field(0.0, min=0, help="required gain: gain_w(pi) >= delta")
-    lambda_init: float = field(1.0, min=0)
-    lambda_lr: float = field(0.5, min=0, help="dual ascent step size")
-    lambda_max: float = field(20.0, gt=0, help="cap of both multipliers (lambda and mu)")
-    mu_init: float = field(0.0, min=0, help="multiplier of the violation constraint viol_w <= "
-                                             "violation_tolerance (Cor. 3 asks for viol = 0 besides gain >= delta)")
-    mu_lr: float = field(0.0, min=0, help="dual ascent step of mu (0 with mu_init 0 = the paper's Lagrangian, "
-                                           "gain only; a policy that trails at every weighted quantile then gets "
-                                           "no dominance gradient at all)")
-    violation_tolerance: float = field(0.0, min=0, help="allowed viol_w before mu grows")
-    dual_kp: float = field(0.0, min=0, help="proportional gain of a PI Lagrangian (Stooke et al. 2020): the "
-                                             "multipliers applied are clip(lambda + kp (delta - gain), 0, "
-                                             "lambda_max) and clip(mu + kp (viol - tolerance), ...) with the last "
-                                             "windowed estimates; damps the overshoot of pure dual ascent")
-    dual_window: int = field(1, min=1, help="the multipliers follow gain and violation of the costs pooled over "
-                                            "the last N steps (like Safe RLHF's window of episode costs): a "
-                                            "64-sample batch holds 6 samples of a CVaR-0.9 tail")
-    reference: str = field("pooled", choices=("pooled", "matched"),
-                           help="pooled: reference particles from ref_prompts prompts, fixed for the run (the "
-                                "paper); matched: reference costs of every training prompt, and each step's "
-                                "particles from the reference costs of that step's prompts (a paired estimate "
-                                "that removes the prompt-mix noise from the gain)")
-    ref_prompts: int = field(128, min=1, help="prompts whose reference samples make the pooled particles")
-    ref_samples_per_prompt: int = field(4, min=1)
-    reward_whiten: bool = field(False, help="normalise the RLOO advantages by their batch std")
-    select: str = field("last", choices=("last", "feasible"),
-                        help="the policy the run returns: the last iterate, or the validated iterate with the "
-                             "highest reward win-rate over the reference among those meeting gain >= delta and "
-                             "violation <= violation_tolerance on val_prompts held-out training prompts (the "
-                             "last one if none does); see rad/algos/selection.py")
-    val_prompts: int = field(0, min=0, help="training prompts held out for select=feasible")
-    val_every: int = field(5, min=1, help="validate every N steps (and at the last one) when select=feasible")
-    val_confidence: float = field(0.0, min=0, help="count a validated step as feasible only if the one-sided "
-                                                   "bootstrap bounds at this level (over validation prompts) meet "
-                                                   "the constraint, e.g. 0.9 (0 = point estimates)")
-    val_samples_per_prompt: int = field(4, min=1, help="samples per validation prompt (the reference's and "
-                                                       "each validated policy's)")
-
-    def validate(self) -> None:
-        if self.k < 2:
-            raise ConfigError(f"algo.k: RLOO needs at least 2 responses per prompt, got {self.k}")
-        from rad.risk import weighting_from_spec
-
-        weighting_from_spec(self.weighting)  # raises ConfigError naming the allowed weightings
-        if not self.val_confidence < 1:
-            raise ConfigError(f"algo.val_confidence: must be < 1, got {self.val_confidence}")
-        if self.select == "feasible" and self.val_prompts == 0:
-            raise ConfigError("algo.select=feasible needs algo.val_prompts > 0 training prompts held out for "
-                              "validation")
+__all__ = ["RADConfig", "RADTrainer", "ReferenceCosts", "constraint_values", "kl_per_sample", "learner_geometry",
+           "rad_advantages", "run_rad", "shaped_rewards", "window_gain"]
 
 
-@dataclass
-class RADDataConfig:
-    prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs")
-    eval_prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-test"], help="held-out prompts")
+# -- the step's math ---------------------------------------------------------------------------
+def shaped_rewards(rewards: torch.Tensor, kl: torch.Tensor, beta: float) -> torch.Tensor:
+    """``r~ = r - beta KL``: the reward with the KL penalty folded in, per sample."""
+    return rewards - beta * kl
 
 
-@dataclass
-class RADStage:
-    """The RAD-specific keys (the ``rad:`` section of a pipeline config)."""
-
-    algo: RADAlgoConfig = field(default_factory=RADAlgoConfig)
-    data: RADDataConfig = field(default_factory=RADDataConfig)
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-4, micro_batch_size=16,
-                                                                         warmup_ratio=0.0, scheduler="constant"))
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(num_gpus_per_engine=0.0))
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    save_every: int = field(10, min=0, help="checkpoint every N steps (0 = only at the end)")
-    keep_checkpoints: int = field(2, min=0)
-    eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
-    reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
-                                                            "log-probs (it takes learner.logprob_chunk_size too)")
+def constraint_values(gain: float, violation: float, delta: float, tolerance: float, with_violation: bool) -> list[float]:
+    """RAD's constraints as ``g <= 0``: ``delta - gain`` and, when mu is on, ``violation - tolerance``."""
+    g = [delta - gain]
+    return g + [violation - tolerance] if with_violation else g
 
 
-@dataclass
-class RADConfig(RADStage):
-    """``rad rad``: RAD online RL from an SFT policy with trained reward and cost models."""
-
-    output_dir: str = field("runs/rad", help="run directory")
-    seed: int = field(0)
-    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
-    world: WorldConfig = field(default_factory=WorldConfig)
-    policy: ModelConfig = field(default_factory=ModelConfig, help="policy initialisation (the SFT model)")
-    reference: str = field("", help="reference policy directory ('' = the policy initialisation)")
-    reward_model: str = field("", help="reward model directory (rad rm train output)")
-    cost_model: str = field("", help="cost model directory (rad cm train output)")
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-    def validate(self) -> None:
-        for key in ("reward_model", "cost_model"):
-            if not getattr(self, key):
-                raise ConfigError(f"{key}: a trained score-model directory is required")
-        n = self.resources.num_learners
-        batch = self.algo.prompts_per_step * self.algo.k
-        if batch % n:
-            raise ConfigError(f"algo.prompts_per_step * algo.k = {batch} must divide evenly over "
-                              f"resources.num_learners = {n}")
+def rad_advantages(shaped: torch.Tensor, signals: Sequence[torch.Tensor], multipliers: Sequence[float],
+                   whiten: bool = False) -> torch.Tensor:
+    """RLOO advantages ``[P, k]`` of ``r~ + sum_i m_i s_i``: the shaped rewards plus each multiplier times its
+    dominance signal (RAD: ``lambda s_gain + mu s_viol``), optionally divided by their batch std."""
+    total = shaped
+    for m, s in zip(multipliers, signals, strict=True):
+        total = total + m * s
+    adv = rloo_advantages(total)
+    return adv / adv.std().clamp(min=1e-8) if whiten else adv
 
 
 def learner_geometry(cfg: RADStage) -> LearnerConfig:
@@ -235,11 +143,10 @@ class RADTrainer(OnlineRLTrainer):
 
         self.weighting = weighting_from_spec(cfg.algo.weighting)
         self.learner_cfg = learner_geometry(cfg)
-        self.lam = cfg.algo.lambda_init
-        self.mu = cfg.algo.mu_init
+        self.dual = rad_controller(cfg.algo.dual)
+        self.applied = self.dual.multipliers  # the multipliers of the last step (lambda[, mu])
         self.window: list[list[list[float]]] = []  # [policy costs, reference costs] of recent steps
-        self.errors = [0.0, 0.0]  # last (delta - gain, viol - tolerance), for dual_kp
-        super().__init__(cfg, val_prompts=cfg.algo.val_prompts if cfg.algo.select == "feasible" else 0)
+        super().__init__(cfg, selection=cfg.algo.selection)
 
     def policy_role(self) -> TrainedRole:
         from rad.runtime.policy_workers import PolicyLearner
@@ -251,16 +158,17 @@ class RADTrainer(OnlineRLTrainer):
     def policy_logprob_chunk_size(self) -> int:
         return self.cfg.learner.logprob_chunk_size
 
-    # -- reference particles -------------------------------------------------------------------
-    def reference_particles(self) -> ReferenceCosts:
+    # -- reference costs --------------------------------------------------------------------------
+    def reference_costs(self) -> ReferenceCosts:
         """Reference-policy costs, sampled once before training and cached with the run."""
-        algo = self.cfg.algo
-        matched = algo.reference == "matched"
+        rc = self.cfg.algo.ref_costs
+        matched = rc.pairing == "matched"
+        n_particles = self.cfg.algo.ot.n_particles
         path = self.out / "reference_particles.pt"
         if path.exists():
             saved = torch.load(path)
-            if saved.get("mode", "pooled") != algo.reference:
-                raise ConfigError(f"algo.reference={algo.reference!r} but {path} was computed in "
+            if saved.get("mode", "pooled") != rc.pairing:
+                raise ConfigError(f"algo.ref_costs.pairing={rc.pairing!r} but {path} was computed in "
                                   f"{saved.get('mode', 'pooled')!r} mode; delete it or use a new output_dir")
             costs = saved["costs"]
             if matched and saved.get("prompts") != self.prompts:
@@ -271,30 +179,30 @@ class RADTrainer(OnlineRLTrainer):
                     raise ConfigError(f"{path} has no reference costs for {len(missing)} of this run's training "
                                       f"prompts (first: {missing[0][:60]!r}); delete it or use a new output_dir")
                 costs = costs[[row[p] for p in self.prompts]]
-            return ReferenceCosts(costs, algo.n_particles, matched)
+            return ReferenceCosts(costs, n_particles, matched)
         if self.reference_dir != self.policy_dir:
-            raise ConfigError("reference differs from the policy initialisation: sampling the reference needs its "
-                              "own engine, not supported yet; leave `reference` empty to use the SFT policy")
-        m = algo.ref_samples_per_prompt
+            raise ConfigError("reference_model differs from the policy initialisation: sampling the reference needs "
+                              "its own engine, not supported yet; leave `reference_model` empty to use the SFT policy")
+        m = rc.samples_per_prompt
         if matched:
             prompts = list(self.prompts)
         else:
-            prompts = random.Random(self.cfg.seed + 17).sample(self.prompts, min(algo.ref_prompts, len(self.prompts)))
+            prompts = random.Random(self.cfg.seed + 17).sample(self.prompts, min(rc.prompts, len(self.prompts)))
         rollouts = self.sample(prompts, m, seed=self.cfg.seed + 1_000_003)
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         _, costs = self.score([r.prompt for r in rollouts], [r.response_text for r in rollouts])
         costs = costs.view(len(prompts), m)
         tmp = path.with_suffix(".tmp")
-        torch.save({"mode": algo.reference, "costs": costs, "prompts": prompts}, tmp)
+        torch.save({"mode": rc.pairing, "costs": costs, "prompts": prompts}, tmp)
         tmp.replace(path)
-        return ReferenceCosts(costs, algo.n_particles, matched)
+        return ReferenceCosts(costs, n_particles, matched)
 
     # -- one step ------------------------------------------------------------------------------
-    def train_step(self, reference: ReferenceCosts) -> dict[str, float]:
-        from rad.risk import dominance_step, dual_ascent, rloo_advantages, spectral_risk
+    def train_step(self, ref_costs: ReferenceCosts) -> dict[str, float]:
+        from rad.risk import dominance_step, spectral_risk
         from rad.runtime.metrics import PhaseTimer
 
-        algo = self.cfg.algo
+        algo, ot, dual = self.cfg.algo, self.cfg.algo.ot, self.cfg.algo.dual
         timer = PhaseTimer()
         start = time.perf_counter()
         indices = self.step_prompt_indices(self.step)
@@ -307,50 +215,43 @@ class RADTrainer(OnlineRLTrainer):
         # work at the same time: "scoring" times the scores, "logprobs" the further wait for the log-probs.
         with timer.phase("scoring"):
             score_refs = self.roles.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
-            ref_refs = self.reference.split_async("logprobs", batch)
+            ref_refs = self.reference_policy.split_async("logprobs", batch)
             pol_refs = self.learners.split_async("logprobs", batch)
             rewards, costs = self.roles.gather_scores(score_refs)
         with timer.phase("logprobs"):
-            ref_lp = self.reference.concat(ref_refs)
+            ref_lp = self.reference_policy.concat(ref_refs)
             pol_lp = self.learners.concat(pol_refs)
         kl = kl_per_sample(batch, pol_lp, ref_lp, algo.kl_estimator)
-        shaped = rewards - algo.beta * kl
+        shaped = shaped_rewards(rewards, kl, algo.beta)
         with timer.phase("dominance"):
-            dom = dominance_step(costs.view(len(prompts), algo.k), reference.particles(indices), self.weighting,
-                                 solver=algo.solver, eps=algo.eps, max_iter=algo.sinkhorn_iters,
-                                 sinkhorn_method=algo.sinkhorn_method,
-                                 n_particles=algo.n_particles, density=algo.density,
-                                 bandwidth=algo.bandwidth or None,
-                                 indicator_bandwidth=algo.indicator_bandwidth or None)
-        lam, mu = self.applied_multipliers()
-        total = shaped.view(len(prompts), algo.k) + lam * dom.signal + mu * dom.violation_signal
-        adv = rloo_advantages(total)
-        if algo.reward_whiten:
-            adv = adv / adv.std().clamp(min=1e-8)
+            dom = dominance_step(costs.view(len(prompts), algo.k), ref_costs.particles(indices), self.weighting,
+                                 solver=ot.solver, eps=ot.eps, max_iter=ot.max_iter, sinkhorn_method=ot.method,
+                                 n_particles=ot.n_particles, density=ot.density, bandwidth=ot.bandwidth or None,
+                                 indicator_bandwidth=ot.indicator_bandwidth or None)
+        if dual.window > 1:
+            gain_hat, viol_hat = self.windowed_gain(costs, ref_costs.costs_of(indices))
+        else:  # a one-step window is this batch: the dominance step already has its exact values
+            gain_hat, viol_hat = dom.gain_exact, dom.violation_exact
+        self.applied = self.dual.observe(constraint_values(gain_hat, viol_hat, algo.delta, algo.violation_tolerance,
+                                                           dual.mu_on))
+        signals = [dom.signal, dom.violation_signal][:len(self.applied)]  # mu's only when it is on
+        adv = rad_advantages(shaped.view(len(prompts), algo.k), signals, self.applied, whiten=algo.reward_whiten)
         with timer.phase("learner"):
             stats = self.learners.scatter("train_step", batch.with_fields(advantages=adv.reshape(-1)).split(
                 len(self.learners)))
-        lam_integral = self.lam
-        if algo.dual_window > 1:
-            gain_hat, viol_hat = self.windowed_gain(costs, reference.costs_of(indices))
-        else:  # a one-step window is this batch: the dominance step already has its exact values
-            gain_hat, viol_hat = dom.gain_exact, dom.violation_exact
-        self.errors = [algo.delta - gain_hat, viol_hat - algo.violation_tolerance]
-        self.lam = dual_ascent(self.lam, gain_hat, algo.delta, algo.lambda_lr, algo.lambda_max)
-        if algo.mu_lr > 0:  # mu grows while viol > tolerance: the same projected step on -viol >= -tolerance
-            self.mu = dual_ascent(self.mu, -viol_hat, -algo.violation_tolerance, algo.mu_lr, algo.lambda_max)
         with timer.phase("weight_sync"):
             sync = self.roles.sync_weights()
         self.step += 1
         elapsed = time.perf_counter() - start
         lengths = batch.response_lengths.double()
+        lam, mu = self.applied[0], (self.applied[1] if dual.mu_on else 0.0)
         metrics = {
             "objective/reward": rewards.mean(), "objective/cost": costs.mean(), "objective/kl": kl.mean(),
             "objective/rlhf_reward": shaped.mean(), "objective/safe_fraction": (costs <= 0).double().mean(),
             "rad/gain": dom.gain_exact, "rad/violation": dom.violation_exact, "rad/gain_sinkhorn": dom.gain,
             "rad/sinkhorn_iters": dom.n_iter, "rad/sinkhorn_marginal_error": dom.marginal_error,
             "rad/gain_window": gain_hat, "rad/violation_window": viol_hat,
-            "rad/lambda": lam, "rad/mu": mu, "rad/lambda_integral": lam_integral,
+            "rad/lambda": lam, "rad/mu": mu,
             "rad/violation_signal_mean": dom.violation_signal.mean(),
             "rad/spectral_risk": dom.rho_policy, "rad/spectral_risk_ref": dom.rho_ref,
             "rad/cvar_0.9": spectral_risk(costs, "cvar:0.9"), "rad/signal_mean": dom.signal.mean(),
@@ -362,43 +263,38 @@ class RADTrainer(OnlineRLTrainer):
             metrics["train/grad_norm"] = stats[0]["grad_norm"]
         return {k: float(v) for k, v in metrics.items()}
 
-    def applied_multipliers(self) -> tuple[float, float]:
-        """(lambda, mu) this step applies: the dual-ascent states plus ``dual_kp`` times the last errors."""
-        algo = self.cfg.algo
-        lam = min(max(self.lam + algo.dual_kp * self.errors[0], 0.0), algo.lambda_max)
-        mu_on = algo.mu_lr > 0 or algo.mu_init > 0
-        mu = min(max(self.mu + algo.dual_kp * self.errors[1], 0.0), algo.lambda_max) if mu_on else 0.0
-        return lam, mu
-
     def windowed_gain(self, costs: torch.Tensor, ref_costs: torch.Tensor) -> tuple[float, float]:
-        """Exact (gain, violation) of the costs pooled over the last ``dual_window`` steps, this one included."""
-        self.window = (self.window + [[costs.tolist(), ref_costs.tolist()]])[-self.cfg.algo.dual_window:]
-        return window_gain(self.window, self.cfg.algo.n_particles, self.weighting)
+        """Exact (gain, violation) of the costs pooled over the last ``dual.window`` steps, this one included."""
+        self.window = (self.window + [[costs.tolist(), ref_costs.tolist()]])[-self.cfg.algo.dual.window:]
+        return window_gain(self.window, self.cfg.algo.ot.n_particles, self.weighting)
 
     # -- the loop's hooks ------------------------------------------------------------------------
     def before_loop(self) -> tuple[tuple, dict[str, Any]]:
         """The reference particles (every ``train_step``'s argument) and how long they took."""
         start = time.perf_counter()
-        reference = self.reference_particles()
-        return (reference,), {"reference_particles_seconds": round(time.perf_counter() - start, 1)}
+        ref_costs = self.reference_costs()
+        return (ref_costs,), {"reference_particles_seconds": round(time.perf_counter() - start, 1)}
 
     def trainer_state(self) -> dict[str, Any]:
-        return {"lambda": self.lam, "mu": self.mu, "dual_window": self.window, "dual_errors": self.errors}
+        return {"dual": self.dual.state_dict(), "applied": self.applied, "dual_window": self.window}
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
-        self.lam, self.mu = state["lambda"], state.get("mu", self.cfg.algo.mu_init)
+        if "dual" not in state:
+            raise ConfigError("the checkpoint predates algo.dual (it holds lambda/mu, not a dual controller's state); "
+                              "resume it with the rad version that wrote it, or start a new output_dir")
+        self.dual.load_state_dict(state["dual"])
+        self.applied = state["applied"]
         self.window = state.get("dual_window", [])
-        self.errors = state.get("dual_errors", [0.0, 0.0])
 
     def make_selector(self):
-        """``algo.select=feasible``: validated steps judged against the reference's validation samples."""
+        """``algo.selection.rule=feasible``: validated steps judged against the reference's validation samples."""
         if not self.val_prompts:
             return None
         from rad.algos.selection import ValidationSelector
 
         algo = self.cfg.algo
         return ValidationSelector(self.validation_reference(), self.weighting, algo.delta, algo.violation_tolerance,
-                                  algo.val_confidence)
+                                  algo.selection.confidence)
 
     def compare(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
         """Held-out comparison of the trained policy against the reference (SFT)."""
@@ -410,10 +306,10 @@ class RADTrainer(OnlineRLTrainer):
                 **self.common_comparison(policy, reference)}
 
     def progress(self, last: dict[str, float]) -> dict[str, str]:
-        return {"cost": f"{last['objective/cost']:.2f}", "gain": f"{last['rad/gain']:.3f}", "lam": f"{self.lam:.2f}"}
+        return {"cost": f"{last['objective/cost']:.2f}", "gain": f"{last['rad/gain']:.3f}", "lam": f"{self.applied[0]:.2f}"}
 
     def summary_extra(self) -> dict[str, Any]:
-        return {"lambda": self.lam}
+        return {"lambda": self.applied[0], "dual": self.dual.state_dict()}
 
 
 def run_rad(cfg: RADConfig) -> dict[str, Any]:

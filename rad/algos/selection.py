@@ -4,8 +4,8 @@ A Lagrangian run meets its constraint on average, not at every iterate: on the
 tiny world the multipliers of RAD oscillate with a period of about 30 steps
 (constraint met -> lambda falls to 0 -> reward pushes the tail back up -> lambda
 rises again), so the last iterate meets ``gain >= delta`` about half the time.
-``algo.select=feasible`` does what practitioners do with an early-stopping
-split: every ``val_every`` steps the policy is sampled on prompts held out of
+``algo.selection.rule=feasible`` does what practitioners do with an early-stopping
+split: every ``selection.every`` steps the policy is sampled on prompts held out of
 training, compared with the reference's samples on the same prompts, and the
 run returns the iterate with the highest reward win-rate among those that meet
 the constraint (gain >= delta and violation <= violation_tolerance). Only the
@@ -30,7 +30,39 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["Candidate", "ValidationSelector", "bootstrap_bounds", "split_validation", "win_rate"]
+from rad.config import field
+from rad.errors import ConfigError
+
+__all__ = ["Candidate", "SelectionConfig", "ValidationSelector", "bootstrap_bounds", "split_validation", "win_rate"]
+
+
+@dataclass
+class SelectionConfig:
+    """Which iterate a constrained run returns (``algo.selection``)."""
+
+    rule: str = field("last", choices=("last", "feasible"),
+                      help="the policy the run returns: the last iterate, or the validated iterate with the highest "
+                           "reward win-rate over the reference among those meeting gain >= delta and violation <= "
+                           "violation_tolerance on `prompts` held-out training prompts (the last one if none "
+                           "does); see rad/algos/selection.py")
+    prompts: int = field(0, min=0, help="training prompts held out for rule=feasible")
+    every: int = field(5, min=1, help="validate every N steps (and at the last one) when rule=feasible")
+    confidence: float = field(0.0, min=0, help="count a validated step as feasible only if the one-sided bootstrap "
+                                               "bounds at this level (over validation prompts) meet the "
+                                               "constraint, e.g. 0.9 (0 = point estimates)")
+    samples_per_prompt: int = field(4, min=1, help="samples per validation prompt (the reference's and each "
+                                                   "validated policy's)")
+
+    def validate(self) -> None:
+        if not self.confidence < 1:
+            raise ConfigError(f"confidence: must be < 1, got {self.confidence}")
+        if self.rule == "feasible" and self.prompts == 0:
+            raise ConfigError("rule=feasible needs prompts > 0 training prompts held out for validation")
+
+    @property
+    def held_out(self) -> int:
+        """Training prompts held out of RL for validation (0 unless rule=feasible)."""
+        return self.prompts if self.rule == "feasible" else 0
 
 
 def split_validation(n_prompts: int, n_val: int, seed: int) -> tuple[list[int], list[int]]:

@@ -6,7 +6,6 @@ from rad.risk.dominance import (
     SinkhornFSD,
     dominance_signal,
     dominance_step,
-    dual_ascent,
     empirical_gain_violation,
     empirical_quantiles,
     exact_particle_grad,
@@ -15,7 +14,6 @@ from rad.risk.dominance import (
     fsd_sinkhorn,
     kde_density,
     quantile_levels,
-    rloo_advantages,
     silverman_bandwidth,
 )
 from rad.risk.spectral import (
@@ -36,7 +34,6 @@ __all__ = [
     "as_weighting",
     "dominance_signal",
     "dominance_step",
-    "dual_ascent",
     "empirical_gain_violation",
     "empirical_quantiles",
     "exact_particle_grad",
@@ -46,7 +43,6 @@ __all__ = [
     "get_weighting",
     "kde_density",
     "quantile_levels",
-    "rloo_advantages",
     "silverman_bandwidth",
     "spectral_risk",
     "weighting_from_spec",

@@ -8,8 +8,10 @@ Everything the RAD learner needs once per step, as pure tensor functions:
 3. the particle gradient g_i = d gain / d q_i;
 4. the quantile-gradient machinery (density at each particle, indicator) that
    turns g into a per-sample dominance signal s(x, y), so that
-   grad gain = E[s(x, y) grad log pi(y|x)];
-5. RLOO advantages and the dual-ascent step for lambda.
+   grad gain = E[s(x, y) grad log pi(y|x)].
+
+RLOO advantages live in ``rad/algos/advantages.py``, the multipliers' controllers in
+``rad/algos/dual.py``.
 
 Conventions (see DESIGN.md section 2):
 
@@ -104,8 +106,6 @@ __all__ = [
     "silverman_bandwidth",
     "kde_density",
     "dominance_signal",
-    "rloo_advantages",
-    "dual_ascent",
     "DominanceResult",
     "dominance_step",
 ]
@@ -496,27 +496,6 @@ def dominance_signal(
         block = flat[start : start + step]
         out[start : start + step] = torch.special.ndtr((q[None, :] - block[:, None]) / h) @ coef
     return out.reshape(c.shape)
-
-
-def rloo_advantages(rewards: Tensor) -> Tensor:
-    """Leave-one-out advantages over the last dim (k samples per prompt): A_k = R_k - mean_{j != k} R_j."""
-    k = rewards.shape[-1]
-    if k < 2:
-        raise ConfigError(f"RLOO needs at least 2 samples per prompt (last dim), got k={k}")
-    total = rewards.sum(-1, keepdim=True)
-    return rewards - (total - rewards) / (k - 1)
-
-
-def dual_ascent(lam: float, gain_hat: float, delta: float, lr: float, lambda_max: float) -> float:
-    """One projected step lambda <- clip(lambda - lr (gain_hat - delta), 0, lambda_max).
-
-    lambda grows while the constraint gain >= delta is unmet and shrinks once it holds.
-    """
-    if not lr > 0:
-        raise ConfigError(f"lambda learning rate must be > 0, got {lr!r}")
-    if not lambda_max >= 0:
-        raise ConfigError(f"lambda_max must be >= 0, got {lambda_max!r}")
-    return float(min(max(float(lam) - lr * (float(gain_hat) - float(delta)), 0.0), lambda_max))
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class RLRoles:
         for group in (self.learners, *self.trained.values()):  # one process group each, formed concurrently
             addr, port = group.rank0("address")
             inits += [a.init.remote(rank, n, addr, port, seed) for rank, a in enumerate(group.actors)]
-        self.reference = WorkerGroup(ReferenceWorker, 1, reference_dir, dtype, micro_batch_size=reference_micro_batch_size,
+        self.reference_policy = WorkerGroup(ReferenceWorker, 1, reference_dir, dtype, micro_batch_size=reference_micro_batch_size,
                                      trust_remote_code=trust_remote_code, logprob_chunk_size=logprob_chunk_size,
                                      num_cpus=res.cpus_per_reference, num_gpus=res.gpus_per_reference,
                                      name="reference", scheduling_strategies=strategies("reference"))
@@ -171,14 +171,14 @@ class RLRoles:
 
     def memory(self) -> dict[str, Any]:
         """Peak memory of every role's actors (accelerator bytes where they have one, else the process's RSS)."""
-        groups = {"learner": self.learners, **self.trained, "reference": self.reference, "scorer": self.scorers}
+        groups = {"learner": self.learners, **self.trained, "reference": self.reference_policy, "scorer": self.scorers}
         if not self.rollout.hybrid:
             groups["rollout"] = self.rollout.group
         return {role: group.broadcast("memory_stats") for role, group in groups.items()}
 
     def shutdown(self) -> None:
         self.rollout.shutdown()
-        for group in (self.learners, *self.trained.values(), self.reference, self.scorers):
+        for group in (self.learners, *self.trained.values(), self.reference_policy, self.scorers):
             group.shutdown()
         if self.placement is not None:
             self.placement.remove()

@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
-from rad.algos.rad import RADConfig, ReferenceCosts, kl_per_sample, learner_geometry, window_gain
+from rad.algos.advantages import rloo_advantages
+from rad.algos.rad import (RADConfig, ReferenceCosts, constraint_values, kl_per_sample, learner_geometry,
+                           rad_advantages, shaped_rewards, window_gain)
 from rad.config import load_config
 from rad.errors import ConfigError
-from rad.risk import dominance_step, dual_ascent, rloo_advantages
+from rad.risk import dominance_step
 
 REQUIRED = ["reward_model=r", "cost_model=c"]
 
@@ -28,25 +30,44 @@ def test_kl_estimators_by_hand():
     assert k3[0].item() == pytest.approx(expected) and (k3 >= 0).all()
 
 
-def test_shaped_reward_signal_and_rloo_by_hand():
-    # Two prompts, k = 2. Rewards, KL and a reference where the policy trails in the upper tail.
+def test_rloo_advantages_hand_built():
+    r = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
+    assert rloo_advantages(r).tolist() == [[-2.0, 2.0], [0.0, 0.0]]
+    r3 = torch.tensor([1.0, 2.0, 6.0])
+    assert rloo_advantages(r3).tolist() == pytest.approx([-3.0, -1.5, 4.5])
+    with pytest.raises(ConfigError, match="at least 2"):
+        rloo_advantages(torch.ones(4, 1))
+
+
+def test_shaped_rewards_multipliers_and_advantages_by_hand():
+    # Two prompts, k = 2: r - 0.1 KL = [[0.95, 2.85], [0.0, 1.9]].
     rewards = torch.tensor([[1.0, 3.0], [0.0, 2.0]], dtype=torch.float64)
     kl = torch.tensor([[0.5, 1.5], [0.0, 1.0]], dtype=torch.float64)
-    beta, lam = 0.1, 2.0
+    shaped = shaped_rewards(rewards, kl, 0.1)
+    assert shaped.flatten().tolist() == pytest.approx([0.95, 2.85, 0.0, 1.9])
+    gain_signal = torch.tensor([[1.0, 0.0], [0.5, 0.0]], dtype=torch.float64)
+    viol_signal = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    # lambda 2: totals [[2.95, 2.85], [1.0, 1.9]]; RLOO with k = 2 is the difference to the other sample.
+    adv = rad_advantages(shaped, [gain_signal], [2.0])
+    assert adv.flatten().tolist() == pytest.approx([0.1, -0.1, -0.9, 0.9])
+    # mu 3 on the violation signal adds 3 to the second sample of prompt 0: totals [[2.95, 5.85], ...].
+    assert rad_advantages(shaped, [gain_signal, viol_signal], [2.0, 3.0]).flatten().tolist() == pytest.approx(
+        [-2.9, 2.9, -0.9, 0.9])
+    whitened = rad_advantages(shaped, [gain_signal], [2.0], whiten=True)
+    assert float(whitened.std()) == pytest.approx(1.0)
+    with pytest.raises(ValueError):  # one multiplier per signal
+        rad_advantages(shaped, [gain_signal, viol_signal], [2.0])
+    # The constraints as g <= 0: delta - gain, and violation - tolerance when mu is on.
+    assert constraint_values(0.3, 0.2, delta=0.5, tolerance=0.1, with_violation=True) == pytest.approx([0.2, 0.1])
+    assert constraint_values(0.3, 0.2, delta=0.5, tolerance=0.1, with_violation=False) == pytest.approx([0.2])
+
+
+def test_dominance_step_of_a_trailing_policy_by_hand():
     costs = torch.tensor([[0.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
     ref = torch.tensor([0.0, 1.0, 1.0, 2.0], dtype=torch.float64)
     dom = dominance_step(costs, ref, "uniform", solver="exact", density="constant")
     # Sorted policy particles (0,1,2,3) vs reference (0,1,1,2): policy is never below -> gain 0.
     assert dom.gain_exact == pytest.approx(0.0) and dom.violation_exact == pytest.approx((1 + 1) / 4)
-    total = rewards - beta * kl + lam * dom.signal
-    adv = rloo_advantages(total)
-    # RLOO with k = 2: A_1 = R_1 - R_2, A_2 = R_2 - R_1
-    torch.testing.assert_close(adv[:, 0], total[:, 0] - total[:, 1])
-    torch.testing.assert_close(adv[:, 1], -adv[:, 0])
-    # Lambda grows while gain < delta and shrinks (clamped at 0) once it exceeds it.
-    assert dual_ascent(lam, dom.gain_exact, delta=0.1, lr=1.0, lambda_max=10) == pytest.approx(2.1)
-    assert dual_ascent(0.05, 1.0, delta=0.1, lr=1.0, lambda_max=10) == 0.0
-    assert dual_ascent(9.9, -5.0, delta=0.1, lr=1.0, lambda_max=10) == 10.0
 
 
 def test_signal_is_monotone_and_pushes_cheap_samples_at_the_reference():
@@ -81,15 +102,23 @@ def test_learner_geometry_fits_one_step():
     ("algo.k=1", r"algo.k: RLOO needs at least 2"),
     ("algo.delta=-0.1", r"algo.delta: must be >= 0"),
     ("algo.weighting=tail:0.9", r"unknown weighting|allowed"),
-    ("algo.solver=emd", r"algo.solver: 'emd' is not allowed"),
-    ("algo.reference=paired", r"algo.reference: .paired. is not allowed"),
+    ("algo.ot.solver=emd", r"algo.ot.solver: 'emd' is not allowed"),
+    ("algo.ref_costs.pairing=paired", r"algo.ref_costs.pairing: .paired. is not allowed"),
+    ("algo.reference=paired", r"algo.reference has moved: use algo.ref_costs.pairing"),
+    ("algo.dual_kp=1", r"algo.dual_kp has moved: use algo.dual.kp \(with dual.controller=pi\)"),
+    ("reference=/x", r"reference has moved: use reference_model"),
     ("resources.num_learners=3", r"must divide evenly over resources.num_learners"),
-    ("algo.select=feasible", r"algo.select=feasible needs algo.val_prompts > 0"),
-    ("algo.select=best", r"algo.select: .best. is not allowed"),
+    ("algo.selection.rule=feasible", r"algo.selection: rule=feasible needs prompts > 0"),
+    ("algo.selection.rule=best", r"algo.selection.rule: .best. is not allowed"),
 ])
 def test_bad_rad_config_fails_fast(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(RADConfig, None, REQUIRED + [override])
+
+
+def test_log_lambda_controller_needs_positive_multipliers():
+    with pytest.raises(ConfigError, match=r"algo.dual: dual.controller=log_sgd needs dual.lambda_init > 0"):
+        load_config(RADConfig, None, REQUIRED + ["algo.dual.controller=log_sgd", "algo.dual.mu_lr=1"])
 
 
 def test_score_models_are_required():
@@ -121,23 +150,6 @@ def test_window_gain_pools_the_steps_costs():
     assert window_gain([step1, step2], 4, "cvar:0.5") == pytest.approx((0.0, 1.0))
 
 
-def test_pi_multipliers_add_kp_times_the_last_error_and_clip():
-    from rad.algos.rad import RADTrainer
-
-    def applied(kp, lam, mu, errors, **algo):
-        trainer = object.__new__(RADTrainer)  # the arithmetic only: no actors
-        trainer.cfg = load_config(RADConfig, None, ["reward_model=r", "cost_model=c", f"algo.dual_kp={kp}",
-                                                    "algo.lambda_max=10"] + [f"algo.{k}={v}" for k, v in algo.items()])
-        trainer.lam, trainer.mu, trainer.errors = lam, mu, errors
-        return trainer.applied_multipliers()
-
-    assert applied(0.0, 3.0, 1.0, [0.4, 0.2], mu_lr=1.0) == (3.0, 1.0)  # kp 0: pure dual ascent
-    assert applied(5.0, 3.0, 1.0, [0.4, 0.2], mu_lr=1.0) == pytest.approx((5.0, 2.0))  # gain short, viol high
-    assert applied(5.0, 1.0, 0.5, [-0.6, -0.1], mu_lr=1.0) == (0.0, 0.0)  # both met: clipped at 0
-    assert applied(50.0, 3.0, 1.0, [0.4, 0.2], mu_lr=1.0) == (10.0, 10.0)  # clipped at lambda_max
-    assert applied(5.0, 3.0, 0.0, [0.4, 0.2]) == pytest.approx((5.0, 0.0))  # mu switched off stays 0
-
-
 def test_a_missing_model_directory_is_refused_before_any_actor_starts(tmp_path, score_dirs):
     """`rad rl reward_model=/nope` names the key instead of failing inside a Ray actor."""
     from rad.algos.rad import RADTrainer
@@ -147,6 +159,6 @@ def test_a_missing_model_directory_is_refused_before_any_actor_starts(tmp_path, 
     base = [f"output_dir={tmp_path}", f"cost_model={score_dirs['cost']}", "data.prompts=embedded/prompts-train:8"]
     with pytest.raises(ConfigError, match=r"reward_model: '/nope' is not a directory"):
         RADTrainer(load_config(RADConfig, None, base + ["reward_model=/nope"]))
-    with pytest.raises(ConfigError, match=r"reference: .* has no config.json"):
+    with pytest.raises(ConfigError, match=r"reference_model: .* has no config.json"):
         RADTrainer(load_config(RADConfig, None, base + [f"reward_model={score_dirs['reward']}",
-                                                         f"reference={tmp_path}"]))
+                                                         f"reference_model={tmp_path}"]))

@@ -21,8 +21,8 @@ def _cfg(tmp_path, name, sft_model_dir, score_dirs, steps, **extra):
     overrides = [
         f"output_dir={tmp_path / name}", f"policy.name_or_path={sft_model_dir}",
         f"reward_model={score_dirs['reward']}", f"cost_model={score_dirs['cost']}",
-        f"algo.steps={steps}", "algo.k=2", "algo.prompts_per_step=4", "algo.n_particles=8",
-        "algo.ref_prompts=8", "algo.ref_samples_per_prompt=2", "algo.delta=0.5",
+        f"algo.steps={steps}", "algo.k=2", "algo.prompts_per_step=4", "algo.ot.n_particles=8",
+        "algo.ref_costs.prompts=8", "algo.ref_costs.samples_per_prompt=2", "algo.delta=0.5",
         "rollout.engine=hf", "rollout.num_engines=2", "rollout.sampling.max_new_tokens=12",
         "learner.zero_stage=2", "learner.lr=1e-3", "learner.micro_batch_size=4",
         "data.eval_prompts=embedded/prompts-test:6", "eval_samples_per_prompt=1",
@@ -102,11 +102,11 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(ray_cluster, tmp_path,
         # Matched reference particles: the cached per-prompt reference costs must survive the cut too.
         trainer = cls(_cfg(tmp_path, name, sft_model_dir, score_dirs, steps=2, resume=resume,
                            **{"learner.scheduler": "cosine", "learner.warmup_ratio": 0.5,
-                              "algo.reference": "matched", "data.prompts": "embedded/prompts-train:8",
-                              "algo.mu_init": 1.0, "algo.mu_lr": 1.0, "algo.dual_window": 2}))
+                              "algo.ref_costs.pairing": "matched", "data.prompts": "embedded/prompts-train:8",
+                              "algo.dual.mu_init": 1.0, "algo.dual.mu_lr": 1.0, "algo.dual.window": 2}))
         try:
             trainer.train()
-            return trainer.learners.broadcast("state_dict")[0], (trainer.lam, trainer.mu)
+            return trainer.learners.broadcast("state_dict")[0], trainer.dual.multipliers
         finally:
             trainer.shutdown()
 
@@ -187,8 +187,8 @@ def test_select_feasible_returns_the_best_validated_step(ray_cluster, tmp_path, 
     from rad.models.loading import load_safetensors_state
 
     trainer = RADTrainer(_cfg(tmp_path, "sel", sft_model_dir, score_dirs, steps=3, **{
-        "rollout.num_engines": 1, "algo.delta": 0.0, "algo.violation_tolerance": 1e9, "algo.select": "feasible",
-        "algo.val_prompts": 3, "algo.val_every": 1, "data.prompts": "embedded/prompts-train:12",
+        "rollout.num_engines": 1, "algo.delta": 0.0, "algo.violation_tolerance": 1e9, "algo.selection.rule": "feasible",
+        "algo.selection.prompts": 3, "algo.selection.every": 1, "data.prompts": "embedded/prompts-train:12",
         "learner.lr": 3e-3}))
     try:
         assert len(trainer.val_prompts) == 3 and len(trainer.prompts) == 9

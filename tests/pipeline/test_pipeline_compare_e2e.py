@@ -29,10 +29,10 @@ def test_compare_pipeline_runs_ppo_lag_and_reports_all_three_competitions(ray_cl
     (out / "summary.json").write_text(json.dumps({"stages": {s: {"fixture": True} for s in ("sft", "reward", "cost")}}))
     cfg = load_config(PipelineConfig, CONFIG, [
         f"output_dir={out}", "logging.tensorboard=false", "logging.progress=false",
-        "rad.algo.steps=2", "rad.algo.k=2", "rad.algo.prompts_per_step=4", "rad.algo.n_particles=8",
-        "rad.algo.ref_prompts=8", "rad.algo.ref_samples_per_prompt=2", "rad.learner.micro_batch_size=4",
+        "rad.algo.steps=2", "rad.algo.k=2", "rad.algo.prompts_per_step=4", "rad.algo.ot.n_particles=8",
+        "rad.algo.ref_costs.prompts=8", "rad.algo.ref_costs.samples_per_prompt=2", "rad.learner.micro_batch_size=4",
         "rad.rollout.sampling.max_new_tokens=12", "rad.data.eval_prompts=embedded/prompts-test:6",
-        "rad.eval_samples_per_prompt=1", "rad.save_every=0", "rad.algo.select=last",
+        "rad.eval_samples_per_prompt=1", "rad.save_every=0", "rad.algo.selection.rule=last",
         "ppo_lag.algo.steps=2", "ppo_lag.algo.prompts_per_step=4", "ppo_lag.algo.train_batch_size=4",
         "ppo_lag.rollout.sampling.max_new_tokens=12", "ppo_lag.data.eval_prompts=embedded/prompts-test:6",
         "ppo_lag.eval_samples_per_prompt=1", "ppo_lag.save_every=0",

@@ -12,7 +12,6 @@ from rad.errors import ConfigError, DataError
 from rad.risk.dominance import (
     dominance_signal,
     dominance_step,
-    dual_ascent,
     empirical_gain_violation,
     empirical_quantiles,
     exact_particle_grad,
@@ -21,7 +20,6 @@ from rad.risk.dominance import (
     fsd_sinkhorn,
     kde_density,
     quantile_levels,
-    rloo_advantages,
     silverman_bandwidth,
 )
 from rad.risk.spectral import as_weighting, spectral_risk
@@ -382,29 +380,6 @@ def test_hard_and_smoothed_signal_match_brute_force():
     assert np.allclose(smooth.reshape(-1).numpy(), brute_s, atol=1e-12)
     near_hard = dominance_signal(costs, q, g, f, indicator_bandwidth=1e-9)
     assert torch.allclose(near_hard, s, atol=1e-9)
-
-
-# ---------------------------------------------------------------- RLOO, dual ascent
-
-
-def test_rloo_advantages_hand_built():
-    r = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
-    assert rloo_advantages(r).tolist() == [[-2.0, 2.0], [0.0, 0.0]]
-    r3 = torch.tensor([1.0, 2.0, 6.0])
-    assert rloo_advantages(r3).tolist() == pytest.approx([-3.0, -1.5, 4.5])
-    with pytest.raises(ConfigError, match="at least 2"):
-        rloo_advantages(torch.ones(4, 1))
-
-
-def test_dual_ascent_direction_and_clamps():
-    assert dual_ascent(1.0, gain_hat=0.0, delta=0.5, lr=0.1, lambda_max=10) == pytest.approx(1.05)
-    assert dual_ascent(1.0, gain_hat=1.0, delta=0.5, lr=0.1, lambda_max=10) == pytest.approx(0.95)
-    assert dual_ascent(0.01, gain_hat=5.0, delta=0.0, lr=1.0, lambda_max=10) == 0.0
-    assert dual_ascent(9.9, gain_hat=-5.0, delta=0.0, lr=1.0, lambda_max=10) == 10.0
-    with pytest.raises(ConfigError):
-        dual_ascent(1.0, 0.0, 0.0, lr=0.0, lambda_max=1.0)
-    with pytest.raises(ConfigError):
-        dual_ascent(1.0, 0.0, 0.0, lr=0.1, lambda_max=-1.0)
 
 
 # ---------------------------------------------------------------- the step

@@ -1,0 +1,141 @@
+"""RAD's configuration: the objective and constraint, and its parts by concern.
+
+``algo`` holds what RAD optimises (batch geometry, KL, the spectral weighting, ``delta`` and
+the violation tolerance); ``algo.ot`` the dominance step's optimal transport,
+``algo.dual`` the multipliers (:mod:`rad.algos.dual`), ``algo.ref_costs`` the reference
+side of the constraint, ``algo.selection`` which iterate the run returns
+(:mod:`rad.algos.selection`). Keys of earlier releases (``algo.lambda_lr``,
+``algo.select``, ...) fail with a message naming their new place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rad.algos.dual import DualConfig
+from rad.algos.selection import SelectionConfig
+from rad.config import field
+from rad.errors import ConfigError
+from rad.runtime.resources import ResourcesConfig
+from rad.runtime.rollout.config import RolloutConfig
+from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+
+
+@dataclass
+class OTConfig:
+    """The dominance step's optimal transport and quantile gradient (``algo.ot``)."""
+
+    solver: str = field("sinkhorn", choices=("sinkhorn", "exact"), help="OT solver for the particle gradient")
+    eps: float = field(0.01, gt=0, help="Sinkhorn regularisation, relative to the particles' spread")
+    max_iter: int = field(1000, min=1, help="iteration cap of the entropic OT solve")
+    method: str = field("auto", choices=("auto", "semi_dual", "scaling", "log"),
+                        help="how the entropic plan is computed: semi_dual (L-BFGS on POT's smooth-OT semi-dual), "
+                             "scaling or log (Sinkhorn), auto picks; see rad/risk/dominance.py")
+    n_particles: int = field(64, min=2, help="quantile particles N")
+    density: str = field("kde", choices=("kde", "constant"), help="f(q_i) in the quantile gradient")
+    bandwidth: float = field(0.0, min=0, help="KDE bandwidth (0 = Silverman)")
+    indicator_bandwidth: float = field(0.0, min=0, help="smooth 1{c<=q} with Phi((q-c)/h) (0 = hard)")
+
+
+@dataclass
+class RefCostsConfig:
+    """The reference policy's costs that the dominance constraint compares with (``algo.ref_costs``)."""
+
+    pairing: str = field("pooled", choices=("pooled", "matched"),
+                         help="pooled: particles from `prompts` prompts, fixed for the run (the paper); matched: "
+                              "reference costs of every training prompt, and each step's particles from the "
+                              "reference costs of that step's prompts (a paired estimate that removes the "
+                              "prompt-mix noise from the gain)")
+    prompts: int = field(128, min=1, help="prompts whose reference samples make the pooled particles")
+    samples_per_prompt: int = field(4, min=1, help="reference samples per prompt")
+
+
+@dataclass
+class RADAlgoConfig:
+    """The RAD objective and constraint (top level), and its parts by concern: ``ot`` (the dominance
+    step), ``dual`` (the multipliers), ``ref_costs`` (the reference side), ``selection`` (the
+    returned policy)."""
+
+    MOVED = {"solver": "ot.solver", "eps": "ot.eps", "sinkhorn_iters": "ot.max_iter", "sinkhorn_method": "ot.method",
+             "n_particles": "ot.n_particles", "density": "ot.density", "bandwidth": "ot.bandwidth",
+             "indicator_bandwidth": "ot.indicator_bandwidth", "lambda_init": "dual.lambda_init",
+             "lambda_lr": "dual.lambda_lr", "lambda_max": "dual.max", "mu_init": "dual.mu_init",
+             "mu_lr": "dual.mu_lr", "dual_kp": "dual.kp (with dual.controller=pi)", "dual_window": "dual.window",
+             "reference": "ref_costs.pairing", "ref_prompts": "ref_costs.prompts",
+             "ref_samples_per_prompt": "ref_costs.samples_per_prompt", "select": "selection.rule",
+             "val_prompts": "selection.prompts", "val_every": "selection.every",
+             "val_confidence": "selection.confidence", "val_samples_per_prompt": "selection.samples_per_prompt"}
+
+    k: int = field(4, min=1, help="responses per prompt (RLOO needs >= 2; the paper uses 2)")
+    prompts_per_step: int = field(16, min=1, help="prompts per RL step (batch = prompts_per_step * k)")
+    steps: int = field(40, min=1, help="RL steps")
+    beta: float = field(0.05, min=0, help="KL coefficient folded into the reward")
+    kl_estimator: str = field("k1", choices=("k1", "k3"), help="per-token KL estimator")
+    loss_aggregation: str = field("sequence_sum", choices=("sequence_sum", "token_mean"),
+                                  help="REINFORCE on sum_t log pi (unbiased) or its per-token mean")
+    reward_whiten: bool = field(False, help="normalise the RLOO advantages by their batch std")
+    weighting: str = field("cvar:0.9", help="spectral weighting spec: uniform, cvar:0.9, var:0.9,0.05, "
+                                            "linear, exponential:5, power:3, wang:0.75")
+    delta: float = field(0.0, min=0, help="required gain: gain_w(pi) >= delta")
+    violation_tolerance: float = field(0.0, min=0, help="allowed viol_w (the constraint of dual.mu)")
+    ot: OTConfig = field(default_factory=OTConfig)
+    dual: DualConfig = field(default_factory=DualConfig)
+    ref_costs: RefCostsConfig = field(default_factory=RefCostsConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+    def validate(self) -> None:
+        if self.k < 2:
+            raise ConfigError(f"algo.k: RLOO needs at least 2 responses per prompt, got {self.k}")
+        from rad.risk import weighting_from_spec
+
+        weighting_from_spec(self.weighting)  # raises ConfigError naming the allowed weightings
+
+
+@dataclass
+class RADDataConfig:
+    prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs")
+    eval_prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-test"], help="held-out prompts")
+
+
+@dataclass
+class RADStage:
+    """The RAD-specific keys (the ``rad:`` section of a pipeline config)."""
+
+    algo: RADAlgoConfig = field(default_factory=RADAlgoConfig)
+    data: RADDataConfig = field(default_factory=RADDataConfig)
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-4, micro_batch_size=16,
+                                                                         warmup_ratio=0.0, scheduler="constant"))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(num_gpus_per_engine=0.0))
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    save_every: int = field(10, min=0, help="checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = field(2, min=0)
+    eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
+    reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
+                                                            "log-probs (it takes learner.logprob_chunk_size too)")
+
+
+@dataclass
+class RADConfig(RADStage):
+    """``rad rad``: RAD online RL from an SFT policy with trained reward and cost models."""
+
+    MOVED = {"reference": "reference_model"}
+
+    output_dir: str = field("runs/rad", help="run directory")
+    seed: int = field(0)
+    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    world: WorldConfig = field(default_factory=WorldConfig)
+    policy: ModelConfig = field(default_factory=ModelConfig, help="policy initialisation (the SFT model)")
+    reference_model: str = field("", help="reference policy directory ('' = the policy initialisation)")
+    reward_model: str = field("", help="reward model directory (rad rm train output)")
+    cost_model: str = field("", help="cost model directory (rad cm train output)")
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        for key in ("reward_model", "cost_model"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key}: a trained score-model directory is required")
+        n = self.resources.num_learners
+        batch = self.algo.prompts_per_step * self.algo.k
+        if batch % n:
+            raise ConfigError(f"algo.prompts_per_step * algo.k = {batch} must divide evenly over "
+                              f"resources.num_learners = {n}")
