@@ -29,8 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from rad.config import field, save_config, to_dict
-from rad.errors import DataError
-from rad.errors import ConfigError
+from rad.errors import ConfigError, DataError
 from rad.runtime.checkpoint import (checkpoint_dir, latest_checkpoint, prune_checkpoints, read_trainer_state,
                                     shared_atomic_dir, write_trainer_state)
 from rad.runtime.distributed import all_sum, barrier, rank_and_world
