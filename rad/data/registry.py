@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from rad.data.formats import first_prompt_rows, project_to_prompts
-from rad.data.loaders import BUILDERS, Prepared, prepare_rows, read_hub_rows, read_local_rows
+from rad.data.loaders import BUILDERS, Prepared, builder_for, prepare_rows, read_hub_rows, read_local_rows
 from rad.data.schema import KINDS, infer_kind, validate
 from rad.data.world import FILE_NAMES, SPLIT_KINDS, materialize_world
 from rad.errors import ConfigError, DataError
@@ -193,6 +193,22 @@ def subsample_rows(n: int, spec: DatasetSpec, seed: int) -> list[int]:
 
 def _is_local_path(name: str) -> bool:
     return Path(name).suffix.lower() in BUILDERS or Path(name).is_file()
+
+
+def check_spec(spec: str, key: str) -> None:
+    """Raise ConfigError naming ``key`` unless ``spec`` parses and names a registered dataset or an existing
+    local file (cheap: nothing is read; for validating configs before work starts)."""
+    try:
+        name = parse_spec(spec).name
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if name in _REGISTRY:
+        return
+    if not _is_local_path(name):
+        raise ConfigError(f"{key}: {_unknown(name)}")
+    builder_for(name)  # an unsupported suffix is a DataError naming the file
+    if not Path(name).is_file():
+        raise ConfigError(f"{key}: {spec!r}: no such data file {name}")
 
 
 def _load_one(spec: DatasetSpec, kind: str | None, ctx: LoadContext) -> tuple[Prepared, str]:
