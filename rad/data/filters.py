@@ -37,7 +37,9 @@ def describe_skipped(skipped: Counter[str]) -> str:
     return ", ".join(f"{reason}={n}" for reason, n in sorted(skipped.items()))
 
 
-def kept_preference_rows(records: list[dict[str, Any]], source: str = "preference data") -> tuple[list[int], Counter[str]]:
+def kept_preference_rows(
+    records: list[dict[str, Any]], source: str = "preference data"
+) -> tuple[list[int], Counter[str]]:
     """(indices of the records kept, Counter of skip reasons); logs the counts to `rad.data`."""
     kept: list[int] = []
     skipped: Counter[str] = Counter()

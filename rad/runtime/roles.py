@@ -121,7 +121,8 @@ class RLRoles:
             device = self.learners.rank0("info")["device"]
             self.rollout = RolloutPool(self.learners, "hf", torch.device(device).type, hybrid=True)
         else:
-            self.rollout = make_rollout_pool(rollout, policy_dir, seed=seed, scheduling_strategies=strategies("rollout"),
+            self.rollout = make_rollout_pool(rollout, policy_dir, seed=seed,
+                                             scheduling_strategies=strategies("rollout"),
                                              trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         self.transport = self.rollout.connect(self.learners, rollout)
         self.startup_seconds = time.perf_counter() - start

@@ -135,7 +135,8 @@ def test_empty_and_malformed_files_name_the_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"^.*empty\.jsonl: the file is empty; expected one JSON object per line$"):
         load_local(tmp_path / "empty.jsonl", cache_dir=tmp_path / "hf")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(PKU_ROWS[0]) + "\n\n" + '{"prompt": "q", "response_0": "x"\n' + json.dumps(PKU_ROWS[0]) + "\n")
+    good = json.dumps(PKU_ROWS[0]) + "\n"
+    bad.write_text(good + "\n" + '{"prompt": "q", "response_0": "x"\n' + good)
     with pytest.raises(DataError, match=r"bad\.jsonl: line 3 is not valid JSON \(Expecting ',' delimiter at column "
                                         r"\d+: .*expected one JSON object per line$"):
         load_local(bad, cache_dir=tmp_path / "hf")

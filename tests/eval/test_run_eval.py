@@ -152,11 +152,13 @@ def test_a_judge_whose_replies_all_break_gives_a_report_that_says_so(arena_run, 
     summary = run_eval(make_eval_config(out, cache, html="false", figures="false", **{
         "judge.kind": "http", "judge.url": raw_server.url, "judge.model": "j", "judge.retries": "1",
         "judge.backoff": "0"}))
-    assert len(summary["warnings"]) == 1 and "judge http-j failed on every one of its 12 pairs" in summary["warnings"][0]
+    assert len(summary["warnings"]) == 1
+    assert "judge http-j failed on every one of its 12 pairs" in summary["warnings"][0]
     assert summary["warnings"] == json.loads((out / "results.json").read_text())["warnings"]
     assert "**WARNING: judge http-j failed on every one" in (out / "report.md").read_text()
     verdicts = _csv(out / "ood" / "http-j" / "sft_vs_tiny_seed0.csv")
-    assert {v["verdict"] for v in verdicts} == {"error"} and all("IncompleteRead" in v["judge_answer"] for v in verdicts)
+    assert {v["verdict"] for v in verdicts} == {"error"}
+    assert all("IncompleteRead" in v["judge_answer"] for v in verdicts)
 
 
 def test_cli_maps_flags_onto_the_config():

@@ -87,8 +87,9 @@ def test_empty_response_is_reported_with_its_file_and_row(tmp_path):
     from rad.algos.assets import load_data
     from rad.settings import WorldConfig
 
-    rows = [{"prompt": f"p{i}", "response_0": "no", "response_1": "yes", "better_response_id": 1, "safer_response_id": 0,
-             "is_response_0_safe": i != 4, "is_response_1_safe": i == 4} for i in range(14)]  # row 4 is contradictory
+    rows = [{"prompt": f"p{i}", "response_0": "no", "response_1": "yes", "better_response_id": 1,
+             "safer_response_id": 0, "is_response_0_safe": i != 4, "is_response_1_safe": i == 4}
+            for i in range(14)]  # row 4 is contradictory
     rows[12]["response_1"] = ""
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
