@@ -168,10 +168,31 @@ def _finished(name: str, stage_cfg: Any, summary: dict[str, Any]) -> bool:
     return name != "eval" and name in summary["stages"] and (Path(stage_cfg.output_dir) / "model").exists()
 
 
+#: Dataset-spec keys outside a stage's ``data`` section (whose list-of-string keys are all specs).
+SPEC_KEYS = {"eval": ("prompts", "redteam")}
+
+
+def check_data_specs(configs: dict[str, Any]) -> None:
+    """Every selected stage's dataset specs name a registered dataset or an existing file (nothing is read), so
+    a typo in a late stage's data fails before the first stage starts, naming the key."""
+    from rad.data.registry import check_spec
+
+    for name, stage_cfg in configs.items():
+        keys = {key: getattr(stage_cfg, key) for key in SPEC_KEYS.get(name, ())}
+        data = getattr(stage_cfg, "data", None)
+        if dataclasses.is_dataclass(data):
+            keys.update({f"data.{f.name}": getattr(data, f.name) for f in dataclasses.fields(data)
+                         if isinstance(getattr(data, f.name), list)})
+        for key, specs in keys.items():
+            for i, spec in enumerate(specs):
+                check_spec(spec, f"{name}.{key}[{i}]")
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     # Validate every selected stage's resolved config before any work starts.
     configs = {name: from_dict(type(c), to_dict(c), prefix=name) for name, c in stage_configs(cfg).items()}
+    check_data_specs(configs)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     summary_path = out / "summary.json"

@@ -29,9 +29,8 @@ from typing import Any, Sequence
 
 import torch
 
-from rad.algos.assets import load_records, model_dir, resolve_dtype
+from rad.algos.assets import load_data, model_dir, resolve_dtype
 from rad.algos.supervised import SupervisedTrainer
-from rad.data.filters import filter_preferences
 from rad.errors import DataError
 from rad.models.loading import load_tokenizer
 from rad.models.score_model import ScoreModel, build_score_model, encode_for_scoring, pad_right
@@ -55,13 +54,13 @@ class PairExample:
     second_safe: bool
 
 
-def check_pairs(records: Sequence[dict[str, Any]], source: str) -> None:
-    """Reject rows with an empty response, naming the row (a score needs response tokens)."""
-    for row, record in enumerate(records):
+def check_pairs(records: Sequence[dict[str, Any]], origins: Sequence[str]) -> None:
+    """Reject rows with an empty response, naming the file and its row (a score needs response tokens)."""
+    for record, origin in zip(records, origins):
         for i in (0, 1):
             text = record[f"response_{i}"]
             if not isinstance(text, str) or not text.strip():
-                raise DataError(f"{source}: row {row}: response_{i} is empty; a score model needs response text")
+                raise DataError(f"{origin}: response_{i} is empty; a score model needs response text")
 
 
 class ScoreModelTrainer(SupervisedTrainer):
@@ -121,16 +120,14 @@ def score_model_program(cfg: ScoreModelConfig) -> dict[str, Any]:
     """:func:`run_score_model` on one rank; rank 0 writes the files."""
     started = time.perf_counter()
     out = Path(cfg.output_dir)
-    train = load_records(cfg.data.train, "preference", cfg.world, cfg.seed)
-    held = load_records(cfg.data.eval, "preference", cfg.world, cfg.seed)
+    # The registry drops contradictory rows as it reads each source, and counts them.
+    train_data = load_data(cfg.data.train, "preference", cfg.world, cfg.seed)
+    held_data = load_data(cfg.data.eval, "preference", cfg.world, cfg.seed)
     if cfg.data.max_eval_rows:
-        held = held[: cfg.data.max_eval_rows]
-    # The registry already drops contradictory rows when it loads a dataset (and logs
-    # the counts); this pass catches them in records handed over by other means.
-    train, skipped_train = filter_preferences(train, "score-model train set")
-    held, skipped_eval = filter_preferences(held, "score-model eval set")
-    check_pairs(train, "score-model train set")
-    check_pairs(held, "score-model eval set")
+        held_data = held_data.head(cfg.data.max_eval_rows)
+    check_pairs(train_data.records, train_data.origins)
+    check_pairs(held_data.records, held_data.origins)
+    train, held = train_data.records, held_data.records
 
     path = model_dir(cfg.model, cfg.world, cfg.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or path, trust_remote_code=cfg.model.trust_remote_code,
@@ -161,7 +158,7 @@ def score_model_program(cfg: ScoreModelConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "kind": cfg.kind, "model_dir": str(model_out), "backbone": str(path), "lora": cfg.lora.enabled,
         "steps": trainer.step, "learner_ranks": trainer.world_size, "train_rows": len(train), "eval_rows": len(held),
-        "skipped_rows": {"train": dict(skipped_train), "eval": dict(skipped_eval)},
+        "skipped_rows": {"train": dict(train_data.skipped), "eval": dict(held_data.skipped)},
         "heldout_on": "eval" if held else f"train[:{_STATS_ROWS}]",
         "initial_eval": trainer.initial_eval, "final_eval": final,
         "heldout": heldout, "normalization": {"mode": cfg.normalize, "mean": module.score_config.mean,

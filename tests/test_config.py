@@ -72,6 +72,24 @@ def test_yaml_scientific_notation_is_a_number(tmp_path):
     assert load_config(SFTConfig, path).learner.lr == pytest.approx(1e-5)
 
 
+def test_a_key_given_twice_is_refused_naming_the_key_file_and_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learner:\n  lr: 1e-3\n  micro_batch_size: 4\n  lr: 3e-3\nseed: 1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: line 4: key 'lr' is given twice in one section \(first at "
+                                          r"line 2\)"):
+        load_config(SFTConfig, path)
+    path.write_text("learner: {lr: 1e-3, lr: 2e-3}\n")
+    with pytest.raises(ConfigError, match="key 'lr' is given twice"):
+        load_config(SFTConfig, path)
+    # the same key in two sections, and YAML merge keys, are fine
+    path.write_text("common: &c {lr: 1e-3}\nlearner:\n  <<: *c\n  lr: 2e-3\n")
+    from rad.config import read_yaml
+
+    assert read_yaml(path)["learner"] == {"lr": 2e-3}
+    path.write_text("learner:\n  lr: 1e-3\nlogging:\n  lr: 1\n")
+    assert read_yaml(path)["logging"] == {"lr": 1}
+
+
 def test_saved_config_round_trips(tmp_path):
     cfg = load_config(PipelineConfig, "launch/configs/tiny.yaml", ["sft.schedule.epochs=7"])
     path = save_config(cfg, tmp_path / "config.yaml")

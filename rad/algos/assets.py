@@ -29,11 +29,17 @@ def world_root(world: WorldConfig) -> Path:
 
 def load_records(specs: list[str] | str, kind: str, world: WorldConfig, seed: int) -> list[dict[str, Any]]:
     """Records of ``kind`` for dataset specs, with the embedded world of ``world``."""
-    from rad.data.registry import load_dataset_spec
+    return load_data(specs, kind, world, seed).records
+
+
+def load_data(specs: list[str] | str, kind: str, world: WorldConfig, seed: int):
+    """:func:`load_records` with each record's origin and the skipped-row counts
+    (a :class:`rad.data.registry.LoadedData`)."""
+    from rad.data.registry import LoadedData, load_dataset
 
     if not specs:
-        return []
-    return load_dataset_spec(specs, kind=kind, seed=seed, data_root=data_root(world), world_seed=world.seed)
+        return LoadedData()
+    return load_dataset(specs, kind=kind, seed=seed, data_root=data_root(world), world_seed=world.seed)
 
 
 def tiny_model_dir(world: WorldConfig, size: str = "tiny", seed: int = 0) -> Path:

@@ -75,6 +75,7 @@ class OnlineRLTrainer:
             policy_dir=self.policy_dir, reference_dir=self.reference_dir, policy=self.policy_role(),
             trained=self.trained_roles(), reward_model=cfg.reward_model, cost_model=cfg.cost_model,
             dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
+            allow_pickle=cfg.policy.allow_pickle_weights,
             reference_micro_batch_size=cfg.reference_micro_batch_size,
             logprob_chunk_size=self.policy_logprob_chunk_size())
         self.startup_seconds = self.roles.startup_seconds

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from rad.config import field, save_config, to_dict
-from rad.errors import ConfigError
+from rad.errors import ConfigError, DataError
 from rad.runtime.checkpoint import (checkpoint_dir, latest_checkpoint, prune_checkpoints, read_trainer_state,
                                     shared_atomic_dir, write_trainer_state)
 from rad.runtime.distributed import all_sum, barrier, rank_and_world
@@ -73,7 +73,7 @@ class SupervisedTrainer:
         self.train_examples = [self.encode(r) for r in train_records]
         self.eval_examples = [self.encode(r) for r in eval_records]
         if not self.train_examples:
-            raise ValueError("the training set is empty after filtering; check the data specs")
+            raise DataError("the training set is empty after filtering; check the data specs")
         self.micro = learner_cfg.micro_batch_size
         self.rank, self.world_size = rank_and_world(learner_cfg.backend)
         # Whole optimizer steps only, so every checkpoint falls on an accumulation boundary.

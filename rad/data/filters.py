@@ -32,21 +32,34 @@ def skip_reason(record: dict[str, Any]) -> str | None:
     return None
 
 
+def describe_skipped(skipped: Counter[str]) -> str:
+    """``reason=count, ...`` in a stable order."""
+    return ", ".join(f"{reason}={n}" for reason, n in sorted(skipped.items()))
+
+
+def kept_preference_rows(
+    records: list[dict[str, Any]], source: str = "preference data"
+) -> tuple[list[int], Counter[str]]:
+    """(indices of the records kept, Counter of skip reasons); logs the counts to `rad.data`."""
+    kept: list[int] = []
+    skipped: Counter[str] = Counter()
+    for row, record in enumerate(records):
+        reason = skip_reason(record)
+        if reason is None:
+            kept.append(row)
+        else:
+            skipped[reason] += 1
+    if skipped:
+        logger.info("%s: kept %d of %d preference rows; skipped %s", source, len(kept), len(records),
+                    describe_skipped(skipped))
+    else:
+        logger.info("%s: kept all %d preference rows", source, len(records))
+    return kept, skipped
+
+
 def filter_preferences(
     records: list[dict[str, Any]], source: str = "preference data"
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
     """Return (kept records, Counter of skip reasons); logs the counts to `rad.data`."""
-    kept: list[dict[str, Any]] = []
-    skipped: Counter[str] = Counter()
-    for record in records:
-        reason = skip_reason(record)
-        if reason is None:
-            kept.append(record)
-        else:
-            skipped[reason] += 1
-    if skipped:
-        details = ", ".join(f"{reason}={n}" for reason, n in sorted(skipped.items()))
-        logger.info("%s: kept %d of %d preference rows; skipped %s", source, len(kept), len(records), details)
-    else:
-        logger.info("%s: kept all %d preference rows", source, len(records))
-    return kept, skipped
+    kept, skipped = kept_preference_rows(records, source)
+    return [records[i] for i in kept], skipped

@@ -84,14 +84,16 @@ def project_to_prompts(records: list[dict[str, Any]], source: str) -> list[dict[
     dropped (first occurrence kept), as Safe RLHF's prompt-only dataset does, so a
     preference set with many pairs per prompt does not over-weight those prompts.
     """
+    out = [{k: records[i][k] for k in ("prompt", "category", "id") if k in records[i]}
+           for i in first_prompt_rows(records, source)]
+    return validate(out, "prompt", source)
+
+
+def first_prompt_rows(records: list[dict[str, Any]], source: str) -> list[int]:
+    """Indices of the first record of every distinct prompt (what :func:`project_to_prompts` keeps)."""
     if records and "prompt" not in records[0]:
         raise ConfigError(f"{source}: records have no 'prompt' column to project onto kind 'prompt'")
-    seen: set[str] = set()
-    out = []
-    for rec in records:
-        prompt = rec["prompt"]
-        if prompt in seen:
-            continue
-        seen.add(prompt)
-        out.append({k: rec[k] for k in ("prompt", "category", "id") if k in rec})
-    return validate(out, "prompt", source)
+    first: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        first.setdefault(rec["prompt"], i)
+    return sorted(first.values())

@@ -10,11 +10,14 @@ preference data, the contradiction filter.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rad.data.filters import filter_preferences
+from rad.data.filters import describe_skipped, kept_preference_rows
 from rad.data.formats import to_canonical
 from rad.data.schema import KINDS, infer_kind
 from rad.errors import DataError
@@ -44,6 +47,8 @@ def read_local_rows(path: str | Path, cache_dir: str | Path | None = None) -> li
     builder = builder_for(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
+    if path.suffix.lower() != ".parquet" and not path.read_bytes().strip():
+        raise DataError(f"{path}: the file is empty; expected {_EXPECTED[path.suffix.lower()]}")
     try:
         ds = datasets.load_dataset(
             builder,
@@ -56,7 +61,41 @@ def read_local_rows(path: str | Path, cache_dir: str | Path | None = None) -> li
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a value: "
                         f"{exc.object[max(0, exc.start - 10): exc.start + 10]!r}); re-encode the file as UTF-8") from None
     except Exception as exc:  # datasets wraps parser errors in several exception types
+        reason = _unreadable_reason(path)
+        if reason:
+            raise DataError(f"{path}: {reason}; expected {_EXPECTED[path.suffix.lower()]}") from None
         raise DataError(f"{path}: could not be read as {builder}: {exc}") from exc
+
+
+_EXPECTED = {".jsonl": "one JSON object per line", ".json": "a JSON list of objects (or one object per line)",
+             ".csv": "a header line and one line per row", ".parquet": "a parquet table"}
+
+
+def _unreadable_reason(path: Path) -> str | None:
+    """Where a text data file `datasets` could not parse goes wrong (file line, 1-based), or None."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if suffix == ".csv":
+        lines = [line for line in text.splitlines() if line.strip()]
+        return "it has a header line but no rows" if len(lines) == 1 else None
+    try:
+        document = json.loads(text)
+        # one JSON document: not a line problem
+        return "it holds no records" if isinstance(document, (list, dict)) and not document else None
+    except ValueError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            return f"line {number} is not valid JSON ({exc.msg} at column {exc.colno}: {line[:80]!r})"
+        if not isinstance(value, dict):
+            return f"line {number} is a JSON {type(value).__name__}, not an object: {line[:80]!r}"
+    return None
 
 
 def read_hub_rows(
@@ -82,14 +121,26 @@ def read_hub_rows(
     return ds.to_list()
 
 
-def prepare_records(
+@dataclass
+class Prepared:
+    """Canonical records of one source, the source's own (0-based) row of each, and the rows skipped, by reason."""
+
+    records: list[dict[str, Any]]
+    kind: str
+    rows: list[int]
+    skipped: Counter = field(default_factory=Counter)
+
+
+def prepare_rows(
     rows: list[dict[str, Any]], kind: str | None, source: str, filter_contradictions: bool = True
-) -> tuple[list[dict[str, Any]], str]:
+) -> Prepared:
     """Map raw rows onto `kind` (inferred from the columns when None), validate, filter.
 
-    Returns (records, kind). Preference rows go through the contradiction filter
-    unless `filter_contradictions` is False.
+    Preference rows go through the contradiction filter unless `filter_contradictions` is False; a
+    source whose every row is skipped (or that has none) is a DataError.
     """
+    if not rows:
+        raise DataError(f"{source}: no rows; expected {kind or 'data'} records")
     if kind is None:
         columns = sorted(rows[0]) if rows else []
         kind = infer_kind(columns)
@@ -99,9 +150,22 @@ def prepare_records(
                 f"pass kind= (one of {', '.join(KINDS)})"
             )
     records = to_canonical(rows, kind, source)
-    if kind == "preference" and filter_contradictions:
-        records, _ = filter_preferences(records, source)
-    return records, kind
+    if kind != "preference" or not filter_contradictions:
+        return Prepared(records, kind, list(range(len(records))))
+    kept, skipped = kept_preference_rows(records, source)
+    if not kept:
+        raise DataError(f"{source}: every one of its {len(records)} preference rows was skipped "
+                        f"({describe_skipped(skipped)}); expected rows with two different responses where the "
+                        "safer response (safer_response_id) is labelled safe or the other one unsafe")
+    return Prepared([records[i] for i in kept], kind, kept, skipped)
+
+
+def prepare_records(
+    rows: list[dict[str, Any]], kind: str | None, source: str, filter_contradictions: bool = True
+) -> tuple[list[dict[str, Any]], str]:
+    """(records, kind) of :func:`prepare_rows`."""
+    prepared = prepare_rows(rows, kind, source, filter_contradictions)
+    return prepared.records, prepared.kind
 
 
 def load_local(

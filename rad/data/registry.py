@@ -35,12 +35,13 @@ import logging
 import os
 import random
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from rad.data.formats import project_to_prompts
-from rad.data.loaders import BUILDERS, prepare_records, read_hub_rows, read_local_rows
+from rad.data.formats import first_prompt_rows, project_to_prompts
+from rad.data.loaders import BUILDERS, Prepared, builder_for, prepare_rows, read_hub_rows, read_local_rows
 from rad.data.schema import KINDS, infer_kind, validate
 from rad.data.world import FILE_NAMES, SPLIT_KINDS, materialize_world
 from rad.errors import ConfigError, DataError
@@ -171,7 +172,11 @@ def default_data_root() -> Path:
 
 def subsample(records: list[dict[str, Any]], spec: DatasetSpec, seed: int) -> list[dict[str, Any]]:
     """The deterministic subset of `records` that `spec` asks for (file order kept)."""
-    n = len(records)
+    return [records[i] for i in subsample_rows(len(records), spec, seed)]
+
+
+def subsample_rows(n: int, spec: DatasetSpec, seed: int) -> list[int]:
+    """The indices (in order) of the subset of `n` records that `spec` asks for."""
     if spec.count is not None:
         k = spec.count
         if k > n:
@@ -180,18 +185,34 @@ def subsample(records: list[dict[str, Any]], spec: DatasetSpec, seed: int) -> li
     elif spec.proportion is not None:
         k = min(n, max(1, round(spec.proportion * n))) if n else 0
     else:
-        return records
+        return list(range(n))
     order = list(range(n))
     random.Random(f"{seed}:{spec.name}").shuffle(order)
-    return [records[i] for i in sorted(order[:k])]
+    return sorted(order[:k])
 
 
 def _is_local_path(name: str) -> bool:
     return Path(name).suffix.lower() in BUILDERS or Path(name).is_file()
 
 
-def _load_one(spec: DatasetSpec, kind: str | None, ctx: LoadContext) -> tuple[list[dict[str, Any]], str]:
-    """Canonical records of one spec (before sub-sampling) and their kind."""
+def check_spec(spec: str, key: str) -> None:
+    """Raise ConfigError naming ``key`` unless ``spec`` parses and names a registered dataset or an existing
+    local file (cheap: nothing is read; for validating configs before work starts)."""
+    try:
+        name = parse_spec(spec).name
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if name in _REGISTRY:
+        return
+    if not _is_local_path(name):
+        raise ConfigError(f"{key}: {_unknown(name)}")
+    builder_for(name)  # an unsupported suffix is a DataError naming the file
+    if not Path(name).is_file():
+        raise ConfigError(f"{key}: {spec!r}: no such data file {name}")
+
+
+def _load_one(spec: DatasetSpec, kind: str | None, ctx: LoadContext) -> tuple[Prepared, str]:
+    """Canonical records of one spec (before sub-sampling), with their rows in the source, and the source."""
     if spec.name in _REGISTRY:
         entry = _REGISTRY[spec.name]
         result = entry.loader(ctx)
@@ -210,13 +231,28 @@ def _load_one(spec: DatasetSpec, kind: str | None, ctx: LoadContext) -> tuple[li
         raise _unknown(spec.name)
     if file_kind is None:
         raise DataError(f"{source}: cannot tell the record kind from its columns; pass kind= ({', '.join(KINDS)})")
-    records, file_kind = prepare_records(rows, file_kind, source)
-    if kind is None or kind == file_kind:
-        return records, file_kind
+    got = prepare_rows(rows, file_kind, source)
+    if kind is None or kind == got.kind:
+        return got, source
     if kind == "prompt":
-        return project_to_prompts(records, source), "prompt"
+        rows_kept = [got.rows[i] for i in first_prompt_rows(got.records, source)]
+        return Prepared(project_to_prompts(got.records, source), "prompt", rows_kept, got.skipped), source
     # e.g. BeaverTails ("labelled") read as "sft": valid when the columns are there.
-    return validate(records, kind, source), kind
+    return Prepared(validate(got.records, kind, source), kind, got.rows, got.skipped), source
+
+
+@dataclass
+class LoadedData:
+    """Records of a list of specs, where each came from (``"<file or dataset> row <0-based row>"``), and the
+    rows the contradiction filter skipped, by reason (over the whole sources, before sub-sampling)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+    def head(self, n: int) -> "LoadedData":
+        """The first ``n`` records (the same skip counts)."""
+        return LoadedData(self.records[:n], self.origins[:n], self.skipped)
 
 
 def load_dataset_spec(
@@ -233,21 +269,34 @@ def load_dataset_spec(
     holds the embedded world, HarmBench's CSV and the `datasets` cache;
     `world_seed` selects the embedded world.
     """
+    return load_dataset(spec, kind, seed, data_root, world_seed).records
+
+
+def load_dataset(
+    spec: str | list[str] | tuple[str, ...],
+    kind: str | None = None,
+    seed: int = 0,
+    data_root: str | Path | None = None,
+    world_seed: int = 0,
+) -> LoadedData:
+    """:func:`load_dataset_spec` with each record's origin and the skipped-row counts."""
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"unknown record kind {kind!r}; known kinds: {', '.join(KINDS)}")
     specs = [spec] if isinstance(spec, str) else list(spec)
     if not specs:
         raise ConfigError("no dataset spec given")
     ctx = LoadContext(Path(data_root) if data_root is not None else default_data_root(), world_seed)
-    out: list[dict[str, Any]] = []
+    out = LoadedData()
     kinds: dict[str, str] = {}
     for text in specs:
         parsed = parse_spec(text)
-        records, got_kind = _load_one(parsed, kind, ctx)
-        kinds[text] = got_kind
-        picked = subsample(records, parsed, seed)
-        logger.info("%s: %d of %d %s records", text, len(picked), len(records), got_kind)
-        out.extend(picked)
+        got, source = _load_one(parsed, kind, ctx)
+        kinds[text] = got.kind
+        picked = subsample_rows(len(got.records), parsed, seed)
+        logger.info("%s: %d of %d %s records", text, len(picked), len(got.records), got.kind)
+        out.records += [got.records[i] for i in picked]
+        out.origins += [f"{source} row {got.rows[i]}" for i in picked]
+        out.skipped.update(got.skipped)
     if len(set(kinds.values())) > 1:
         listed = ", ".join(f"{s} ({k})" for s, k in kinds.items())
         raise ConfigError(f"dataset specs resolve to different kinds: {listed}; pass one kind= for all of them")

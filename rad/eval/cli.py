@@ -53,7 +53,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.help_config:
         print("\n".join(describe(EvalConfig)))
         return 0
-    print(json.dumps(run_eval(load_eval_config(args)), indent=2, default=str))
+    from rad.output_dir import check_output_dir
+
+    cfg = load_eval_config(args)
+    check_output_dir(cfg.output_dir)
+    print(json.dumps(run_eval(cfg), indent=2, default=str))
     return 0
 
 

@@ -40,7 +40,10 @@ class JudgeConfig:
     timeout: float = field(60.0, gt=0, help="http judge: seconds per request")
     retries: int = field(3, min=0, help="http judge: extra attempts after a connection error, timeout, "
                                         "HTTP 429/5xx or a malformed reply")
-    backoff: float = field(1.0, min=0, help="http judge: seconds before the first retry (doubles each time)")
+    backoff: float = field(1.0, min=0, help="http judge: seconds before the first retry (doubles each time; "
+                                            "longer when a 429/503 reply asks so with Retry-After)")
+    deadline: float = field(1800.0, gt=0, help="http judge: seconds for all its requests in one report; pairs "
+                                               "still unjudged then count as failures (the report says how many)")
     max_tokens: int = field(16, min=1, help="http judge: completion length limit")
     concurrency: int = field(4, min=1, help="http judge: requests in flight")
     tie_margin: float = field(0.0, min=0, help="cost judge: |cost difference| <= margin is a tie")

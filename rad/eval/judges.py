@@ -13,19 +13,26 @@ Judges:
 * :class:`HTTPJudge` — any OpenAI-compatible ``/chat/completions`` endpoint (a
   local vLLM server, a hosted model). Blue is shown as response A or B by a coin
   flip seeded per (seed, pair), so position bias averages out and reruns agree.
-  Connection errors, timeouts, HTTP 429/5xx and malformed replies are retried
-  with exponential backoff; other HTTP 4xx (bad key, wrong URL or model) stop
-  the run with the server's message, since every further request would fail
-  the same way.
+  Connection errors (refused, reset, closed mid-reply, a reply that is not
+  HTTP), timeouts, HTTP 429/5xx and malformed replies are retried with
+  exponential backoff (at least as long as a ``Retry-After`` header asks) and,
+  after the last retry, counted as ``error``; other HTTP 4xx (bad key, wrong URL
+  or model) stop the run with the server's message, since every further request
+  would fail the same way. ``deadline`` bounds the judge's total time: once it
+  has passed, pairs not yet judged are not sent (or not retried) and count as
+  ``error`` (:func:`tally`'s ``deadline``), so a hung endpoint costs minutes,
+  not hours.
 """
 
 from __future__ import annotations
 
+import email.utils
+import http.client
 import json
 import os
 import random
 import re
-import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -57,6 +64,7 @@ class Judgement:
     raw: str = ""  # the judge's answer text (or the error message)
     blue_is_a: bool | None = None
     attempts: int = 0
+    cut: bool = False  # an error because the judge's deadline passed before this pair was (re)tried
 
 
 def score_verdicts(blue: np.ndarray, red: np.ndarray, tie_margin: float = 0.0) -> list[Judgement]:
@@ -106,14 +114,30 @@ def parse_verdict(text: str) -> str | None:
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, retry_after: float = 0.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date); 0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0.0
+    return max(0.0, when - (time.time() if now is None else now))
 
 
 class HTTPJudge:
     """Asks an OpenAI-compatible chat-completions endpoint which response is less harmful."""
 
     def __init__(self, url: str, model: str, api_key: str | None = None, timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 1.0, max_tokens: int = 16, concurrency: int = 4):
+                 backoff: float = 1.0, max_tokens: int = 16, concurrency: int = 4, deadline: float | None = None):
         base = url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
         self.model = model
@@ -123,14 +147,26 @@ class HTTPJudge:
         self.backoff = backoff
         self.max_tokens = max_tokens
         self.concurrency = concurrency
+        self.deadline = deadline  # seconds for every request of this judge together, from its first request
+        self._ends_at: float | None = None
+        self._lock = threading.Lock()
+
+    def _remaining(self) -> float:
+        """Seconds left before the deadline (inf without one); the clock starts at the first call."""
+        if self.deadline is None:
+            return float("inf")
+        with self._lock:
+            if self._ends_at is None:
+                self._ends_at = time.monotonic() + self.deadline
+            return self._ends_at - time.monotonic()
 
     @classmethod
     def from_config(cls, cfg) -> "HTTPJudge":
         """From a :class:`rad.eval.config.JudgeConfig`; the key is read from ``cfg.api_key_env`` now."""
         return cls(cfg.url, cfg.model, os.environ.get(cfg.api_key_env) or None, cfg.timeout, cfg.retries,
-                   cfg.backoff, cfg.max_tokens, cfg.concurrency)
+                   cfg.backoff, cfg.max_tokens, cfg.concurrency, cfg.deadline)
 
-    def _post(self, prompt: str, a: str, b: str) -> str:
+    def _post(self, prompt: str, a: str, b: str, timeout: float) -> str:
         body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
                            "messages": [{"role": "system", "content": SYSTEM_PROMPT},
                                         {"role": "user", "content": USER_TEMPLATE.format(prompt=prompt, a=a, b=b)}]})
@@ -139,16 +175,22 @@ class HTTPJudge:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode(errors="replace")
+            try:
+                detail = exc.read()[:300].decode(errors="replace")
+            except (http.client.HTTPException, OSError):
+                detail = ""
             if exc.code == 429 or exc.code >= 500:
-                raise _Retryable(f"HTTP {exc.code}: {detail}") from None
+                raise _Retryable(f"HTTP {exc.code}: {detail}", retry_after_seconds(exc.headers.get("Retry-After"))
+                                 ) from None
             raise RadError(f"judge: {self.url} answered HTTP {exc.code} (check judge.url, judge.model and the "
                            f"key in judge.api_key_env): {detail}") from None
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        except (http.client.HTTPException, OSError) as exc:
+            # OSError: refused, reset, timed out (URLError, ConnectionError, TimeoutError); HTTPException: the
+            # server closed mid-reply (IncompleteRead, RemoteDisconnected) or did not speak HTTP (BadStatusLine).
+            raise _Retryable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         try:
             content = json.loads(payload)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
@@ -159,14 +201,22 @@ class HTTPJudge:
 
     def judge_one(self, prompt: str, blue: str, red: str, blue_is_a: bool) -> Judgement:
         a, b = (blue, red) if blue_is_a else (red, blue)
-        last = ""
+        last, wait = "", 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                wait = max(wait, self.backoff * 2 ** (attempt - 1))
+                if wait >= self._remaining():
+                    return Judgement(ERROR, f"{last}; judge.deadline ({self.deadline:g} s) passed before retry "
+                                            f"{attempt}", blue_is_a, attempt, cut=True)
+                time.sleep(wait)
+            remaining = self._remaining()
+            if remaining <= 0:
+                return Judgement(ERROR, (f"{last}; " if last else "") + f"not sent: judge.deadline "
+                                 f"({self.deadline:g} s) passed", blue_is_a, attempt, cut=True)
             try:
-                answer = self._post(prompt, a, b)
+                answer = self._post(prompt, a, b, min(self.timeout, remaining))
             except _Retryable as exc:
-                last = str(exc)
+                last, wait = str(exc), exc.retry_after
                 continue
             choice = parse_verdict(answer)
             if choice is None:
@@ -187,13 +237,34 @@ class HTTPJudge:
 
 
 def tally(judgements: Sequence[Judgement]) -> dict[str, float]:
-    """Counts and percentages (over all pairs) of each verdict; ``fail`` = invalid + error."""
+    """Counts and percentages (over all pairs) of each verdict; ``fail`` = invalid + error.
+
+    ``deadline`` counts the errors due to the judge's deadline (the pair was not sent, or not retried).
+    """
     n = len(judgements)
     counts = {v: sum(j.verdict == v for j in judgements) for v in VERDICTS}
     out: dict[str, float] = {"n": n, **counts}
     for v in (WIN, TIE, LOSS):
         out[f"{v}_pct"] = 100.0 * counts[v] / n if n else float("nan")
     out["fail_pct"] = 100.0 * (counts[INVALID] + counts[ERROR]) / n if n else float("nan")
+    out["deadline"] = sum(j.cut for j in judgements)
+    return out
+
+
+def warnings(judge: str, tallies: Sequence[dict[str, float]], deadline: float | None = None) -> list[str]:
+    """What a reader of the report must know about ``judge`` from its :func:`tally` rows: every pair failed,
+    or its deadline left pairs unjudged."""
+    n = sum(t["n"] for t in tallies)
+    failed = sum(t[INVALID] + t[ERROR] for t in tallies)
+    cut = sum(t.get("deadline", 0) for t in tallies)
+    out = []
+    if n and failed == n:
+        out.append(f"judge {judge} failed on every one of its {n} pairs ({sum(t[ERROR] for t in tallies)} "
+                   f"requests failed after every retry, {sum(t[INVALID] for t in tallies)} answers unreadable): "
+                   "its table measures nothing; see the judge_answer column of its ood/ files")
+    if cut:
+        out.append(f"judge {judge}: judge.deadline ({deadline:g} s) passed; {cut} of {n} pairs were not judged "
+                   "(not sent, or not retried) and count as failures")
     return out
 
 

@@ -140,8 +140,8 @@ def risk_rows(outputs: dict, names: list[str], set_name: str, seeds: list[int], 
 
 
 def ood_rows(outputs: dict, comps: list[tuple[str, str]], seeds: list[int], cfg: EvalConfig, out: Path,
-             with_truth: bool) -> tuple[list[dict], list[dict]]:
-    """Judge every OOD pair of every competition and seed; (per-seed rows, mean +- std rows)."""
+             with_truth: bool) -> tuple[list[dict], list[dict], list[str]]:
+    """Judge every OOD pair of every competition and seed; (per-seed rows, mean +- std rows, warnings)."""
     judge_name = "cost-model" if cfg.judge.kind == "cost" else "http-" + re.sub(r"[^A-Za-z0-9_.+-]", "_",
                                                                               cfg.judge.model)
     http = judges.HTTPJudge.from_config(cfg.judge) if cfg.judge.kind == "http" else None
@@ -172,7 +172,11 @@ def ood_rows(outputs: dict, comps: list[tuple[str, str]], seeds: list[int], cfg:
                 tallies.append(counts)
                 per_seed.append({"judge": jname, "red": red, "blue": blue, "seed": seed, **counts})
             summary.append({"judge": jname, "red": red, "blue": blue, **judges.over_seeds(tallies)})
-    return per_seed, summary
+    warnings = judges.warnings(judge_name, [r for r in per_seed if r["judge"] == judge_name],
+                               http.deadline if http else None)
+    for w in warnings:
+        log.warning("%s", w)
+    return per_seed, summary, warnings
 
 
 # -- the command -------------------------------------------------------------------------------------
@@ -239,8 +243,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     risk = risk_rows(outputs, names, HELDOUT, [hs], cfg)
     risk_ood = risk_rows(outputs, names, REDTEAM, list(cfg.judge.seeds), cfg) if redteam else []
-    ood_seed_rows, ood_rows_ = (ood_rows(outputs, comps, list(cfg.judge.seeds), cfg, out, REDTEAM in oracles)
-                                if redteam else ([], []))
+    ood_seed_rows, ood_rows_, warnings = (ood_rows(outputs, comps, list(cfg.judge.seeds), cfg, out,
+                                                   REDTEAM in oracles) if redteam else ([], [], []))
     for c in comp_results:
         c["ood"] = {r["judge"]: {"summary": r, "per_seed": [s for s in ood_seed_rows if s["judge"] == r["judge"]
                                                             and s["red"] == c["red"] and s["blue"] == c["blue"]]}
@@ -253,7 +257,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             write_csv(pd.DataFrame(rows), out / "tables" / f"{tname}.csv")
 
     figures = _figures(cfg, outputs, comps, comp_results, names, truth, out) if cfg.figures else {}
-    report = _report(cfg, model_dirs, heldout, redteam, comp_results, risk, risk_ood, ood_rows_, figures, truth)
+    report = _report(cfg, model_dirs, heldout, redteam, comp_results, risk, risk_ood, ood_rows_, figures, truth,
+                     warnings)
     written = report.write(out, cfg.html)
 
     generated = sorted({f"{k[0]}/{k[1]}/seed{k[2]}" for k, o in outputs.items() if o.generated})
@@ -261,7 +266,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     results = {"config": to_dict(cfg),
                "models": {n: {"path": str(p), "fingerprint": fingerprints[n]} for n, p in model_dirs.items()},
                "prompts": {HELDOUT: len(heldout), REDTEAM: len(redteam)}, "ground_truth": sorted(oracles),
-               "competitions": comp_results, "risk": risk, "risk_redteam": risk_ood,
+               "warnings": warnings, "competitions": comp_results, "risk": risk, "risk_redteam": risk_ood,
                "cache": {"generated": generated, "reused": reused,
                          "scored": sorted({f"{k[0]}/{k[1]}/seed{k[2]}" for k, o in outputs.items() if o.scored})},
                "seconds": round(time.perf_counter() - t_start, 2)}
@@ -276,7 +281,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                for j, o in c["ood"].items()}}
     return {"output_dir": str(out), "report": [str(p) for p in written], "results": str(out / "results.json"),
             "figures": [str(p) for p in figures.values()], "competitions": headline,
-            "generated": generated, "reused": reused, "seconds": results["seconds"]}
+            "generated": generated, "reused": reused, "warnings": warnings, "seconds": results["seconds"]}
 
 
 def _json_default(obj: Any) -> Any:
@@ -308,8 +313,10 @@ def _figures(cfg: EvalConfig, outputs: dict, comps: list[tuple[str, str]], comp_
 
 def _report(cfg: EvalConfig, model_dirs: dict[str, Path], heldout: list[str], redteam: list[str],
             comp_results: list[dict], risk: list[dict], risk_ood: list[dict], ood: list[dict],
-            figures: dict[str, Path], truth: bool) -> Report:
+            figures: dict[str, Path], truth: bool, warnings: list[str]) -> Report:
     rep = Report("RAD evaluation arena")
+    for w in warnings:
+        rep.text(f"**WARNING: {w}.**")
     s = cfg.sampling
     rep.text("Models: " + ", ".join(f"{n} ({p})" for n, p in model_dirs.items()) + ". Red (baselines): "
              + ", ".join(cfg.red_names()) + f". Reward model: {cfg.reward_model}; cost model: {cfg.cost_model}.")

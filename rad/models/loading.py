@@ -5,7 +5,8 @@ and padding rules hold everywhere:
 
 * ``trust_remote_code`` is off unless the caller turns it on.
 * Weights are read from safetensors only. Pickled ``.bin`` checkpoints can run
-  arbitrary code when unpickled, so loading them needs ``allow_pickle=True``.
+  arbitrary code when unpickled, so loading them needs ``allow_pickle=True``
+  (the config key ``allow_pickle_weights`` of the section naming the model).
 * Tokenizers pad on the left by default: rollouts generate from a batch of
   prompts, and a decoder-only model must see each prompt end at the same position.
 * Tokenizers without a pad token get one (see :func:`ensure_pad_token`).
@@ -162,22 +163,35 @@ def load_tokenizer(
     return tokenizer
 
 
-def _check_local_weights(directory: str, allow_pickle: bool) -> None:
+#: The config keys that allow pickled weights, for messages (``rad.settings.ModelConfig.allow_pickle_weights``).
+PICKLE_KEYS = ("policy.allow_pickle_weights (rad rl, ppo-lag: policy, reference and rollout engines) or "
+               "model.allow_pickle_weights (sft, rm, cm, dpo)")
+
+
+def check_weights(name_or_path: str | os.PathLike[str], allow_pickle: bool, what: str = "model") -> None:
+    """Raise :class:`ConfigError` now if a local model directory has no loadable weights, or only pickled ones
+    without ``allow_pickle`` (a hub id is checked when it is loaded)."""
+    name, is_local = _resolve(name_or_path, what)
+    if is_local:
+        _check_local_weights(name, allow_pickle, what)
+
+
+def _check_local_weights(directory: str, allow_pickle: bool, what: str = "model") -> None:
     root = Path(directory)
     if not (root / "config.json").is_file():
-        raise ConfigError(f"model: directory {directory!r} has no config.json")
+        raise ConfigError(f"{what}: directory {directory!r} has no config.json")
     if any((root / f).is_file() for f in _SAFETENSORS_FILES):
         return
     pickles = [f for f in _PICKLE_FILES if (root / f).is_file()]
     if pickles and not allow_pickle:
         raise ConfigError(
-            f"model: directory {directory!r} holds only pickled weights ({pickles[0]}); "
-            "unpickling can run arbitrary code. Convert them to safetensors, or pass "
-            "allow_pickle=True if you trust the source"
+            f"{what}: directory {directory!r} holds only pickled weights ({pickles[0]}); "
+            "unpickling can run arbitrary code. Convert them to safetensors, or, if you trust the source, "
+            f"set {PICKLE_KEYS} to true"
         )
     if not pickles:
         raise ConfigError(
-            f"model: directory {directory!r} has no weights "
+            f"{what}: directory {directory!r} has no weights "
             f"(expected one of {list(_SAFETENSORS_FILES)})"
         )
 

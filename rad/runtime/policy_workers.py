@@ -26,10 +26,12 @@ class ReferenceWorker:
 
     ``micro_batch_size`` samples go through each forward pass; ``logprob_chunk_size``
     is :func:`~rad.runtime.logprobs.token_logprobs`'s ``chunk_size`` (0 = the plain pass).
+    ``allow_pickle`` lets it load pickled (``.bin``) weights.
     """
 
     def __init__(self, model_dir: str, dtype: str = "float32", micro_batch_size: int = 16,
-                 trust_remote_code: bool = False, logprob_chunk_size: int = 0, device: str = "auto"):
+                 trust_remote_code: bool = False, logprob_chunk_size: int = 0, device: str = "auto",
+                 allow_pickle: bool = False):
         from rad.models.loading import load_causal_lm, load_tokenizer
         from rad.runtime.distributed import resolve_dtype, role_device
 
@@ -37,7 +39,8 @@ class ReferenceWorker:
         self.device = role_device(device)
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         self.model = load_causal_lm(model_dir, dtype=resolve_dtype(dtype, self.device),
-                                    trust_remote_code=trust_remote_code, tokenizer=self.tokenizer)
+                                    trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                    tokenizer=self.tokenizer)
         self.model.to(self.device).requires_grad_(False)
         self.micro = micro_batch_size
         self.chunk_size = logprob_chunk_size
@@ -64,21 +67,23 @@ class PolicyLearner(DeepSpeedRank):
     Ranks rendezvous through :meth:`address` and :meth:`init` (see
     :class:`~rad.runtime.deepspeed_rank.DeepSpeedRank`). Each :meth:`train_step`
     takes this rank's shard of the batch; DeepSpeed averages gradients across ranks.
+    ``allow_pickle`` lets it start from pickled (``.bin``) weights (it saves safetensors).
     """
 
     def __init__(self, model_dir: str, cfg: LearnerConfig, total_steps: int, dtype: str = "float32",
-                 trust_remote_code: bool = False, loss_aggregation: str = "sequence_sum"):
+                 trust_remote_code: bool = False, loss_aggregation: str = "sequence_sum", allow_pickle: bool = False):
         super().__init__(cfg, total_steps, dtype, trust_remote_code)
         self.model_dir = model_dir
         self.loss_aggregation = loss_aggregation
+        self.allow_pickle = allow_pickle
 
     def build_model(self) -> torch.nn.Module:
         from rad.models.loading import load_causal_lm, load_tokenizer
         from rad.runtime.distributed import resolve_dtype
 
         self.tokenizer = load_tokenizer(self.model_dir, trust_remote_code=self.trust_remote_code)
-        return load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype),
-                              trust_remote_code=self.trust_remote_code, tokenizer=self.tokenizer)
+        return load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype), trust_remote_code=self.trust_remote_code,
+                              allow_pickle=self.allow_pickle, tokenizer=self.tokenizer)
 
     def token_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """:func:`~rad.runtime.logprobs.token_logprobs` of the learner with this rank's memory options."""

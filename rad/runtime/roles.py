@@ -68,9 +68,11 @@ class RLRoles:
     def __init__(self, *, name: str, res: ResourcesConfig, rollout: RolloutConfig, seed: int, policy_dir: str,
                  reference_dir: str, policy: TrainedRole, trained: dict[str, TrainedRole] | None = None,
                  reward_model: str, cost_model: str, dtype: str = "auto", trust_remote_code: bool = False,
-                 reference_micro_batch_size: int = 16, logprob_chunk_size: int = 0) -> None:
+                 allow_pickle: bool = False, reference_micro_batch_size: int = 16,
+                 logprob_chunk_size: int = 0) -> None:
         import ray
 
+        from rad.models.loading import check_weights
         from rad.runtime.policy_workers import ReferenceWorker
         from rad.runtime.rollout.actors import make_rollout_pool
         from rad.runtime.scorer import Scorer
@@ -81,6 +83,8 @@ class RLRoles:
             raise ConfigError("rollout.hybrid generates with the learner's own module; resources.colocate_rollout "
                               "(a separate engine on the learner's bundle) does not apply: set one of them")
         self.res, self.rollout_cfg = res, rollout
+        for what, path in (("policy", policy_dir), ("reference", reference_dir)):
+            check_weights(path, allow_pickle, what)  # here, not as a traceback from inside an actor
         n = res.num_learners
         engines = 0 if rollout.hybrid else rollout.num_engines
         needed = ((1 + len(trained)) * n * res.cpus_per_learner + res.cpus_per_reference
@@ -99,10 +103,12 @@ class RLRoles:
         for group in (self.learners, *self.trained.values()):  # one process group each, formed concurrently
             addr, port = group.rank0("address")
             inits += [a.init.remote(rank, n, addr, port, seed) for rank, a in enumerate(group.actors)]
-        self.reference_policy = WorkerGroup(ReferenceWorker, 1, reference_dir, dtype, micro_batch_size=reference_micro_batch_size,
-                                     trust_remote_code=trust_remote_code, logprob_chunk_size=logprob_chunk_size,
-                                     num_cpus=res.cpus_per_reference, num_gpus=res.gpus_per_reference,
-                                     name="reference", scheduling_strategies=strategies("reference"))
+        self.reference_policy = WorkerGroup(ReferenceWorker, 1, reference_dir, dtype,
+                                            micro_batch_size=reference_micro_batch_size,
+                                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                            logprob_chunk_size=logprob_chunk_size,
+                                            num_cpus=res.cpus_per_reference, num_gpus=res.gpus_per_reference,
+                                            name="reference", scheduling_strategies=strategies("reference"))
         # RL policies do emit empty answers (EOS first): every algorithm scores them as the placeholder
         self.scorers = WorkerGroup(Scorer, res.num_scorers, reward_model, cost_model, empty_response="placeholder",
                                    dtype=res.scorer_dtype, batch_size=res.scorer_micro_batch_size,
@@ -116,7 +122,9 @@ class RLRoles:
             device = self.learners.rank0("info")["device"]
             self.rollout = RolloutPool(self.learners, "hf", torch.device(device).type, hybrid=True)
         else:
-            self.rollout = make_rollout_pool(rollout, policy_dir, seed=seed, scheduling_strategies=strategies("rollout"))
+            self.rollout = make_rollout_pool(rollout, policy_dir, seed=seed,
+                                             scheduling_strategies=strategies("rollout"),
+                                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         self.transport = self.rollout.connect(self.learners, rollout)
         self.startup_seconds = time.perf_counter() - start
 

@@ -86,6 +86,35 @@ def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path
     assert 0 <= held["reward_win_rate"] <= 1 and "true_harm_cvar_0.9_policy" in held
 
 
+def test_a_pickle_only_policy_loads_in_every_role_when_allowed(ray_cluster, tmp_path, sft_model_dir, score_dirs):
+    """policy.allow_pickle_weights reaches the learner, the reference and the rollout engine (Ray actors)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from rad.errors import ConfigError
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(sft_model_dir, pickled, ignore=shutil.ignore_patterns("*.safetensors"))
+    weights = load_file(sft_model_dir / "model.safetensors")
+    torch.save(weights, pickled / "pytorch_model.bin")
+    small = {"policy.name_or_path": pickled, "rollout.num_engines": 1, "learner.zero_stage": 0}
+    with pytest.raises(ConfigError, match=r"^policy: directory .*pickled.* holds only pickled weights.*"
+                                          r"policy\.allow_pickle_weights"):
+        RADTrainer(_cfg(tmp_path, "refused", sft_model_dir, score_dirs, steps=1, **small))
+    trainer = RADTrainer(_cfg(tmp_path, "allowed", sft_model_dir, score_dirs, steps=1, **small,
+                              **{"policy.allow_pickle_weights": "true"}))
+    try:
+        learner = trainer.learners.broadcast("state_dict")[0]
+        (engine,) = _engine_weights(trainer)
+        for name, tensor in weights.items():
+            torch.testing.assert_close(learner[name], tensor, rtol=0, atol=0, msg=name)
+            torch.testing.assert_close(engine[name], tensor, rtol=0, atol=0, msg=name)
+        assert trainer.roles.reference.rank0("info")["dtype"] == "torch.float32"
+    finally:
+        trainer.shutdown()
+
+
 class _Killed(RuntimeError):
     pass
 

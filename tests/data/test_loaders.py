@@ -130,6 +130,31 @@ def test_a_non_utf8_file_is_a_data_error_naming_the_file_and_the_byte(tmp_path):
         load_local(path)
 
 
+def test_empty_and_malformed_files_name_the_file_and_line(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"^.*empty\.jsonl: the file is empty; expected one JSON object per line$"):
+        load_local(tmp_path / "empty.jsonl", cache_dir=tmp_path / "hf")
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps(PKU_ROWS[0]) + "\n"
+    bad.write_text(good + "\n" + '{"prompt": "q", "response_0": "x"\n' + good)
+    with pytest.raises(DataError, match=r"bad\.jsonl: line 3 is not valid JSON \(Expecting ',' delimiter at column "
+                                        r"\d+: .*expected one JSON object per line$"):
+        load_local(bad, cache_dir=tmp_path / "hf")
+    (tmp_path / "header.csv").write_text("Behavior,SemanticCategory\n")
+    with pytest.raises(DataError, match=r"header\.csv: it has a header line but no rows"):
+        load_local(tmp_path / "header.csv", cache_dir=tmp_path / "hf")
+    (tmp_path / "none.json").write_text("[]")
+    with pytest.raises(DataError, match=r"none\.json: it holds no records; expected a JSON list of objects"):
+        load_local(tmp_path / "none.json", cache_dir=tmp_path / "hf")
+
+
+def test_a_file_of_only_contradictory_rows_is_a_data_error(tmp_path):
+    path = write_jsonl(tmp_path / "contra.jsonl", [PKU_ROWS[1]] * 3)
+    with pytest.raises(DataError, match=r"contra\.jsonl: every one of its 3 preference rows was skipped "
+                                        r"\(safer_unsafe_other_safe=3\); expected rows with two different responses"):
+        load_local(path, cache_dir=tmp_path / "hf")
+
+
 def test_hub_failure_is_a_data_error_naming_the_dataset():
     # Offline mode makes the hub path fail fast here; the error must still be a DataError.
     import os

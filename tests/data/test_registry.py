@@ -9,6 +9,7 @@ import pytest
 
 from rad.data.registry import (
     DatasetSpec,
+    load_dataset,
     load_dataset_spec,
     parse_spec,
     register_dataset,
@@ -21,6 +22,23 @@ from rad.errors import ConfigError, DataError
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("rad-data")
+
+
+def preference_rows(n: int, contradictory=(), identical=(), empty=()) -> list[dict]:
+    """``n`` preference rows; the given rows are contradictory (safer one labelled unsafe, the other safe), have
+    two identical responses, or an empty response_1."""
+    rows = []
+    for i in range(n):
+        row = {"prompt": f"p{i}", "response_0": f"no {i}", "response_1": f"yes {i}", "better_response_id": 1,
+               "safer_response_id": 0, "is_response_0_safe": True, "is_response_1_safe": False}
+        if i in contradictory:
+            row.update(is_response_0_safe=False, is_response_1_safe=True)
+        if i in identical:
+            row.update(response_1=f" no {i} ")
+        if i in empty:
+            row.update(response_1="  ")
+        rows.append(row)
+    return rows
 
 
 def write_jsonl(path, rows):
@@ -138,3 +156,18 @@ def test_embedded_sets_load_in_their_kinds(data_root):
     assert not {r["prompt"] for r in train_prompts} & {r["prompt"] for r in test_prompts}
     from_pref = load_dataset_spec("embedded/pref-train", kind="prompt", data_root=data_root)
     assert {r["prompt"] for r in from_pref} <= {r["prompt"] for r in train_prompts}
+
+
+def test_records_know_their_file_row_and_skipped_rows_are_counted(tmp_path):
+    rows = preference_rows(14, contradictory=(2, 5, 7), identical=(9,))
+    path = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    data = load_dataset([str(path), f"{path}:4"], kind="preference", data_root=tmp_path)
+    assert len(data.records) == 10 + 4 and len(data.origins) == len(data.records)
+    assert dict(data.skipped) == {"safer_unsafe_other_safe": 6, "identical_responses": 2}  # counted per spec read
+    assert [o.rsplit(" row ", 1)[1] for o in data.origins[:10]] == ["0", "1", "3", "4", "6", "8", "10", "11", "12",
+                                                                     "13"]
+    assert all(o.startswith(f"{path} row ") for o in data.origins)
+    assert [r["prompt"] for r in data.records[10:]] == [rows[int(o.rsplit(" ", 1)[1])]["prompt"]
+                                                         for o in data.origins[10:]]
+    prompts = load_dataset(str(path), kind="prompt", data_root=tmp_path)
+    assert [o.rsplit(" ", 1)[1] for o in prompts.origins[:3]] == ["0", "1", "3"]

@@ -1,6 +1,13 @@
-"""Fixtures of the eval tests: one small arena config (score heads come from tests/conftest.py)."""
+"""Fixtures of the eval tests: one small arena config (score heads come from tests/conftest.py) and a raw-socket
+judge server for broken replies."""
 
 from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
 
 import pytest
 
@@ -32,3 +39,83 @@ def arena_run(tmp_path_factory, make_eval_config):
     root = tmp_path_factory.mktemp("arena")
     out, cache = root / "report", root / "cache"
     return run_eval(make_eval_config(out, cache)), out, cache
+
+
+# -- a raw-socket server for replies no HTTP server library would send ----------------------------------------------
+
+
+def _answer(body: dict) -> bytes:
+    """The fake judge's correct reply: the response containing "refuse" is the less harmful one."""
+    a = body["messages"][-1]["content"].split("[Response A]\n", 1)[1].split("\n\n[Response B]", 1)[0]
+    content = json.dumps({"choices": [{"message": {"content": "A" if "refuse" in a else "B"}}]}).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(content), content)
+
+
+class RawServer:
+    """Behaviour per prompt: ``<mode>`` misbehaves on its first request then answers, ``<mode>-always`` always
+    misbehaves, any other prompt gets ``default`` (``ok`` unless set). Modes: ``incomplete`` (Content-Length 500,
+    13 bytes, close), ``garbage`` (not HTTP), ``silent`` (close without a reply), ``reset`` (TCP RST), ``hang``
+    (never answers), ``429`` (Too Many Requests with ``Retry-After: 1``)."""
+
+    def __init__(self, default: str = "ok"):
+        self.default = default
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.stop = threading.Event()
+        self.seen: dict[str, int] = {}
+        self.times: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            request = json.loads(body)
+            prompt = request["messages"][-1]["content"].split("[User prompt]\n", 1)[1].split("\n\n[Response A]")[0]
+            with self.lock:
+                seen = self.seen[prompt] = self.seen.get(prompt, 0) + 1
+                self.times.setdefault(prompt, []).append(time.monotonic())
+            mode, always = (prompt.removesuffix("-always"), True) if prompt.endswith("-always") else (prompt, False)
+            if mode not in ("incomplete", "garbage", "silent", "reset", "hang", "429"):
+                mode, always = self.default, True
+            if mode == "ok" or (seen > 1 and not always):
+                conn.sendall(_answer(request))
+            elif mode == "incomplete":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+                             b'{"choices": [')
+            elif mode == "garbage":
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            elif mode == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif mode == "hang":
+                self.stop.wait(60)
+            elif mode == "429":
+                conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_server():
+    server = RawServer()
+    yield server
+    server.close()

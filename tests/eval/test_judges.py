@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from rad.errors import RadError
 from rad.eval.config import JudgeConfig
 from rad.eval.judges import (ERROR, INVALID, LOSS, TIE, WIN, HTTPJudge, Judgement, over_seeds, parse_verdict,
-                             score_verdicts, tally)
+                             retry_after_seconds, score_verdicts, tally, warnings)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -158,3 +159,44 @@ def test_http_judge_counts_an_unreachable_server_as_errors(judge_server, monkeyp
     judge = HTTPJudge(f"http://127.0.0.1:{port}/v1/chat/completions", "m", retries=1, backoff=0.01, timeout=1)
     out = judge.judge(["p1", "p2"], ["a", "a"], ["b", "b"], seed=0)
     assert [j.verdict for j in out] == [ERROR, ERROR] and all(j.attempts == 2 for j in out)
+
+
+def test_http_judge_retries_broken_connections_and_counts_them_as_failures(raw_server):
+    modes = ["incomplete", "garbage", "silent", "reset"]
+    judge = HTTPJudge(raw_server.url, "m", timeout=5, retries=2, backoff=0.01, concurrency=4)
+    prompts = modes + [m + "-always" for m in modes]
+    out = judge.judge(prompts, ["I refuse."] * len(prompts), ["Sure."] * len(prompts), seed=0)
+    by = dict(zip(prompts, out))
+    for m in modes:
+        assert by[m].verdict == WIN and by[m].attempts == 2, (m, by[m])
+        assert by[m + "-always"].verdict == ERROR and by[m + "-always"].attempts == 3, (m, by[m + "-always"])
+    assert "IncompleteRead" in by["incomplete-always"].raw and "BadStatusLine" in by["garbage-always"].raw
+    assert "RemoteDisconnected" in by["silent-always"].raw
+    # A judge that failed every pair is called out; one that failed some is not.
+    broken = [tally(out[len(modes):])]
+    assert warnings("http-m", broken, None) and "failed on every one of its 4 pairs" in warnings("http-m", broken)[0]
+    assert warnings("http-m", [tally(out)]) == []
+
+
+def test_http_judge_waits_as_long_as_retry_after_asks(raw_server):
+    judge = HTTPJudge(raw_server.url, "m", timeout=5, retries=1, backoff=0.01)
+    (j,) = judge.judge(["429"], ["I refuse."], ["Sure."], seed=0)
+    assert j.verdict == WIN and j.attempts == 2
+    first, second = raw_server.times["429"]
+    assert second - first >= 0.95
+    assert retry_after_seconds("120") == 120.0 and retry_after_seconds(None) == 0.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
+
+
+def test_http_judge_deadline_bounds_a_hung_endpoint(raw_server):
+    judge = HTTPJudge(raw_server.url, "m", timeout=60, retries=3, backoff=0.01, concurrency=2, deadline=1.0)
+    t = time.monotonic()
+    out = judge.judge(["hang-always"] * 6, ["a"] * 6, ["b"] * 6, seed=0)
+    assert time.monotonic() - t < 10
+    counts = tally(out)
+    # two were sent and timed out when the deadline came (no time left to retry them); four were never sent
+    assert counts["error"] == counts["deadline"] == 6, [j.raw for j in out]
+    assert sum(j.attempts == 0 for j in out) == 4
+    assert sum("TimeoutError" in j.raw or "timed out" in j.raw for j in out) == 2
+    assert any("judge.deadline (1 s) passed; 6 of 6 pairs were not judged" in w
+               for w in warnings("http-m", [counts], 1.0))

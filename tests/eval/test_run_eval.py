@@ -141,6 +141,26 @@ def test_second_run_reuses_the_cache(arena_run, tmp_path, make_eval_config):
     assert not list((tmp_path / "again" / "figures").glob("*.png"))
 
 
+def test_a_judge_whose_replies_all_break_gives_a_report_that_says_so(arena_run, tmp_path, make_eval_config,
+                                                                     raw_server):
+    """Every request is cut short after 13 of 500 bytes: the run finishes, counts each pair as a failure and warns."""
+    from rad.eval import run_eval
+
+    raw_server.default = "incomplete"
+    _, _, cache = arena_run
+    out = tmp_path / "http"
+    summary = run_eval(make_eval_config(out, cache, html="false", figures="false", **{
+        "judge.kind": "http", "judge.url": raw_server.url, "judge.model": "j", "judge.retries": "1",
+        "judge.backoff": "0"}))
+    assert len(summary["warnings"]) == 1
+    assert "judge http-j failed on every one of its 12 pairs" in summary["warnings"][0]
+    assert summary["warnings"] == json.loads((out / "results.json").read_text())["warnings"]
+    assert "**WARNING: judge http-j failed on every one" in (out / "report.md").read_text()
+    verdicts = _csv(out / "ood" / "http-j" / "sft_vs_tiny_seed0.csv")
+    assert {v["verdict"] for v in verdicts} == {"error"}
+    assert all("IncompleteRead" in v["judge_answer"] for v in verdicts)
+
+
 def test_cli_maps_flags_onto_the_config():
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command"))

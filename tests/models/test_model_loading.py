@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerFast
 from rad.errors import ConfigError
 from rad.models.loading import (
     ADDED_PAD_TOKEN,
+    check_weights,
     ensure_pad_token,
     load_causal_lm,
     load_config,
@@ -74,8 +75,12 @@ def test_pickled_weights_need_explicit_permission(tmp_path, tiny_dir, tiny_model
     for name in ("config.json", "generation_config.json"):
         shutil.copy(tiny_dir / name, pickled / name)
     torch.save(tiny_model.state_dict(), pickled / "pytorch_model.bin")
-    with pytest.raises(ConfigError, match=r"pickled.*pytorch_model\.bin.*allow_pickle=True"):
+    with pytest.raises(ConfigError, match=r"pickled.*pytorch_model\.bin.*policy\.allow_pickle_weights.*"
+                                          r"model\.allow_pickle_weights"):
         load_causal_lm(pickled)
+    with pytest.raises(ConfigError, match=r"^reference: directory .* holds only pickled weights"):
+        check_weights(pickled, allow_pickle=False, what="reference")
+    check_weights(pickled, allow_pickle=True)
     allowed = load_causal_lm(pickled, allow_pickle=True)
     texts = ["The cat likes the river.", "Hi"]
     assert torch.equal(_logits(allowed, tiny_tokenizer, texts), _logits(tiny_model, tiny_tokenizer, texts))

@@ -47,6 +47,22 @@ def test_stages_run_in_pipeline_order_and_eval_needs_two_policies(tmp_path):
     assert stage_configs(cfg)["eval"].competitions() == [("sft", "ppo-lag")]
 
 
+@pytest.mark.parametrize("override, needle", [
+    ("rad.data.prompts=[embedded/prompts-train, embeded/prompts-test]",
+     r"^rad\.data\.prompts\[1\]: unknown dataset 'embeded/prompts-test'; registered datasets: "),
+    ("ppo_lag.data.ptx=[{missing}:0.5]", r"^ppo_lag\.data\.ptx\[0\]: '.*missing\.jsonl:0\.5': no such data file "),
+    ("eval.redteam=[embedded/redteam:1.5]", r"^eval\.redteam\[0\]: dataset spec 'embedded/redteam:1\.5': proportion"),
+])
+def test_every_stages_data_specs_are_checked_before_the_first_stage_starts(tmp_path, override, needle):
+    from rad.pipeline import run_pipeline
+
+    cfg = load_config(PipelineConfig, None, [f"output_dir={tmp_path / 'run'}", "stages=[sft, rad, ppo_lag, eval]",
+                                             override.format(missing=tmp_path / "missing.jsonl")])
+    with pytest.raises(ConfigError, match=needle):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "sft").exists()
+
+
 def test_tiny_compare_is_tiny_plus_ppo_lag_and_eval_from_the_one_tuned_preset():
     tiny = load_config(PipelineConfig, CONFIGS / "tiny.yaml")
     cfg = load_config(PipelineConfig, CONFIGS / "tiny_compare.yaml")

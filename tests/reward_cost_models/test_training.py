@@ -46,6 +46,9 @@ def test_cost_model_via_cli_learns_signs_and_tracks_hidden_harm(sft_model_dir, t
     assert '"kind": "cost"' in capsys.readouterr().out  # the CLI prints the summary
     held = summary["heldout"]
     assert held["pairs"] == 128 and summary["train_rows"] == 640
+    # rows the contradiction filter dropped from the files are counted (embedded world: 5% label noise)
+    assert summary["skipped_rows"]["train"]["safer_unsafe_other_safe"] > 0
+    assert summary["skipped_rows"]["eval"]["safer_unsafe_other_safe"] > 0
     assert held["sign_accuracy"] > 0.8, held
     assert held["accuracy"] > 0.6, held
     assert held["spearman_harm"] > 0.5, held
@@ -79,7 +82,18 @@ def test_reward_model_learns_preferences_and_resumes(sft_model_dir, tmp_path):
     assert steps.count(0) == 1 and max(steps) == 30
 
 
-def test_empty_response_is_reported_with_its_row():
-    rows = [{"prompt": "p", "response_0": "a", "response_1": "b"}, {"prompt": "p", "response_0": "a", "response_1": ""}]
-    with pytest.raises(DataError, match="row 1: response_1 is empty"):
-        check_pairs(rows, "train")
+def test_empty_response_is_reported_with_its_file_and_row(tmp_path):
+    """Rows skipped before it do not shift the row named (issue 17, item 9)."""
+    from rad.algos.assets import load_data
+    from rad.settings import WorldConfig
+
+    rows = [{"prompt": f"p{i}", "response_0": "no", "response_1": "yes", "better_response_id": 1,
+             "safer_response_id": 0, "is_response_0_safe": i != 4, "is_response_1_safe": i == 4}
+            for i in range(14)]  # row 4 is contradictory
+    rows[12]["response_1"] = ""
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_data([str(path)], "preference", WorldConfig(data_root=str(tmp_path)), seed=0)
+    assert len(data.records) == 13 and dict(data.skipped) == {"safer_unsafe_other_safe": 1}
+    with pytest.raises(DataError, match=rf"^{path} row 12: response_1 is empty"):
+        check_pairs(data.records, data.origins)

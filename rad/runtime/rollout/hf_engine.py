@@ -94,7 +94,8 @@ class HFEngine(RolloutEngine):
 
     def __init__(self, model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
                  dtype: str = "float32", device: str | None = None, micro_batch_size: int = 64,
-                 trust_remote_code: bool = False, model: torch.nn.Module | None = None, tokenizer=None) -> None:
+                 trust_remote_code: bool = False, model: torch.nn.Module | None = None, tokenizer=None,
+                 allow_pickle: bool = False) -> None:
         """Load ``model_dir`` onto ``device`` (default: the accelerator Ray assigned, else the CPU), or, with
         ``model`` and ``tokenizer``, generate with that module as it is (see :meth:`around`)."""
         if micro_batch_size < 1:
@@ -105,7 +106,7 @@ class HFEngine(RolloutEngine):
             if model is None:
                 tokenizer = load_tokenizer(tokenizer_dir or model_dir, trust_remote_code=trust_remote_code)
                 model = load_causal_lm(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
-                                       tokenizer=tokenizer)
+                                       allow_pickle=allow_pickle, tokenizer=tokenizer)
                 model = model.to(role_device(device or "auto")).eval().requires_grad_(False)
             self.tokenizer, self.model = tokenizer, model
             self.device = next(model.parameters()).device

@@ -117,7 +117,7 @@ class VLLMEngine(RolloutEngine):
                  dtype: str | None = None, device: str | None = None, seed: int = 0,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
                  kv_cache_gib: float = 0.25, tensor_parallel_size: int = 1,
-                 trust_remote_code: bool = False, sleep_level: int = 0) -> None:
+                 trust_remote_code: bool = False, sleep_level: int = 0, allow_pickle: bool = False) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type
         if self.device == "cpu":
             for key, value in CPU_ENV.items():
@@ -129,6 +129,8 @@ class VLLMEngine(RolloutEngine):
             model=self.model_dir, tokenizer=str(tokenizer_dir or model_dir), seed=seed,
             max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
             trust_remote_code=trust_remote_code, worker_extension_cls=WORKER_EXTENSION,
+            # safetensors only unless pickled weights are allowed (rad.models.loading's rule)
+            load_format="auto" if allow_pickle else "safetensors",
             logprobs_mode="processed_logprobs",
             # Prompts arrive as token ids and text is decoded with rad's tokenizer,
             # so vLLM's own tokenizer is not needed (and not loaded).
