@@ -83,7 +83,12 @@ def rad_stage_demand(cfg: Any, gpu_cluster: bool) -> dict[str, float]:
 
 
 def connect(address: str) -> None:
+    """Join the cluster at ``address`` with its auth token (a one-line error says where to put a missing one)."""
     import ray
+
+    from rad.runtime.ray_auth import require_token
+
+    require_token(address)
 
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if "RAD_CACHE" in os.environ:
