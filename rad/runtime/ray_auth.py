@@ -74,8 +74,9 @@ def token_source() -> str:
     return str(path)
 
 
-def require_token(address: str) -> None:
-    """Before connecting to the cluster at ``address``: find the token or fail saying where to put it.
+def require_token(address: str, key: str = "ray_address") -> None:
+    """Before connecting to the cluster at ``address`` (the config's ``key``): find the token or fail
+    saying where to put it.
 
     With a token (and ``RAY_AUTH_MODE`` unset) this process and the processes it starts
     switch to token mode, so Ray sends it. ``RAY_AUTH_MODE=disabled`` skips the check.
@@ -87,7 +88,7 @@ def require_token(address: str) -> None:
                         "ports can run code on it)", MODE_ENV, address)
         return
     if not token_source():
-        raise ConfigError(f"ray_address={address}: the cluster needs Ray's auth token and none was found; {HOW_TO}")
+        raise ConfigError(f"{key}={address}: the cluster needs Ray's auth token and none was found; {HOW_TO}")
     if os.environ.get(MODE_ENV) != "token":
         _enable_token_mode()
 

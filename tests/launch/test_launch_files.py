@@ -61,7 +61,7 @@ def test_local_variant_brings_the_project_and_starts_ray():
     cfg = yaml.safe_load((LAUNCH / "rad.yaml").read_text())
     assert cfg["provider"]["type"] == "local"
     assert cfg["provider"]["head_ip"] and isinstance(cfg["provider"]["worker_ips"], list)
-    assert cfg["file_mounts"] == {"~/rad": "."}
+    assert cfg["file_mounts"]["~/rad"] == "."
     assert ".gitignore" in cfg["rsync_filter"]
     setup = "\n".join(cfg["setup_commands"])
     assert 'pip install -q -e "$HOME/rad[gpu]"' in setup and "rad-env/bin/activate" in setup

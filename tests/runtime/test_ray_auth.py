@@ -1,7 +1,7 @@
 """Where a driver finds the cluster's Ray token (:mod:`rad.runtime.ray_auth`), in Ray's own order.
 
-Only the lookups and the refusals run in this process: switching the process to token mode
-would change the Ray config of the session's cluster. The connecting path runs in
+Only the lookups and the refusals run in this process: joining (which switches the process
+to token mode and refreshes Ray's config) would touch the session's own cluster. The connecting path runs in
 tests/launch (test_launch_files: the refusal; test_cluster_e2e: a token cluster).
 """
 
