@@ -11,8 +11,8 @@ cluster's token. A driver finds the token where Ray's own loader
 3. ``~/.ray/auth_token``, where ``ray get-auth-token --generate`` writes it.
 
 Ray enables token mode on a driver that connects to an explicit address only when
-``RAY_AUTH_MODE=token`` is set; without it the driver sends no token and the cluster's
-refusal surfaces as a connection failure. So an unset mode counts as ``token`` here (a
+``RAY_AUTH_MODE=token`` is set; without it the driver sends no token and the cluster
+refuses it. So an unset mode counts as ``token`` here (a
 cluster is authenticated unless the user says otherwise) and a missing token is a
 one-line error saying what to set; ``RAY_AUTH_MODE=disabled`` is the explicit opt-out for
 a private network.
@@ -70,7 +70,7 @@ def token_source() -> str:
             raise ConfigError(f"{TOKEN_PATH_ENV}={given}: the file is empty; {HOW_TO}")
         return ""
     if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("the Ray token file %s is readable by other users; `chmod 600 %s`", path, path)
+        log.warning("the Ray token file %s is open to other users; `chmod 600 %s`", path, path)
     return str(path)
 
 
