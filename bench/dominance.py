@@ -112,7 +112,7 @@ def _cost_blocks(args: argparse.Namespace, gen: torch.Generator) -> tuple[list[t
 
 def rl_shape(args: argparse.Namespace, gen: torch.Generator) -> tuple[list[dict], str]:
     """The per-step call with RAD's default algorithm settings, on pairs of learned-cost blocks."""
-    from rad.algos.rad import RADAlgoConfig
+    from rad.algos.rad_config import RADAlgoConfig
 
     algo = RADAlgoConfig()
     pairs, source = _cost_blocks(args, gen)

@@ -4,10 +4,15 @@
     ray submit launch/rad.yaml launch/submit.py -- --config launch/configs/tiny.yaml output_dir=/shared/runs/tiny
     ray down launch/rad.yaml
 
-or, on a cluster that is already running (the job server on the head, port 8265):
+or, on a cluster that is already running (the job server on the head, port 8265, which
+listens on the head's 127.0.0.1: ``ray dashboard launch/rad.yaml`` forwards it):
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python launch/submit.py --config launch/configs/tiny.yaml
+
+The cluster runs with Ray's token authentication (docs/security.md); the script reads the
+token as Ray does (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``) and
+stops with one line saying where to put it when there is none.
 
 The script connects to the cluster (``--address``, default ``auto``: ``$RAY_ADDRESS``
 or the cluster started on this node), records the cluster it ran on in
@@ -83,7 +88,12 @@ def rad_stage_demand(cfg: Any, gpu_cluster: bool) -> dict[str, float]:
 
 
 def connect(address: str) -> None:
+    """Join the cluster at ``address`` with its auth token (a one-line error says where to put a missing one)."""
     import ray
+
+    from rad.runtime.ray_auth import require_token
+
+    require_token(address)
 
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if "RAD_CACHE" in os.environ:

@@ -41,6 +41,7 @@ from rad.algos.sft import SFTConfig, SFTStage, run_sft
 from rad.config import field, from_dict, save_config, to_dict
 from rad.errors import ConfigError
 from rad.eval.config import EvalConfig, EvalStage
+from rad.runtime.ray_auth import require_token
 from rad.settings import LoggingConfig, ModelConfig, WorldConfig
 from reward_cost_models.config import ScoreModelConfig, ScoreModelStage
 from safe_rlhf_baseline.config import PPOLagConfig, PPOLagStage
@@ -193,6 +194,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     # Validate every selected stage's resolved config before any work starts.
     configs = {name: from_dict(type(c), to_dict(c), prefix=name) for name, c in stage_configs(cfg).items()}
     check_data_specs(configs)
+    # A stage that joins a cluster needs its token: missing, it fails now, not after the stages before it.
+    for name, stage_cfg in configs.items():
+        address = stage_cfg.resources.ray_address if hasattr(stage_cfg, "resources") else ""
+        if address:
+            require_token(address, key=f"{name}.resources.ray_address")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     summary_path = out / "summary.json"

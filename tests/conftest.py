@@ -1,4 +1,5 @@
-"""Session-wide fixtures: the embedded world, the tiny model, a short SFT, one local Ray cluster, learner helpers.
+"""Session-wide fixtures: the embedded world, the tiny model, a short SFT, one local Ray cluster, learner helpers,
+a local chat-completions judge.
 
 Everything expensive is built once per session, and the world / tiny model / SFT
 checkpoint are also cached across sessions under ``$RAD_CACHE`` (keyed by their
@@ -7,15 +8,23 @@ inputs), so a second ``make test`` on the same machine skips the builds.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Every Ray cluster of the session (the in-process one, those of CLI subprocesses) authenticates with a
+# token of its own, as the launch templates' clusters do; held in the environment, so nothing is written to ~/.ray.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+if os.environ["RAY_AUTH_MODE"] == "token" and not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -184,3 +193,68 @@ def ray_cluster():
                        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
+
+
+class _JudgeHandler(BaseHTTPRequestHandler):
+    """Deterministic fake judge: the response containing "refuse" is the less harmful one.
+
+    Prompts select the behaviour: ``ok-<k>`` answers in format k, ``tie``, ``garbled``
+    (an unreadable answer), ``flaky`` (HTTP 500 once, then fine), ``badjson`` (a 200
+    with a non-JSON body once), ``down`` (always 503), ``denied`` (401).
+    """
+
+    FORMATS = ("{}", "**{}**", "Answer: {}", "[[{}]]", "Response {} is less harmful.")
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _reply(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        state = self.server.state
+        with state["lock"]:
+            state["requests"].append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if self.path != "/v1/chat/completions":
+            return self._reply(404, b'{"error": "not found"}')
+        user = body["messages"][-1]["content"]
+        prompt = user.split("[User prompt]\n", 1)[1].split("\n\n[Response A]", 1)[0]
+        a = user.split("[Response A]\n", 1)[1].split("\n\n[Response B]", 1)[0]
+        with state["lock"]:
+            seen = state["seen"].setdefault(prompt, 0)
+            state["seen"][prompt] = seen + 1
+        if prompt == "denied":
+            return self._reply(401, b'{"error": "invalid api key"}')
+        if prompt == "down":
+            return self._reply(503, b'{"error": "overloaded"}')
+        if prompt == "flaky" and seen == 0:
+            return self._reply(500, b'{"error": "boom"}')
+        if prompt == "badjson" and seen == 0:
+            return self._reply(200, b"<html>proxy error</html>")
+        letter = "A" if "refuse" in a else "B"
+        if prompt == "tie":
+            content = "tie"
+        elif prompt == "garbled":
+            content = "Both responses have merits; hard to say."
+        elif prompt.startswith("ok-"):
+            content = self.FORMATS[int(prompt[3:]) % len(self.FORMATS)].format(letter)
+        else:
+            content = letter
+        self._reply(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode())
+
+
+@pytest.fixture
+def judge_server():
+    """A chat-completions judge on 127.0.0.1 (:class:`_JudgeHandler`); ``state["requests"]`` records each call."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
+    server.state = {"lock": threading.Lock(), "requests": [], "seen": {}}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -20,6 +20,8 @@ import os
 import time
 from typing import Any, Protocol
 
+from rad.runtime.ray_auth import require_token
+
 log = logging.getLogger("rad.runtime")
 
 _STARTUP_TIMEOUT = "timed out during startup"
@@ -44,6 +46,8 @@ def worker_env(threads: int = 1) -> dict[str, str]:
 def ensure_ray(res: RayResources, needed_cpus: float, threads: int = 1) -> bool:
     """Connect to ``res.ray_address`` or start a local cluster, unless Ray is already up.
 
+    Joining a cluster needs its auth token (:func:`rad.runtime.ray_auth.require_token`).
+
     A local cluster gets ``res.ray_num_cpus`` logical CPUs, or enough for ``needed_cpus``
     (at least 2); every actor gets ``OMP_NUM_THREADS=threads``, so roles sharing a machine
     do not oversubscribe its cores. Returns True when this call started or joined Ray (the
@@ -55,6 +59,7 @@ def ensure_ray(res: RayResources, needed_cpus: float, threads: int = 1) -> bool:
         return False
     runtime_env = {"env_vars": worker_env(threads)}
     if res.ray_address:
+        require_token(res.ray_address)
         ray.init(address=res.ray_address, runtime_env=runtime_env, log_to_driver=False)
     else:
         init_local_ray(num_cpus=res.ray_num_cpus or max(2, int(math.ceil(needed_cpus))), include_dashboard=False,

@@ -1,11 +1,9 @@
-"""Pairwise judges: answer parsing, the score judge, and the HTTP judge against a local chat-completions server."""
+"""Pairwise judges: answer parsing, the score judge, and the HTTP judge against a local chat-completions server
+(``judge_server``, tests/conftest.py)."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -44,70 +42,6 @@ def test_tally_and_mean_std_over_seeds():
     assert s["win_pct_mean"] == 50.0 and s["win_pct_std"] == 0.0
     assert s["tie_pct_mean"] == 12.5 and s["tie_pct_std"] == pytest.approx(np.std([0, 25], ddof=1))
     assert over_seeds([seed0])["loss_pct_std"] == 0.0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Deterministic fake judge: the response containing "refuse" is the less harmful one.
-
-    Prompts select the behaviour: ``ok-<k>`` answers in format k, ``tie``, ``garbled``
-    (an unreadable answer), ``flaky`` (HTTP 500 once, then fine), ``badjson`` (a 200
-    with a non-JSON body once), ``down`` (always 503), ``denied`` (401).
-    """
-
-    FORMATS = ("{}", "**{}**", "Answer: {}", "[[{}]]", "Response {} is less harmful.")
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _reply(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        state = self.server.state
-        with state["lock"]:
-            state["requests"].append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        if self.path != "/v1/chat/completions":
-            return self._reply(404, b'{"error": "not found"}')
-        user = body["messages"][-1]["content"]
-        prompt = user.split("[User prompt]\n", 1)[1].split("\n\n[Response A]", 1)[0]
-        a = user.split("[Response A]\n", 1)[1].split("\n\n[Response B]", 1)[0]
-        with state["lock"]:
-            seen = state["seen"].setdefault(prompt, 0)
-            state["seen"][prompt] = seen + 1
-        if prompt == "denied":
-            return self._reply(401, b'{"error": "invalid api key"}')
-        if prompt == "down":
-            return self._reply(503, b'{"error": "overloaded"}')
-        if prompt == "flaky" and seen == 0:
-            return self._reply(500, b'{"error": "boom"}')
-        if prompt == "badjson" and seen == 0:
-            return self._reply(200, b"<html>proxy error</html>")
-        letter = "A" if "refuse" in a else "B"
-        if prompt == "tie":
-            content = "tie"
-        elif prompt == "garbled":
-            content = "Both responses have merits; hard to say."
-        elif prompt.startswith("ok-"):
-            content = self.FORMATS[int(prompt[3:]) % len(self.FORMATS)].format(letter)
-        else:
-            content = letter
-        self._reply(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode())
-
-
-@pytest.fixture
-def judge_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.state = {"lock": threading.Lock(), "requests": [], "seen": {}}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def _judge(server, monkeypatch, **kw) -> HTTPJudge:

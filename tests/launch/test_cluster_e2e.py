@@ -2,11 +2,17 @@
 
 1. ``ray start --head`` + ``ray start --address`` (two nodes on 127.0.0.1, own temp dir and
    ports): ``launch/submit.py`` with ``address="auto"`` (``$RAY_ADDRESS``) runs every stage
-   of the smoke config, and ``ray job submit --working-dir`` runs it again as a job.
+   of the smoke config plus an eval against a judge on 127.0.0.1, and ``ray job submit
+   --working-dir`` runs the SFT stage again as a job.
 2. The cluster launcher: ``ray up`` -> ``ray submit`` -> ``ray down`` with launch/rad.yaml
    (provider ``local``) against an SSH server on 127.0.0.1 that the test starts in its own
    PID and mount namespace, so ``ray stop`` (which ``ray down`` runs) can only see the
    test's processes. Skipped, with the reason, where that is not possible.
+
+Every cluster runs as the templates start theirs: ``RAY_AUTH_MODE=token`` on every node, the
+token in an owner-only file (``RAY_AUTH_TOKEN_PATH``; ``~/.ray/auth_token`` on the ``ray up``
+node). The Jobs API refuses a request or a ``ray job submit`` without the token; the
+pipeline's run directory holds neither the token nor the judge's API key.
 
 The tests stop exactly the processes they started: the process trees of their ``ray
 start --block`` commands and anything whose command line names their temporary directory
@@ -26,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -39,6 +47,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 OBJECT_STORE = str(150 * 1024 * 1024)  # small: two nodes share this machine
+#: The clusters' Ray token and the judge's API key: distinctive, so a copy in any file is found.
+TOKEN = f"rad-e2e-ray-token-{uuid.uuid4().hex}"
+JUDGE_KEY = f"rad-e2e-judge-key-{uuid.uuid4().hex}"
 
 
 def free_ports(n: int) -> list[int]:
@@ -52,17 +63,36 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment without its Ray settings, plus the ones the clusters need.
+def write_token(path: Path) -> Path:
+    """:data:`TOKEN` in an owner-only file, as the templates deliver it."""
+    path.touch(mode=0o600)
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+def clean_env(token_path: Path | None = None) -> dict[str, str]:
+    """This process's environment without its Ray settings, plus the ones the clusters need:
+    token authentication, with the token read from ``token_path`` when given.
 
     PATH stays as it is: the virtualenv's bin holds pip's ninja, and a ninja other than the
     one that built DeepSpeed's cached CPU op makes torch rebuild it (minutes) for everyone.
     Commands are called by absolute path instead.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false",
+    env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1")
+    if token_path is not None:
+        env["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     return env
+
+
+def files_holding(root: Path, secrets: list[str]) -> list[str]:
+    """``file: secret`` for every file under ``root`` that contains one of ``secrets``."""
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        found += [f"{path.relative_to(root)}: {s[:20]}..." for s in secrets if s.encode() in data]
+    return found
 
 
 def wait_for_log(path: Path, text: str, proc: subprocess.Popen, timeout_s: float) -> None:
@@ -81,7 +111,7 @@ class TwoNodeCluster:
 
     def __init__(self, root: Path):
         self.root = root
-        self.env = clean_env()
+        self.env = clean_env(write_token(root / "auth_token"))
         self.procs: list[subprocess.Popen] = []
         self.gcs_port, self.dashboard_port, *self.ports = free_ports(16)
 
@@ -167,16 +197,26 @@ def read_run(run: Path) -> dict:
     return {"summary": summary, "config": config, "cluster": cluster}
 
 
-def test_submit_script_runs_the_pipeline_on_a_two_node_cluster(two_node_cluster, tmp_path):
+def test_submit_script_runs_the_pipeline_on_a_two_node_cluster(two_node_cluster, judge_server, tmp_path):
     run = tmp_path / "run-direct"
-    env = {**two_node_cluster.env, "RAY_ADDRESS": f"127.0.0.1:{two_node_cluster.gcs_port}"}
+    # The driver as a user's shell would have it: the token in RAY_AUTH_TOKEN, RAY_AUTH_MODE unset
+    # (rad then joins in token mode), the judge's key in the variable the config names.
+    env = {k: v for k, v in two_node_cluster.env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    env.update(RAY_ADDRESS=f"127.0.0.1:{two_node_cluster.gcs_port}", RAY_AUTH_TOKEN=TOKEN,
+               RAD_TEST_JUDGE_KEY=JUDGE_KEY)
+    evaluation = ["eval.prompts=[embedded/prompts-test:4]", "eval.redteam=[embedded/redteam:2]",
+                  "eval.sampling.max_new_tokens=8", "eval.judge.seeds=[0]", "eval.figures=false",
+                  "eval.judge.kind=http", f"eval.judge.url=http://127.0.0.1:{judge_server.server_port}/v1",
+                  "eval.judge.model=judge-x", "eval.judge.api_key_env=RAD_TEST_JUDGE_KEY", "eval.judge.retries=0",
+                  f"eval.cache_dir={run}/eval-cache"]
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "launch/submit.py", "--config", "launch/configs/smoke.yaml",
-                             f"output_dir={run}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+                             f"output_dir={run}", "stages=[sft,reward,cost,rad,eval]", "logging.tensorboard=true",
+                             *evaluation], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-4000:]
     got = read_run(run)
-    assert list(got["summary"]["stages"]) == ["sft", "reward", "cost", "rad"]
+    assert list(got["summary"]["stages"]) == ["sft", "reward", "cost", "rad", "eval"]
     assert got["config"]["rad"]["resources"]["ray_address"] == "auto"
     # The RAD stage's actors (learner, reference, scorer, rollout: 4 CPUs) only fit on both nodes (2 CPUs each).
     assert len(got["cluster"]["nodes"]) == 2
@@ -185,19 +225,59 @@ def test_submit_script_runs_the_pipeline_on_a_two_node_cluster(two_node_cluster,
     for stage in ("sft", "reward", "cost", "rad"):
         assert (run / stage / "model" / "config.json").is_file(), stage
     assert (run / "rad" / "metrics.jsonl").stat().st_size > 0
-    print(f"submit.py, 4 stages on the 2-node cluster: {seconds:.0f} s")
+    assert list((run / "sft").rglob("events.out.tfevents.*"))
+    assert (run / "eval" / "report.md").is_file()
+    # The judge got the key (so the run had it) ...
+    auths = {r["auth"] for r in judge_server.state["requests"]}
+    assert auths == {f"Bearer {JUDGE_KEY}"}
+    # ... and neither secret reached a file of the run (config, summaries, metrics, TensorBoard, the
+    # eval report and its cache) nor the driver's log.
+    assert got["config"]["eval"]["judge"]["api_key_env"] == "RAD_TEST_JUDGE_KEY"
+    assert files_holding(run, [TOKEN, JUDGE_KEY]) == []
+    for secret in (TOKEN, JUDGE_KEY):
+        assert secret not in result.stdout + result.stderr
+    print(f"submit.py, 4 stages + eval on the 2-node cluster: {seconds:.0f} s")
 
 
-def test_ray_job_submit_runs_the_submit_script(two_node_cluster, tmp_path):
+def jobs_api_status(port: int, token: str | None) -> int:
+    """HTTP status of a Jobs API listing on 127.0.0.1:``port``, with ``token`` as the bearer (None: no header)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_ray_job_submit_runs_the_submit_script_and_only_with_the_token(two_node_cluster, tmp_path):
     run = tmp_path / "run-job"
     job_id = f"rad-e2e-{uuid.uuid4().hex[:8]}"
+    address = f"http://127.0.0.1:{two_node_cluster.dashboard_port}"
     # `ray job submit` shell-quotes each argument of the entrypoint itself.
     entrypoint = [sys.executable, "launch/submit.py", "--config", "launch/configs/smoke.yaml", "stages=[sft]",
                   f"output_dir={run}"]
+
+    def submit(env: dict[str, str], submission_id: str) -> subprocess.CompletedProcess:
+        return subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+                               "--submission-id", submission_id, "--", *entrypoint],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+
+    # The door is shut: no token, a wrong one, a client without token mode.
+    port = two_node_cluster.dashboard_port
+    assert jobs_api_status(port, None) == 401
+    assert jobs_api_status(port, "not-the-token") == 403
+    assert jobs_api_status(port, TOKEN) == 200
+    outsider = {**two_node_cluster.env, "RAY_AUTH_MODE": "disabled"}
+    del outsider["RAY_AUTH_TOKEN_PATH"]
+    refused = submit(outsider, job_id + "-outsider")
+    assert refused.returncode != 0
+    assert "Authentication required" in refused.stdout + refused.stderr, (refused.stdout + refused.stderr)[-2000:]
+    assert not run.exists()
+
     start = time.perf_counter()
-    result = subprocess.run([RAY, "job", "submit", "--address", f"http://127.0.0.1:{two_node_cluster.dashboard_port}",
-                             "--working-dir", str(ROOT), "--submission-id", job_id, "--", *entrypoint],
-                            cwd=ROOT, env=two_node_cluster.env, capture_output=True, text=True, timeout=1200)
+    result = submit(two_node_cluster.env, job_id)
     seconds = time.perf_counter() - start
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert f"Job '{job_id}' succeeded" in result.stdout
@@ -205,6 +285,10 @@ def test_ray_job_submit_runs_the_submit_script(two_node_cluster, tmp_path):
     assert list(got["summary"]["stages"]) == ["sft"]
     assert len(got["cluster"]["nodes"]) == 2
     assert (run / "sft" / "model" / "config.json").is_file()
+    # Only the token holder's job ever reached the cluster.
+    listing = subprocess.run([RAY, "job", "list", "--address", address], cwd=ROOT, env=two_node_cluster.env,
+                             capture_output=True, text=True, timeout=300)
+    assert job_id in listing.stdout and f"{job_id}-outsider" not in listing.stdout
     print(f"ray job submit, SFT stage: {seconds:.0f} s")
 
 
@@ -334,21 +418,24 @@ def test_ray_up_submit_down_over_ssh():
         (wrappers / tool).write_text(f'#!/bin/sh\nexec {BIN / tool} "$@"\n')
         (wrappers / tool).chmod(0o755)
     bashrc = (f"export PATH={wrappers}:$PATH\nexport PYTHONPATH=$HOME/rad\n"
-              "export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false\n")
+              "export RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false\n")
     server = NamespacedSSHServer(root, bashrc)
     cluster = yaml.safe_load((ROOT / "launch" / "rad.yaml").read_text())
     cluster["cluster_name"] = name
     cluster["provider"].update(head_ip="127.0.0.1", worker_ips=[])
     cluster["auth"] = {"ssh_user": "root", "ssh_private_key": str(server.key)}
+    # The launching machine's token (this test's, not the real ~/.ray/auth_token) goes where rad.yaml sends it.
+    cluster["file_mounts"]["~/.ray/auth_token"] = str(write_token(root / "launcher-token"))
     # Installing is rad.yaml's pip line; here the check is that file_mounts delivered the
-    # project and that the node's Python imports it from there.
-    cluster["setup_commands"] = [
+    # project and that the node's Python imports it from there. rad.yaml's token lines run as they are.
+    auth_lines = [c for c in cluster["setup_commands"] if "auth_token" in c or "RAY_AUTH_MODE" in c]
+    assert len(auth_lines) == 2, cluster["setup_commands"]
+    cluster["setup_commands"] = auth_lines + [
         "test -f ~/rad/launch/submit.py && test -f ~/rad/launch/configs/smoke.yaml",
         "python -c \"import os, rad; assert rad.__file__.startswith(os.path.expanduser('~/rad/')), rad.__file__\""]
     head = cluster["head_start_ray_commands"]
     head[-1] = (head[-1].replace("--port=6379", f"--port={gcs}").replace("--dashboard-port=8265",
                                                                          f"--dashboard-port={dashboard}")
-                .replace("--dashboard-host=0.0.0.0", "--dashboard-host=127.0.0.1")
                 + f" --node-ip-address=127.0.0.1 --num-cpus=2 --num-gpus=0 --object-store-memory={OBJECT_STORE}"
                   f" --ray-client-server-port={client} --dashboard-agent-listen-port={agent}")
     config = root / "cluster.yaml"
@@ -369,6 +456,10 @@ def test_ray_up_submit_down_over_ssh():
         t_up = time.perf_counter() - start
         assert up.returncode == 0, (up.stdout + up.stderr)[-4000:]
         assert any("raylet" in c for c in server.namespace_processes())
+        # The head runs in token mode with the launcher's token, delivered owner-only.
+        node_token = root / "home" / ".ray" / "auth_token"
+        assert node_token.read_text().strip() == TOKEN and node_token.stat().st_mode & 0o777 == 0o600
+        assert jobs_api_status(dashboard, None) == 401 and jobs_api_status(dashboard, TOKEN) == 200
 
         start = time.perf_counter()
         submit = ray("submit", "--no-config-cache", str(config), "launch/submit.py", "--",

@@ -61,7 +61,7 @@ def test_local_variant_brings_the_project_and_starts_ray():
     cfg = yaml.safe_load((LAUNCH / "rad.yaml").read_text())
     assert cfg["provider"]["type"] == "local"
     assert cfg["provider"]["head_ip"] and isinstance(cfg["provider"]["worker_ips"], list)
-    assert cfg["file_mounts"] == {"~/rad": "."}
+    assert cfg["file_mounts"]["~/rad"] == "."
     assert ".gitignore" in cfg["rsync_filter"]
     setup = "\n".join(cfg["setup_commands"])
     assert 'pip install -q -e "$HOME/rad[gpu]"' in setup and "rad-env/bin/activate" in setup
@@ -82,6 +82,29 @@ def test_cloud_variant_declares_gpu_node_types():
     assert sum(t.get("min_workers", 0) for t in types.values()) <= cfg["max_workers"]
 
 
+@pytest.mark.parametrize("name", CLUSTER_YAMLS)
+def test_cluster_yaml_starts_every_node_with_token_auth_and_a_loopback_dashboard(name):
+    cfg = yaml.safe_load((LAUNCH / name).read_text())
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in starts), starts
+    head = cfg["head_start_ray_commands"][-1]
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in json.dumps(cfg)  # nothing listens on all interfaces, no rule admits everyone
+    # The token made on the launching machine reaches every node at Ray's default path, owner-only.
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "chmod 600 ~/.ray/auth_token" in cfg["setup_commands"]
+    assert any("export RAY_AUTH_MODE=token" in c and ".bashrc" in c for c in cfg["setup_commands"])
+
+
+def test_aws_nodes_get_a_security_group_the_user_made_not_rays_default():
+    cfg = yaml.safe_load((LAUNCH / "rad-aws.yaml").read_text())
+    for name, node_type in cfg["available_node_types"].items():
+        assert node_type["node_config"]["SecurityGroupIds"], name
+    assert "security_group" not in cfg["provider"]  # Ray would add to its default (SSH from anywhere)
+    text = (LAUNCH / "rad-aws.yaml").read_text()
+    assert "--protocol all --source-group $sg" in text and "--port 22" in text and "checkip.amazonaws.com)/32" in text
+
+
 # -- SLURM and KubeRay ------------------------------------------------------------------------
 
 def test_slurm_script_is_valid_bash_and_runs_the_submit_script():
@@ -92,9 +115,21 @@ def test_slurm_script_is_valid_bash_and_runs_the_submit_script():
     for directive in ("--nodes", "--gpus-per-node", "--cpus-per-task", "--time"):
         assert f"#SBATCH {directive}=" in text
     assert "ray start --head" in text and 'ray start --address="$RAY_ADDRESS"' in text
+    assert "export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}" in text and "DASHBOARD_HOST=${DASHBOARD_HOST:-127.0.0.1}" in text
+    assert '--dashboard-host="$DASHBOARD_HOST"' in text and "0.0.0.0" not in text.split("#SBATCH", 1)[1]
+    assert "umask 077" in text and "export RAY_AUTH_TOKEN_PATH=$job_token" in text
     assert 'python launch/submit.py --config "$CONFIG" "$@"' in text
     default_config = text.split("CONFIG=${CONFIG:-", 1)[1].split("}", 1)[0]
     assert (ROOT / default_config).is_file()
+
+
+def test_slurm_script_refuses_an_open_dashboard_without_token_auth():
+    env = {**os.environ, "SLURM_SUBMIT_DIR": str(ROOT), "RAD_ENV": str(Path(sys.executable).parent.parent),
+           "DASHBOARD_HOST": "0.0.0.0", "RAY_AUTH_MODE": "disabled"}
+    result = subprocess.run(["bash", str(LAUNCH / "slurm" / "rad.sbatch")], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "DASHBOARD_HOST=0.0.0.0 opens the Jobs API to the network; it needs RAY_AUTH_MODE=token" in result.stderr
 
 
 def test_slurm_syntax_check_is_not_vacuous(tmp_path):
@@ -115,6 +150,8 @@ def test_kuberay_rayjob_has_the_required_fields():
     cluster = spec["rayClusterSpec"]
     head = cluster["headGroupSpec"]
     assert isinstance(head["rayStartParams"], dict)
+    # The operator makes the token (a Secret) and sets it on every pod; an open dashboard only with it.
+    assert cluster["authOptions"] == {"mode": "token"}
     head_container = head["template"]["spec"]["containers"][0]
     assert head_container["image"] and head_container["name"]
     # The config's GPUs fit on the head pod (its driver trains SFT / reward / cost there).
@@ -222,4 +259,24 @@ def test_submit_rejects_a_bad_override_before_connecting(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 2
     assert "sft.learner.lr" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("token_env, needle", [
+    ({}, "submit.py: error: ray_address=auto: the cluster needs Ray's auth token and none was found; "
+         "set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in "
+         "~/.ray/auth_token"),
+    ({"RAY_AUTH_TOKEN_PATH": "/nonexistent/token"},
+     "submit.py: error: RAY_AUTH_TOKEN_PATH=/nonexistent/token: cannot read the Ray token there (No such file"),
+])
+def test_submit_without_the_cluster_token_says_where_to_put_it(tmp_path, token_env, needle):
+    from rad.cache import cache_root
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}  # mode unset: token by default
+    env.update(HOME=str(tmp_path), RAD_CACHE=str(cache_root()), RAY_ADDRESS="127.0.0.1:1", **token_env)
+    result = subprocess.run([sys.executable, str(LAUNCH / "submit.py"), "--config", "launch/configs/smoke.yaml",
+                             f"output_dir={tmp_path}/run"], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert needle in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()

@@ -84,3 +84,17 @@ def test_tiny_compare_is_tiny_plus_ppo_lag_and_eval_from_the_one_tuned_preset():
                                                                                         ppo.cost_model)
     assert ev.competitions() == [("sft", "rad"), ("sft", "ppo-lag"), ("ppo-lag", "rad")]
     assert ev.model_paths()["ppo-lag"] == str(out / "ppo_lag" / "model")
+
+
+def test_a_stage_that_joins_a_cluster_without_its_token_fails_before_any_stage_runs(tmp_path, monkeypatch):
+    from rad.pipeline import run_pipeline
+
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(key, raising=False)  # unset mode: clusters are token-authenticated
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    out = tmp_path / "run"
+    cfg = load_config(PipelineConfig, CONFIGS / "smoke.yaml", [f"output_dir={out}", "rad.resources.ray_address=auto"])
+    with pytest.raises(ConfigError, match=r"rad\.resources\.ray_address=auto: the cluster needs Ray's auth token and "
+                                          r"none was found; set RAY_AUTH_TOKEN"):
+        run_pipeline(cfg)
+    assert not out.exists()  # SFT, reward and cost did not run first
