@@ -15,7 +15,8 @@ validation, evaluation); every model lives in a Ray actor of its role::
     learner ranks -> rollout engines (weight sync); metrics; atomic checkpoints
 
 The reference particles are the cost quantiles of reference-policy samples on
-``algo.ref_prompts`` prompts, computed once and cached in the run directory.
+``algo.ref_prompts`` prompts, computed once and cached in the run directory with what
+they were computed from (``reference_particles.pt.inputs.json``).
 
 Reading chosen for the dual step (DESIGN section 2): the gain used for dual ascent
 and for the ``rad/gain`` metric is the exact 1-D value (``gain_exact``); Sinkhorn's
@@ -34,6 +35,7 @@ import torch
 
 from rad.algos.online import OnlineRLTrainer, run_trainer
 from rad.config import field
+from rad.runtime.run_dir import resume_field
 from rad.errors import ConfigError
 from rad.runtime.batch import TokenBatch
 from rad.runtime.resources import ResourcesConfig
@@ -144,7 +146,7 @@ class RADConfig(RADStage):
 
     output_dir: str = field("runs/rad", help="run directory")
     seed: int = field(0)
-    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     policy: ModelConfig = field(default_factory=ModelConfig, help="policy initialisation (the SFT model)")
     reference: str = field("", help="reference policy directory ('' = the policy initialisation)")
@@ -229,6 +231,7 @@ class RADTrainer(OnlineRLTrainer):
     dual update of lambda and mu."""
 
     name = "rad"
+    _REF_SEED = 1_000_003  # the reference particles' sampling seed, after cfg.seed
 
     def __init__(self, cfg: RADConfig):
         from rad.risk import weighting_from_spec
@@ -253,40 +256,32 @@ class RADTrainer(OnlineRLTrainer):
 
     # -- reference particles -------------------------------------------------------------------
     def reference_particles(self) -> ReferenceCosts:
-        """Reference-policy costs, sampled once before training and cached with the run."""
+        """Reference-policy costs, sampled once before training and cached with the run (with what they were
+        computed from: a cache of other models, prompts or settings is computed again, see :meth:`reusable`)."""
+        from rad.runtime.provenance import record_inputs
+
         algo = self.cfg.algo
         matched = algo.reference == "matched"
         path = self.out / "reference_particles.pt"
-        if path.exists():
-            saved = torch.load(path)
-            if saved.get("mode", "pooled") != algo.reference:
-                raise ConfigError(f"algo.reference={algo.reference!r} but {path} was computed in "
-                                  f"{saved.get('mode', 'pooled')!r} mode; delete it or use a new output_dir")
-            costs = saved["costs"]
-            if matched and saved.get("prompts") != self.prompts:
-                # e.g. a cache from a run without a validation split: keep this run's prompts' rows
-                row = {p: i for i, p in enumerate(saved.get("prompts", []))}
-                missing = [p for p in self.prompts if p not in row]
-                if missing:
-                    raise ConfigError(f"{path} has no reference costs for {len(missing)} of this run's training "
-                                      f"prompts (first: {missing[0][:60]!r}); delete it or use a new output_dir")
-                costs = costs[[row[p] for p in self.prompts]]
-            return ReferenceCosts(costs, algo.n_particles, matched)
-        if self.reference_dir != self.policy_dir:
-            raise ConfigError("reference differs from the policy initialisation: sampling the reference needs its "
-                              "own engine, not supported yet; leave `reference` empty to use the SFT policy")
         m = algo.ref_samples_per_prompt
         if matched:
             prompts = list(self.prompts)
         else:
             prompts = random.Random(self.cfg.seed + 17).sample(self.prompts, min(algo.ref_prompts, len(self.prompts)))
-        rollouts = self.sample(prompts, m, seed=self.cfg.seed + 1_000_003)
+        inputs = {**self.sample_inputs(prompts, m, self._REF_SEED), "mode": algo.reference}
+        if self.reusable(path, inputs):
+            return ReferenceCosts(torch.load(path)["costs"], algo.n_particles, matched)
+        if self.reference_dir != self.policy_dir:
+            raise ConfigError("reference differs from the policy initialisation: sampling the reference needs its "
+                              "own engine, not supported yet; leave `reference` empty to use the SFT policy")
+        rollouts = self.sample(prompts, m, seed=self.cfg.seed + self._REF_SEED)
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         _, costs = self.score([r.prompt for r in rollouts], [r.response_text for r in rollouts])
         costs = costs.view(len(prompts), m)
         tmp = path.with_suffix(".tmp")
         torch.save({"mode": algo.reference, "costs": costs, "prompts": prompts}, tmp)
         tmp.replace(path)
+        record_inputs(path, inputs)
         return ReferenceCosts(costs, algo.n_particles, matched)
 
     # -- one step ------------------------------------------------------------------------------
@@ -417,4 +412,4 @@ class RADTrainer(OnlineRLTrainer):
 
 
 def run_rad(cfg: RADConfig) -> dict[str, Any]:
-    return run_trainer(RADTrainer(cfg))
+    return run_trainer(RADTrainer, cfg)
