@@ -44,7 +44,7 @@ from rad.algos.sft import SFTConfig, SFTStage, run_sft
 from rad.config import field, from_dict, to_dict
 from rad.errors import ConfigError
 from rad.eval.config import EvalConfig, EvalStage
-from rad.runtime.run_dir import check_config, open_run
+from rad.runtime.run_dir import open_run
 from rad.settings import LoggingConfig, ModelConfig, WorldConfig
 from reward_cost_models.config import ScoreModelConfig, ScoreModelStage
 from safe_rlhf_baseline.config import PPOLagConfig, PPOLagStage
@@ -176,11 +176,8 @@ def _finished(name: str, stage_cfg: Any, summary: dict[str, Any]) -> bool:
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     # Validate every selected stage's resolved config before any work starts.
     configs = {name: from_dict(type(c), to_dict(c), prefix=name) for name, c in stage_configs(cfg).items()}
-    with open_run(cfg, check=False):
-        # A stage that ran before (finished or interrupted) continues only with the config it ran with.
-        for name, stage_cfg in configs.items():
-            if name != "eval":
-                check_config(stage_cfg, prefix=name)
+    # A stage that ran before (finished or interrupted) continues only with the config it ran with.
+    with open_run(cfg, stages={name: c for name, c in configs.items() if name != "eval"}):
         return _run_stages(cfg, configs)
 
 

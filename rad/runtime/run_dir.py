@@ -188,13 +188,22 @@ def finished_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 @contextmanager
-def open_run(cfg: Any, check: bool = True) -> Iterator[dict[str, Any] | None]:
-    """Lock ``cfg.output_dir`` for the block, check ``cfg`` against its record (:func:`check_config`; only the
-    resume rule when ``check`` is false, as for a pipeline whose stages check their own), record the config of
-    a new run and log this invocation; yields the recorded summary of a finished run (None otherwise)."""
+def open_run(cfg: Any, stages: dict[str, Any] | None = None) -> Iterator[dict[str, Any] | None]:
+    """Lock ``cfg.output_dir`` for the block, check ``cfg`` against its record (:func:`check_config`), record
+    the config of a new run and log this invocation; yields the recorded summary of a finished run (None
+    otherwise).
+
+    A pipeline passes ``stages`` (name -> config of a stage with its own directory): then those are checked
+    against their records instead (its own record only keeps the first invocation: stages may be added later).
+    """
     run_dir = Path(cfg.output_dir)
+    check = stages is None
     with run_lock(run_dir):
         changed = check_config(cfg, compare=check)
+        for name, stage_cfg in (stages or {}).items():
+            check_config(stage_cfg, prefix=name)
+        if not check:
+            changed = config_changes(cfg, run_dir)
         if not (run_dir / RECORD).is_file():
             save_config(cfg, run_dir / RECORD)
         entry = {**_holder(), "changed": {k: list(v) for k, v in changed.items()}}
