@@ -54,7 +54,7 @@ HARMLESS = (
 RESULT_KEYS = ("resources.num_learners", "resources.scorer_dtype")
 
 
-def resume_field() -> bool:
+def resume_field() -> Any:
     """The ``resume`` key of every command's config (see the module docstring)."""
     return field(True, help="rerunning continues the run in output_dir (from its newest checkpoint; a finished run "
                             "returns its summary); false = a new run, refused if output_dir holds one")
