@@ -135,7 +135,8 @@ def holds_run(run_dir: str | os.PathLike) -> bool:
 def config_changes(cfg: Any, run_dir: str | os.PathLike) -> dict[str, tuple[Any, Any]]:
     """``{key: (recorded, now)}`` of every key whose value differs from ``run_dir``'s record (none without one).
 
-    Keys that only one side has (a key added to or removed from rad since the record) are not compared.
+    Keys that only one side has (a key added to or removed from rad since the record) are not compared; a
+    path spelled differently is the same value when both spellings name one existing file.
     """
     path = Path(run_dir) / RECORD
     if not path.is_file():
@@ -146,7 +147,19 @@ def config_changes(cfg: Any, run_dir: str | os.PathLike) -> dict[str, tuple[Any,
         raise ConfigError(f"{path}: the record of this run is not valid YAML ({exc}); restore it or choose "
                           "another output_dir") from None
     now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))  # the values as the record reads back
-    return {k: (recorded[k], now[k]) for k in sorted(set(recorded) & set(now)) if recorded[k] != now[k]}
+    return {k: (recorded[k], now[k]) for k in sorted(set(recorded) & set(now)) if not _same(recorded[k], now[k])}
+
+
+def _same(recorded: Any, now: Any) -> bool:
+    """Equal values, or two spellings of one existing file or directory (``runs/x`` and ``/home/me/runs/x``)."""
+    if recorded == now:
+        return True
+    if not (isinstance(recorded, str) and isinstance(now, str) and recorded and now):
+        return False
+    try:
+        return os.path.samefile(recorded, now)
+    except OSError:
+        return False
 
 
 def check_config(cfg: Any, prefix: str = "", compare: bool = True) -> dict[str, tuple[Any, Any]]:

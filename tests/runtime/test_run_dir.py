@@ -52,13 +52,15 @@ def test_a_second_run_names_the_holder_and_a_dead_holders_lock_is_taken_over(tmp
     assert "taking over" not in caplog.text
 
 
-def _sft(run, *overrides):
-    return load_config(SFTConfig, None, [f"output_dir={run}", *overrides])
+def _sft(run, *overrides, model):
+    return load_config(SFTConfig, None, [f"output_dir={run}", f"model.name_or_path={model}", *overrides])
 
 
-def test_a_rerun_continues_only_the_recorded_config(tmp_path):
+def test_a_rerun_continues_only_the_recorded_config(tmp_path, monkeypatch):
     run = tmp_path / "sft"
-    with open_run(_sft(run, "learner.lr=0.003")) as finished:
+    base = tmp_path / "base"
+    base.mkdir()
+    with open_run(_sft(run, "learner.lr=0.003", model=base)) as finished:
         assert finished is None
     record = (run / "config.yaml").read_text()
     assert yaml.safe_load(record)["learner"]["lr"] == 0.003
@@ -66,19 +68,21 @@ def test_a_rerun_continues_only_the_recorded_config(tmp_path):
     # Keys that change results are refused, by name; the record is never rewritten.
     with pytest.raises(ConfigError, match=r"^learner.lr, seed: .* holds a run made with different values "
                                           r"\(learner.lr: 0.003 -> 0.001, seed: 0 -> 1\)"):
-        with open_run(_sft(run, "learner.lr=1e-3", "seed=1")):
+        with open_run(_sft(run, "learner.lr=1e-3", "seed=1", model=base)):
             pass
     with pytest.raises(ConfigError, match=r"^resources.num_learners: "):
-        with open_run(_sft(run, "learner.lr=0.003", "resources.num_learners=2")):
+        with open_run(_sft(run, "learner.lr=0.003", "resources.num_learners=2", model=base)):
             pass
     with pytest.raises(ConfigError, match=r"^resume: false asks for a new run, but .* already holds one"):
-        with open_run(_sft(run, "learner.lr=0.003", "resume=false")):
+        with open_run(_sft(run, "learner.lr=0.003", "resume=false", model=base)):
             pass
     assert (run / "config.yaml").read_text() == record
 
-    # Logging, checkpoint cadence and placement may change; the invocation is logged beside the record.
-    with open_run(_sft(run, "learner.lr=0.003", "logging.log_every=5", "schedule.save_every=3",
-                       "resources.cpus_per_learner=2")) as finished:
+    # Logging, checkpoint cadence and placement may change, and so may the spelling of a path (output_dir and a
+    # model directory, relative here); the invocation is logged beside the record.
+    monkeypatch.chdir(tmp_path)
+    with open_run(_sft("sft", "learner.lr=0.003", "logging.log_every=5", "schedule.save_every=3",
+                       "resources.cpus_per_learner=2", model="base")) as finished:
         assert finished is None
     assert (run / "config.yaml").read_text() == record
     runs = [json.loads(line) for line in (run / "runs.jsonl").read_text().splitlines()]
@@ -90,7 +94,7 @@ def test_a_rerun_continues_only_the_recorded_config(tmp_path):
     (run / "model").mkdir()
     (run / "model" / "config.json").write_text("{}")
     (run / "summary.json").write_text(json.dumps({"steps": 7}))
-    with open_run(_sft(run, "learner.lr=0.003")) as finished:
+    with open_run(_sft(run, "learner.lr=0.003", model=base)) as finished:
         assert finished == {"steps": 7}
 
 
