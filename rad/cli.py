@@ -10,7 +10,11 @@
     rad world [--out DIR] [--seed N]                 write the embedded world's files
     rad <cmd> --help-config                          every config key with type, default and help
 
-Configuration errors are reported in one line before any work starts.
+Configuration errors are reported in one line before any work starts. Rerunning a
+command continues the run in its output directory (a finished run returns its summary,
+an interrupted one continues from its newest checkpoint); a changed key that alters
+results is refused, and a directory another command is running in is refused too
+(``rad/runtime/run_dir.py``).
 """
 
 from __future__ import annotations

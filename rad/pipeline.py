@@ -4,7 +4,8 @@ This is the top (CLI) layer: it is the one place in ``rad`` that reaches into th
 sibling packages ``reward_cost_models`` and ``safe_rlhf_baseline``. Stages write into
 one run directory::
 
-    <output_dir>/config.yaml      resolved pipeline config
+    <output_dir>/config.yaml      resolved pipeline config of the first invocation (never rewritten)
+    <output_dir>/runs.jsonl       one line per invocation (time, host, pid, command line)
     <output_dir>/sft/             SFT (model/, checkpoints/, metrics.jsonl, tensorboard/, samples.jsonl)
     <output_dir>/reward/          reward model (model/, metrics, score histogram)
     <output_dir>/cost/            cost model
@@ -15,8 +16,11 @@ one run directory::
 
 ``stages`` selects among :data:`STAGES` (default: the first four); they always run
 in pipeline order. A training stage is skipped when its summary is recorded and its
-model exists, so re-running the same command resumes the pipeline; with ``resume:
-true`` an interrupted stage continues from its newest checkpoint. The eval stage
+model exists, so re-running the same command resumes the pipeline, and an interrupted
+stage continues from its newest checkpoint (``resume: false`` asks for a new run and
+refuses a directory that holds one). Before any work, every selected stage that ran
+before is checked against its recorded ``config.yaml``: a changed key that alters
+results (``sft.learner.lr``) is refused (:mod:`rad.runtime.run_dir`). The eval stage
 runs every time: its generations and scores are cached per model, so rebuilding the
 report of unchanged policies costs only the tables and figures.
 
@@ -38,10 +42,11 @@ from typing import Any, Callable
 from rad.algos.rad import run_rad
 from rad.algos.rad_config import RADConfig, RADStage
 from rad.algos.sft import SFTConfig, SFTStage, run_sft
-from rad.config import field, from_dict, save_config, to_dict
+from rad.config import field, from_dict, to_dict
 from rad.errors import ConfigError
 from rad.eval.config import EvalConfig, EvalStage
 from rad.runtime.ray_auth import require_token
+from rad.runtime.run_dir import open_run
 from rad.settings import LoggingConfig, ModelConfig, WorldConfig
 from reward_cost_models.config import ScoreModelConfig, ScoreModelStage
 from safe_rlhf_baseline.config import PPOLagConfig, PPOLagStage
@@ -63,7 +68,8 @@ class PipelineConfig:
 
     output_dir: str = field("runs/tiny", help="run directory for all stages")
     seed: int = field(0)
-    resume: bool = field(True, help="skip finished stages and resume an interrupted one")
+    resume: bool = field(True, help="skip finished stages and resume an interrupted one; false = a new run, "
+                                         "refused if output_dir holds one")
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES),
                               help=f"stages to run (always in pipeline order), of {list(STAGES)}")
     world: WorldConfig = field(default_factory=WorldConfig)
@@ -190,7 +196,6 @@ def check_data_specs(configs: dict[str, Any]) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    out = Path(cfg.output_dir)
     # Validate every selected stage's resolved config before any work starts.
     configs = {name: from_dict(type(c), to_dict(c), prefix=name) for name, c in stage_configs(cfg).items()}
     check_data_specs(configs)
@@ -199,11 +204,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         address = stage_cfg.resources.ray_address if hasattr(stage_cfg, "resources") else ""
         if address:
             require_token(address, key=f"{name}.resources.ray_address")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    # A stage that ran before (finished or interrupted) continues only with the config it ran with.
+    with open_run(cfg, stages={name: c for name, c in configs.items() if name != "eval"}):
+        return _run_stages(cfg, configs)
+
+
+def _run_stages(cfg: PipelineConfig, configs: dict[str, Any]) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
     summary_path = out / "summary.json"
     summary: dict[str, Any] = {"output_dir": str(out), "stages": {}}
-    if summary_path.exists() and cfg.resume:
+    if summary_path.exists():
         summary["stages"] = json.loads(summary_path.read_text()).get("stages", {})
     for name, stage_cfg in configs.items():
         if _finished(name, stage_cfg, summary):

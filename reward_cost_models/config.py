@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rad.algos.supervised import ScheduleConfig
 from rad.config import field
+from rad.runtime.run_dir import resume_field
 from rad.errors import ConfigError
 from rad.models.score_model import KINDS, NORMALIZE_MODES
 from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
@@ -61,7 +62,7 @@ class ScoreModelConfig(ScoreModelStage):
                                                      "cost: Bradley-Terry on safer_response_id + safe/unsafe signs")
     output_dir: str = field("", help="run directory ('' = runs/<kind>_model)")
     seed: int = field(0)
-    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -30,11 +30,10 @@ from typing import Any, Sequence
 import torch
 
 from rad.algos.assets import load_data, model_dir, resolve_dtype
-from rad.algos.supervised import SupervisedTrainer
+from rad.algos.supervised import SupervisedTrainer, run_supervised
 from rad.errors import DataError
 from rad.models.loading import load_tokenizer
 from rad.models.score_model import ScoreModel, build_score_model, encode_for_scoring, pad_right
-from rad.runtime.rank_program import run_on_learners
 from reward_cost_models.config import ScoreModelConfig
 from reward_cost_models.losses import cost_loss, pair_accuracy, reward_loss, safety_sign, sign_accuracy
 from reward_cost_models.report import pair_metrics, plot_histogram, score_pairs
@@ -113,7 +112,7 @@ class ScoreModelTrainer(SupervisedTrainer):
 def run_score_model(cfg: ScoreModelConfig) -> dict[str, Any]:
     """Train on ``cfg.resources.num_learners`` ranks, evaluate, save ``<output_dir>/model``; the summary."""
     cfg.validate()  # fills the default output_dir also for configs built in code
-    return run_on_learners(score_model_program, cfg, resources=cfg.resources, name=f"{cfg.kind} model")
+    return run_supervised(score_model_program, cfg, name=f"{cfg.kind} model")
 
 
 def score_model_program(cfg: ScoreModelConfig) -> dict[str, Any]:

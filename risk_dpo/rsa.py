@@ -13,8 +13,9 @@ SACPO-style stepwise alignment with risk-aware DPO:
    ``q = 1`` is the stage-1 model, ``q = 0`` the stage-2 model; sweeping ``q``
    traces the helpfulness-safety frontier (:func:`average_weights`).
 
-With ``resume``, a stage whose ``summary.json`` and ``model/`` exist is not rerun
-and an interrupted stage continues from its newest checkpoint.
+With ``resume`` (the default), rerunning returns a finished stage's summary (``summary.json``
+and ``model/`` exist) and continues an interrupted stage from its newest checkpoint
+(:mod:`rad.runtime.run_dir`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from rad.algos.supervised import ScheduleConfig
 from rad.config import field
 from rad.errors import ConfigError
+from rad.runtime.run_dir import open_run
 from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
 from risk_dpo.trainer import DPOConfig, DPODataConfig, LossConfig, run_dpo
 
@@ -48,7 +50,8 @@ class RSAConfig:
 
     output_dir: str = field("runs/rsa", help="run directory: stage1/, stage2/, rsa_p/, summary.json")
     seed: int = field(0)
-    resume: bool = field(False, help="skip finished stages and continue an interrupted one")
+    resume: bool = field(True, help="skip finished stages and continue an interrupted one; false = a new run, "
+                                          "refused if output_dir holds one")
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig, help="the SFT model (stage-1 init and reference)")
     loss: LossConfig = field(default_factory=lambda: LossConfig(name="ra_dpo2"),
@@ -79,13 +82,6 @@ def stage_config(cfg: RSAConfig, stage: int) -> DPOConfig:
                      data=copy.deepcopy(section.data), loss=loss, learner=copy.deepcopy(section.learner),
                      schedule=copy.deepcopy(section.schedule), resources=copy.deepcopy(cfg.resources),
                      logging=cfg.logging)
-
-
-def _finished(stage_dir: Path) -> dict[str, Any] | None:
-    summary = stage_dir / "summary.json"
-    if summary.is_file() and (stage_dir / "model" / "config.json").is_file():
-        return json.loads(summary.read_text())
-    return None
 
 
 def average_weights(model_a_dir: str | Path, model_b_dir: str | Path, q: float, out_dir: str | Path) -> Path:
@@ -121,16 +117,15 @@ def average_weights(model_a_dir: str | Path, model_b_dir: str | Path, q: float, 
 
 def run_rsa(cfg: RSAConfig) -> dict[str, Any]:
     """Run the two stages and the weight average; returns (and writes) the summary."""
+    with open_run(cfg):
+        return _run_rsa(cfg)
+
+
+def _run_rsa(cfg: RSAConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, Any] = {}
     for stage in (1, 2):
         stage_cfg = stage_config(cfg, stage)
-        done = _finished(Path(stage_cfg.output_dir)) if cfg.resume else None
-        if done is not None:
-            log.info("RSA stage %d already finished in %s", stage, stage_cfg.output_dir)
-            summaries[f"stage{stage}"] = done
-            continue
         log.info("RSA stage %d: %s on %s pairs (beta %.4g)", stage, stage_cfg.loss.name, stage_cfg.data.pairs,
                  stage_cfg.loss.beta)
         summaries[f"stage{stage}"] = run_dpo(stage_cfg)

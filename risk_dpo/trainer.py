@@ -31,11 +31,11 @@ from typing import Any, Sequence
 import torch
 
 from rad.algos.assets import load_policy, resolve_dtype
-from rad.algos.supervised import ScheduleConfig, SupervisedTrainer
+from rad.algos.supervised import ScheduleConfig, SupervisedTrainer, run_supervised
 from rad.config import field
+from rad.runtime.run_dir import resume_field
 from rad.data.encode import Encoded, collate_lm, encode_pair
 from rad.errors import ConfigError
-from rad.runtime.rank_program import run_on_learners
 from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
 from risk_dpo.losses import LossParams, PairBatch, get_loss
 from risk_dpo.pairs import PAIR_KINDS, load_pairs
@@ -83,7 +83,7 @@ class DPOConfig:
 
     output_dir: str = field("runs/dpo", help="run directory (config, checkpoints, metrics, model/)")
     seed: int = field(0)
-    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig, help="the policy's initialisation (e.g. the SFT model)")
     reference: str = field("", help="reference model directory ('' = the policy's initialisation)")
@@ -236,7 +236,7 @@ def load_reference(cfg: DPOConfig, policy: torch.nn.Module, tokenizer: Any) -> t
 def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Train on ``cfg.resources.num_learners`` ranks, save ``<output_dir>/model`` and ``summary.json``; the
     summary."""
-    return run_on_learners(dpo_program, cfg, resources=cfg.resources, name=cfg.loss.name)
+    return run_supervised(dpo_program, cfg, name=cfg.loss.name)
 
 
 def dpo_program(cfg: DPOConfig) -> dict[str, Any]:

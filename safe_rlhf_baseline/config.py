@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rad.config import field
+from rad.runtime.run_dir import resume_field
 from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.rollout.config import RolloutConfig
@@ -85,7 +86,7 @@ class PPOLagConfig(PPOLagStage):
 
     output_dir: str = field("runs/ppo_lag", help="run directory")
     seed: int = field(0)
-    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     policy: ModelConfig = field(default_factory=ModelConfig, help="actor initialisation (the SFT model)")
     reference_model: str = field("", help="reference policy directory ('' = the actor initialisation)")

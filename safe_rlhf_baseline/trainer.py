@@ -289,4 +289,4 @@ class PPOLagTrainer(OnlineRLTrainer):
 
 
 def run_ppo_lag(cfg: PPOLagConfig) -> dict[str, Any]:
-    return run_trainer(PPOLagTrainer(cfg))
+    return run_trainer(PPOLagTrainer, cfg)

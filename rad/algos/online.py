@@ -25,11 +25,23 @@ from typing import Any
 
 import torch
 
-from rad.config import save_config, to_dict
+from rad.config import to_dict
 from rad.errors import ConfigError
 from rad.runtime.roles import RLRoles, TrainedRole
 
 log = logging.getLogger("rad.algos")
+
+
+def reference_sample_inputs(cfg: Any, reference_dir: str, prompts: list[str], n: int, seed: int) -> dict[str, Any]:
+    """What the reference's scored samples of ``prompts`` (``n`` each, sampling seed ``cfg.seed + seed``) are
+    computed from: the key of every cache of them in an RL run directory (see :mod:`rad.runtime.provenance`)."""
+    from rad.runtime.provenance import digest, dir_fingerprint
+
+    return {"reference": dir_fingerprint(reference_dir), "reward_model": dir_fingerprint(cfg.reward_model),
+            "cost_model": dir_fingerprint(cfg.cost_model), "prompts": digest(prompts), "samples_per_prompt": n,
+            "seed": cfg.seed + seed, "engine": cfg.rollout.engine, "dtype": cfg.policy.dtype,
+            "scorer_dtype": cfg.resources.scorer_dtype,
+            "sampling": {k: v for k, v in to_dict(cfg.rollout.sampling).items() if k != "seed"}}
 
 
 class OnlineRLTrainer:
@@ -45,8 +57,7 @@ class OnlineRLTrainer:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
+        self.out.mkdir(parents=True, exist_ok=True)  # the command holds it (rad.runtime.run_dir.open_run)
         self.prompts = [r["prompt"] for r in load_records(cfg.data.prompts, "prompt", cfg.world, cfg.seed)]
         self.eval_prompts = [r["prompt"] for r in load_records(cfg.data.eval_prompts, "prompt", cfg.world, cfg.seed)]
         if not self.prompts:
@@ -80,6 +91,9 @@ class OnlineRLTrainer:
             logprob_chunk_size=self.policy_logprob_chunk_size())
         self.startup_seconds = self.roles.startup_seconds
         self.step = 0
+        self._logger = None
+        #: (step, metrics.jsonl bytes) of the checkpoint a resumed run continues (see MetricsLogger)
+        self._metrics_resume: tuple[int, int | None] | None = None
 
     def model_dir_keys(self) -> tuple[str, ...]:
         """The config keys that name a model directory this run loads (checked before any actor starts)."""
@@ -207,7 +221,8 @@ class OnlineRLTrainer:
             ray.get([ref for sub, group in self.checkpoint_groups().items()
                      for ref in group.broadcast_async("save_checkpoint", str(tmp / sub))])
             write_trainer_state(tmp, {"step": self.step, "seed": self.cfg.seed, **self.trainer_state(),
-                                      "selection": self.selector.state() if self.selector else None})
+                                      "selection": self.selector.state() if self.selector else None,
+                                      "metrics_offset": self._logger.position() if self._logger else None})
         prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         return final
 
@@ -218,19 +233,56 @@ class OnlineRLTrainer:
 
         ckpt = latest_checkpoint(self.out)
         if ckpt is None:
+            self._metrics_resume = (0, 0)  # the rows of an attempt cut before its first checkpoint are redone
             return False
         ray.get([ref for sub, group in self.checkpoint_groups().items()
                  for ref in group.broadcast_async("load_checkpoint", str(ckpt / sub))])
         state = read_trainer_state(ckpt)
         self.step = state["step"]
+        self._metrics_resume = (self.step, state.get("metrics_offset"))
         self.load_trainer_state(state)
         self._selection_state = state.get("selection")
         self.roles.sync_weights()
         log.info("resumed %s from %s (step %d)", self.name, ckpt, self.step)
         return True
 
+    # -- the reference policy's cached results ----------------------------------------------------
+    def sample_inputs(self, prompts: list[str], n: int, seed: int) -> dict[str, Any]:
+        """:func:`reference_sample_inputs` of this run."""
+        return reference_sample_inputs(self.cfg, self.reference_dir, prompts, n, seed)
+
+    def reusable(self, path: Path, inputs: dict[str, Any]) -> bool:
+        """Whether the reference's cached result ``path`` was computed from ``inputs``; False when it must be
+        computed now (logged if a stale one is replaced). Raises after step 0, when the engines hold the trained
+        policy and the reference can no longer be sampled."""
+        from rad.runtime.provenance import stale_reason
+
+        reason = stale_reason(path, inputs)
+        if reason is None:
+            return True
+        if self.step > 0:
+            raise ConfigError(f"{path} {reason}; it holds the reference policy's samples, which cannot be drawn "
+                              f"again after step 0 (the engines hold the trained policy): run into a new output_dir")
+        if path.exists():
+            log.warning("%s %s; computing it again", path, reason)
+        return False
+
+    def reference_evaluation(self, tag: str, prompts: list[str], seed: int, n: int) -> dict[str, Any]:
+        """:meth:`evaluate_policy` of the reference (the engines' weights at step 0) into ``eval_<tag>.json``, or
+        that file when it was computed from the same inputs."""
+        from rad.runtime.provenance import record_inputs
+
+        path, inputs = self.out / f"eval_{tag}.json", self.sample_inputs(prompts, n, seed)
+        if self.reusable(path, inputs):
+            return json.loads(path.read_text())
+        record = self.evaluate_policy(tag, prompts, seed, n)
+        record_inputs(path, inputs)
+        return record
+
     # -- evaluation ------------------------------------------------------------------------------
-    def evaluate_policy(self, tag: str | None, prompts: list[str] | None = None, seed: int = 4242,
+    _EVAL_SEED = 4242
+
+    def evaluate_policy(self, tag: str | None, prompts: list[str] | None = None, seed: int = _EVAL_SEED,
                         n: int | None = None) -> dict[str, Any]:
         """``n`` samples (default ``eval_samples_per_prompt``) per prompt of ``prompts`` (default: the
         held-out ones) with the current engine weights, scored.
@@ -286,13 +338,8 @@ class OnlineRLTrainer:
 
     def validation_reference(self) -> dict[str, Any]:
         """The reference's validation samples, drawn at step 0 and cached with the run."""
-        path = self.out / "eval_validation_reference.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        if self.step == 0:  # the engines still hold the initial policy, i.e. the reference
-            return self.evaluate_policy("validation_reference", self.val_prompts, self._VAL_SEED,
-                                        self.selection.samples_per_prompt)
-        raise ConfigError(f"{path} is missing: the run cannot validate against the reference after step 0")
+        return self.reference_evaluation("validation_reference", self.val_prompts, self._VAL_SEED,
+                                         self.selection.samples_per_prompt)
 
     def validate(self, logger) -> None:
         """Every ``selection.every`` steps and at the last: score the policy on the validation prompts."""
@@ -330,15 +377,15 @@ class OnlineRLTrainer:
 
         if self.cfg.resume:
             self.resume()
-        ref_path = self.out / "eval_reference.json"
-        reference_eval = (json.loads(ref_path.read_text()) if ref_path.exists() and self.step > 0
-                          else self.evaluate_policy("reference") if self.step == 0 else None)
+        reference_eval = self.reference_evaluation("reference", self.eval_prompts, self._EVAL_SEED,
+                                                   self.cfg.eval_samples_per_prompt)
         step_args, extra = self.before_loop()
         self.selector = self.make_selector()
         if self.selector is not None:
             self.selector.load_state(self._selection_state)
         last: dict[str, float] = {}
-        with MetricsLogger(self.out, self.cfg.logging, config=to_dict(self.cfg)) as logger:
+        with MetricsLogger(self.out, self.cfg.logging, config=to_dict(self.cfg), resume=self._metrics_resume) as logger:
+            self._logger = logger
             bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc=self.name, unit="step",
                        disable=not self.cfg.logging.progress, dynamic_ncols=True)
             while self.step < self.cfg.algo.steps:
@@ -355,8 +402,6 @@ class OnlineRLTrainer:
                 self.save_checkpoint()
             model_out, selection = self.save_returned_policy()
             final_eval = self.evaluate_policy("policy")
-            if reference_eval is None:
-                reference_eval = json.loads(ref_path.read_text())
             comparison = self.compare(final_eval, reference_eval)
             logger.log({f"eval/{k}": v for k, v in comparison.items()}, step=self.step)
         summary = {"model_dir": model_out, "steps": self.step, **self.summary_extra(),
@@ -379,9 +424,16 @@ class OnlineRLTrainer:
                 **timer.metrics(), "timing/step": elapsed, **sync.metrics()}
 
 
-def run_trainer(trainer: OnlineRLTrainer) -> dict[str, Any]:
-    """Train, then release every role (also on errors)."""
-    try:
-        return trainer.train()
-    finally:
-        trainer.shutdown()
+def run_trainer(cls: type[OnlineRLTrainer], cfg: Any) -> dict[str, Any]:
+    """The command: hold ``cfg.output_dir`` (:func:`rad.runtime.run_dir.open_run`: lock, recorded config, a
+    finished run's summary), build the trainer, train, then release every role (also on errors)."""
+    from rad.runtime.run_dir import open_run
+
+    with open_run(cfg) as finished:
+        if finished is not None:
+            return finished
+        trainer = cls(cfg)
+        try:
+            return trainer.train()
+        finally:
+            trainer.shutdown()

@@ -18,7 +18,8 @@ The step's math is in the pure functions below (tests call them directly); the
 multipliers come from a controller of :mod:`rad.algos.dual` (``algo.dual.controller``;
 ``projected`` is the paper's dual ascent). The reference particles are the cost
 quantiles of reference-policy samples (``algo.ref_costs``), computed once and cached
-in the run directory. The config is in :mod:`rad.algos.rad_config`.
+in the run directory with what they were computed from
+(``reference_particles.pt.inputs.json``). The config is in :mod:`rad.algos.rad_config`.
 
 Reading chosen for the dual step: the gain the controller sees, and the ``rad/gain``
 metric, is the exact 1-D value (``gain_exact``); Sinkhorn's entropic gain is biased
@@ -137,6 +138,7 @@ class RADTrainer(OnlineRLTrainer):
     dual update of lambda and mu."""
 
     name = "rad"
+    _REF_SEED = 1_000_003  # the reference particles' sampling seed, after cfg.seed
 
     def __init__(self, cfg: RADConfig):
         from rad.risk import weighting_from_spec
@@ -161,41 +163,33 @@ class RADTrainer(OnlineRLTrainer):
 
     # -- reference costs --------------------------------------------------------------------------
     def reference_costs(self) -> ReferenceCosts:
-        """Reference-policy costs, sampled once before training and cached with the run."""
+        """Reference-policy costs, sampled once before training and cached with the run (with what they were
+        computed from: a cache of other models, prompts or settings is computed again, see :meth:`reusable`)."""
+        from rad.runtime.provenance import record_inputs
+
         rc = self.cfg.algo.ref_costs
         matched = rc.pairing == "matched"
         n_particles = self.cfg.algo.ot.n_particles
         path = self.out / "reference_particles.pt"
-        if path.exists():
-            saved = torch.load(path)
-            if saved.get("mode", "pooled") != rc.pairing:
-                raise ConfigError(f"algo.ref_costs.pairing={rc.pairing!r} but {path} was computed in "
-                                  f"{saved.get('mode', 'pooled')!r} mode; delete it or use a new output_dir")
-            costs = saved["costs"]
-            if matched and saved.get("prompts") != self.prompts:
-                # e.g. a cache from a run without a validation split: keep this run's prompts' rows
-                row = {p: i for i, p in enumerate(saved.get("prompts", []))}
-                missing = [p for p in self.prompts if p not in row]
-                if missing:
-                    raise ConfigError(f"{path} has no reference costs for {len(missing)} of this run's training "
-                                      f"prompts (first: {missing[0][:60]!r}); delete it or use a new output_dir")
-                costs = costs[[row[p] for p in self.prompts]]
-            return ReferenceCosts(costs, n_particles, matched)
-        if self.reference_dir != self.policy_dir:
-            raise ConfigError("reference_model differs from the policy initialisation: sampling the reference needs "
-                              "its own engine, not supported yet; leave `reference_model` empty to use the SFT policy")
         m = rc.samples_per_prompt
         if matched:
             prompts = list(self.prompts)
         else:
             prompts = random.Random(self.cfg.seed + 17).sample(self.prompts, min(rc.prompts, len(self.prompts)))
-        rollouts = self.sample(prompts, m, seed=self.cfg.seed + 1_000_003)
+        inputs = {**self.sample_inputs(prompts, m, self._REF_SEED), "mode": rc.pairing}
+        if self.reusable(path, inputs):
+            return ReferenceCosts(torch.load(path)["costs"], n_particles, matched)
+        if self.reference_dir != self.policy_dir:
+            raise ConfigError("reference_model differs from the policy initialisation: sampling the reference needs "
+                              "its own engine, not supported yet; leave `reference_model` empty to use the SFT policy")
+        rollouts = self.sample(prompts, m, seed=self.cfg.seed + self._REF_SEED)
         rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
         _, costs = self.score([r.prompt for r in rollouts], [r.response_text for r in rollouts])
         costs = costs.view(len(prompts), m)
         tmp = path.with_suffix(".tmp")
         torch.save({"mode": rc.pairing, "costs": costs, "prompts": prompts}, tmp)
         tmp.replace(path)
+        record_inputs(path, inputs)
         return ReferenceCosts(costs, n_particles, matched)
 
     # -- one step ------------------------------------------------------------------------------
@@ -314,4 +308,4 @@ class RADTrainer(OnlineRLTrainer):
 
 
 def run_rad(cfg: RADConfig) -> dict[str, Any]:
-    return run_trainer(RADTrainer(cfg))
+    return run_trainer(RADTrainer, cfg)

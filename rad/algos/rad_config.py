@@ -17,6 +17,7 @@ from rad.algos.selection import SelectionConfig
 from rad.config import field
 from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
+from rad.runtime.run_dir import resume_field
 from rad.runtime.rollout.config import RolloutConfig
 from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
 
@@ -122,7 +123,7 @@ class RADConfig(RADStage):
 
     output_dir: str = field("runs/rad", help="run directory")
     seed: int = field(0)
-    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     policy: ModelConfig = field(default_factory=ModelConfig, help="policy initialisation (the SFT model)")
     reference_model: str = field("", help="reference policy directory ('' = the policy initialisation)")

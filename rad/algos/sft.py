@@ -20,10 +20,10 @@ from typing import Any, Sequence
 import torch
 
 from rad.algos.assets import load_policy, load_records
-from rad.algos.supervised import ScheduleConfig, SupervisedTrainer
+from rad.algos.supervised import ScheduleConfig, SupervisedTrainer, run_supervised
 from rad.config import field
+from rad.runtime.run_dir import resume_field
 from rad.data.encode import Encoded, collate_lm, encode_pair, encode_prompt, left_pad, token_mean_loss
-from rad.runtime.rank_program import run_on_learners
 from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
 
 log = logging.getLogger("rad.algos")
@@ -56,7 +56,7 @@ class SFTConfig(SFTStage):
 
     output_dir: str = field("runs/sft", help="run directory (config, checkpoints, metrics, model/)")
     seed: int = field(0)
-    resume: bool = field(False, help="continue from the newest checkpoint in output_dir")
+    resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -100,7 +100,7 @@ def generate_samples(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
 
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Train on ``cfg.resources.num_learners`` ranks, save ``<output_dir>/model``, write samples; the summary."""
-    return run_on_learners(sft_program, cfg, resources=cfg.resources, name="sft")
+    return run_supervised(sft_program, cfg, name="sft")
 
 
 def sft_program(cfg: SFTConfig) -> dict[str, Any]:

@@ -11,8 +11,10 @@ The same trainer runs on every rank of a data-parallel group (see
 step's global batch (``micro_batch_size * grad_accum * ranks``,
 :mod:`rad.runtime.sharding`), evaluates its share of the held-out batches, and the
 metrics are summed over ranks before rank 0 alone logs them. Rank 0 alone writes
-``config.yaml``, metrics and the trainer state; every rank writes its DeepSpeed
-shards and RNG state into the same checkpoint directory. On one rank every step
+metrics and the trainer state; every rank writes its DeepSpeed
+shards and RNG state into the same checkpoint directory. The command that runs a
+trainer holds its run directory (:func:`rad.runtime.run_dir.open_run`: lock, recorded
+``config.yaml``); a resumed trainer cuts the metrics logged after its checkpoint. On one rank every step
 sees exactly the batches it saw before ranks existed.
 """
 
@@ -24,17 +26,19 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from rad.config import field, save_config, to_dict
+from rad.config import field, to_dict
 from rad.errors import ConfigError, DataError
 from rad.runtime.checkpoint import (checkpoint_dir, latest_checkpoint, prune_checkpoints, read_trainer_state,
                                     shared_atomic_dir, write_trainer_state)
 from rad.runtime.distributed import all_sum, barrier, rank_and_world
 from rad.runtime.learner import DeepSpeedLearner, set_seed
 from rad.runtime.metrics import MetricsLogger
+from rad.runtime.rank_program import run_on_learners
+from rad.runtime.run_dir import open_run
 from rad.runtime.sharding import eval_batches, micro_batch_indices, steps_per_epoch
 from rad.settings import LearnerConfig, LoggingConfig
 
@@ -51,6 +55,15 @@ class ScheduleConfig:
     save_every: int = field(0, min=0, help="checkpoint every N optimizer steps (0 = at the end of each epoch)")
     keep_checkpoints: int = field(2, min=0, help="newest checkpoints kept (0 = all)")
     eval_batch_size: int = field(32, min=1)
+
+
+def run_supervised(program: Callable[[Any], dict[str, Any]], cfg: Any, name: str) -> dict[str, Any]:
+    """The command of a supervised stage: hold ``cfg.output_dir`` (:func:`rad.runtime.run_dir.open_run`: lock,
+    recorded config), then ``program(cfg)`` on ``cfg.resources.num_learners`` ranks; or a finished run's summary."""
+    with open_run(cfg) as finished:
+        if finished is not None:
+            return finished
+        return run_on_learners(program, cfg, resources=cfg.resources, name=name)
 
 
 class SupervisedTrainer:
@@ -89,8 +102,9 @@ class SupervisedTrainer:
         self.batch_in_epoch = 0
         self._eval_step = -1
         self.initial_eval: dict[str, float] = {}
-        if config is not None and self.rank == 0:
-            save_config(config, self.output_dir / "config.yaml")
+        self._logger: MetricsLogger | None = None
+        #: (step, metrics.jsonl bytes) of the checkpoint a resumed run continues (see MetricsLogger)
+        self._metrics_resume: tuple[int, int | None] | None = None
 
     # -- subclass hooks ----------------------------------------------------------
     def encode(self, record: Any) -> Any:
@@ -143,7 +157,8 @@ class SupervisedTrainer:
     def trainer_state(self) -> dict[str, Any]:
         """What resume needs besides the engine; ``batch_in_epoch`` counts this rank's micro batches."""
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.seed,
-                "world_size": self.world_size}
+                "world_size": self.world_size,
+                "metrics_offset": self._logger.position() if self._logger is not None else None}
 
     def save_checkpoint(self) -> Path:
         """A checkpoint of every rank (a collective: all ranks call it at the same step)."""
@@ -160,6 +175,7 @@ class SupervisedTrainer:
         ckpt = latest_checkpoint(self.output_dir)
         if ckpt is None:
             log.info("no checkpoint in %s; starting from scratch", self.output_dir)
+            self._metrics_resume = (0, 0)  # the rows of an attempt cut before its first checkpoint are redone
             return False
         state = read_trainer_state(ckpt, restore_rng=False)
         saved_world = state.get("world_size", 1)
@@ -170,6 +186,7 @@ class SupervisedTrainer:
         self.learner.load_checkpoint(ckpt)
         state = read_trainer_state(ckpt, rank=self.rank)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self._metrics_resume = (self.step, state.get("metrics_offset"))
         log.info("resumed from %s (step %d, epoch %d, batch %d)", ckpt, self.step, self.epoch, self.batch_in_epoch)
         return True
 
@@ -200,7 +217,8 @@ class SupervisedTrainer:
         last_eval: dict[str, float] = {}
         metrics_cfg = to_dict(self.config) if self.config is not None else None
         logging_cfg = self._logging()
-        with MetricsLogger(self.output_dir, logging_cfg, config=metrics_cfg) as logger:
+        with MetricsLogger(self.output_dir, logging_cfg, config=metrics_cfg, resume=self._metrics_resume) as logger:
+            self._logger = logger
             if self.step == 0:
                 last_eval = self.initial_eval = self._log_eval(logger)
             bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
@@ -253,4 +271,5 @@ class SupervisedTrainer:
                 self.save_checkpoint()
             if self._eval_step != self.step:
                 last_eval = self._log_eval(logger)
+        self._logger = None
         return last_eval

@@ -4,7 +4,7 @@ Two cache layers under ``cache_dir`` (default ``$RAD_CACHE/eval``), each file
 written atomically:
 
 * ``generations/<key>.json`` — keyed by the policy directory's fingerprint
-  (resolved path plus every file's relative name, size and mtime), the prompts,
+  (:func:`rad.runtime.provenance.dir_fingerprint`: every file's relative name, size and mtime), the prompts,
   samples per prompt, the sampling settings and the engine settings;
 * ``scores/<key>-<scorekey>.json`` — the generation key plus the reward and cost
   directories' fingerprints and the scoring settings.
@@ -21,7 +21,6 @@ true empty text. The number of empty responses is reported per model.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -31,22 +30,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rad.errors import DataError
+from rad.runtime.provenance import digest
 from rad.runtime.scorer import EMPTY_RESPONSE  # one placeholder for RL and evaluation
 _FORMAT = 1
-
-
-def dir_fingerprint(path: str | os.PathLike) -> str:
-    """Hash of a directory's resolved path and its files' names, sizes and mtimes (cheap, no content read)."""
-    root = Path(path).resolve()
-    h = hashlib.sha256(str(root).encode())
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        st = f.stat()
-        h.update(f"\0{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
-
-
-def _key(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -99,12 +85,12 @@ class OutputCache:
     def generation_key(model_fp: str, prompts: Sequence[str], n: int, sampling: Any, engine: Any) -> str:
         # The engine settings are part of the key: the HF engine seeds each micro-batch, so the same
         # sampling seed gives other (equally valid) samples with another micro-batch size, dtype or device.
-        return _key({"format": _FORMAT, "model": model_fp, "prompts": list(prompts), "n": n,
+        return digest({"format": _FORMAT, "model": model_fp, "prompts": list(prompts), "n": n,
                      "sampling": dataclasses.asdict(sampling), "engine": dataclasses.asdict(engine)})
 
     @staticmethod
     def score_key(reward_fp: str, cost_fp: str, scoring: Any) -> str:
-        return _key({"format": _FORMAT, "reward": reward_fp, "cost": cost_fp, "scoring": dataclasses.asdict(scoring),
+        return digest({"format": _FORMAT, "reward": reward_fp, "cost": cost_fp, "scoring": dataclasses.asdict(scoring),
                      "empty": EMPTY_RESPONSE})
 
     def generation_path(self, key: str) -> Path:

@@ -35,8 +35,8 @@ from rad.errors import ConfigError, DataError
 from rad.eval import arena, judges, plots
 from rad.eval.config import EvalConfig, resolve_model_dir
 from rad.eval.report import Report, mean_std, num, pct, write_csv
-from rad.eval.responses import (OutputCache, Outputs, build_outputs, dir_fingerprint, generate_record,
-                                score_record)
+from rad.eval.responses import OutputCache, Outputs, build_outputs, generate_record, score_record
+from rad.runtime.provenance import dir_fingerprint
 
 log = logging.getLogger("rad.eval")
 
@@ -187,7 +187,17 @@ def _label(red: str, blue: str) -> str:
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    """Run the whole arena for ``cfg`` and write the report; returns a summary (paths, headline numbers)."""
+    """Run the whole arena for ``cfg`` and write the report; returns a summary (paths, headline numbers).
+
+    The output directory is locked for the run (:func:`rad.runtime.run_dir.run_lock`); the report is rebuilt
+    every time (from the generation and score cache), so its ``config.yaml`` is that of the latest report."""
+    from rad.runtime.run_dir import run_lock
+
+    with run_lock(cfg.output_dir):
+        return _run_eval(cfg)
+
+
+def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
     model_dirs = {name: resolve_model_dir(name, p) for name, p in cfg.model_paths().items()}

@@ -30,18 +30,30 @@ class MetricsLogger:
 
     The JSONL file (``metrics.jsonl``) is appended line by line and flushed, so a
     killed run keeps everything logged so far and a resumed run continues the file.
+    A resumed run passes ``resume=(step, offset)`` of its checkpoint (``offset``:
+    :meth:`position` when the checkpoint was written): the rows logged after that
+    checkpoint, which the resumed run logs again, are cut from the JSONL file and
+    TensorBoard drops its events after ``step``; ``resume=(0, 0)`` starts both afresh.
     """
 
-    def __init__(self, run_dir: str | Path, cfg: LoggingConfig | None = None, config: Mapping | None = None):
+    def __init__(self, run_dir: str | Path, cfg: LoggingConfig | None = None, config: Mapping | None = None,
+                 resume: tuple[int, int | None] | None = None):
         self.cfg = cfg or LoggingConfig()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a") if self.cfg.jsonl else None
+        self._jsonl = None
+        if self.cfg.jsonl:
+            path = self.run_dir / "metrics.jsonl"
+            if resume is not None and resume[1] is not None and path.exists():
+                with open(path, "r+") as f:
+                    f.truncate(min(resume[1], path.stat().st_size))
+            self._jsonl = open(path, "a")
         self._tb = None
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                     purge_step=None if resume is None else resume[0] + 1)
         self._wandb = None
         if self.cfg.wandb:
             try:
@@ -60,6 +72,10 @@ class MetricsLogger:
             if config:
                 mlflow.log_params({k: str(v)[:250] for k, v in _flatten(config).items()})
             self._mlflow = mlflow
+
+    def position(self) -> int | None:
+        """Bytes of ``metrics.jsonl`` written so far (what a checkpoint records), None without the file."""
+        return None if self._jsonl is None else self._jsonl.tell()
 
     def log(self, metrics: Mapping[str, Any], step: int) -> dict[str, float]:
         clean = {k: v for k, v in ((k, _scalar(v)) for k, v in metrics.items()) if v is not None}

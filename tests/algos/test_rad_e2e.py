@@ -12,6 +12,7 @@ import torch
 
 from rad.algos.rad import RADConfig, RADTrainer
 from rad.config import load_config
+from rad.errors import ConfigError
 from rad.runtime.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -68,6 +69,14 @@ def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path
                 torch.testing.assert_close(engine[name], tensor, rtol=0, atol=0, msg=name)
         # after each of the 2 steps, both engines held every learner tensor (gloo broadcast from learner rank 0)
         assert trainer.engine_checks == [(len(after), True)] * 4 and summary["weight_sync"] == "broadcast"
+        # The cached reference particles are reused only for the inputs they record; after step 0 a stale cache
+        # (here: another cost model) cannot be sampled again and is refused, naming what changed.
+        particles = torch.load(tmp_path / "run" / "reference_particles.pt")["costs"]
+        assert torch.equal(trainer.reference_particles().costs, particles)
+        trainer.cfg.cost_model = score_dirs["reward"]
+        with pytest.raises(ConfigError, match=r"reference_particles.pt was computed from different inputs "
+                                              r"\(cost_model: .*\); .* cannot be drawn again after step 0"):
+            trainer.reference_particles()
     finally:
         trainer.shutdown()
     rows = [r for r in read_metrics(tmp_path / "run") if "rad/gain" in r]

@@ -76,21 +76,21 @@ def test_two_ranks_follow_the_one_rank_trajectory_and_resume(tmp_path, ray_clust
     assert [step for step, _ in ckpts] == [2, 4]
     assert {p.name for p in ckpts[0][1].iterdir()} >= {"trainer_state.json", "rng.pt", "rng-rank1.pt", "engine"}
 
-    # Resume: lose the last checkpoint and the model, rerun from step 2 on two ranks: the same weights.
+    # Resume: lose the last checkpoint and the model, rerun the same config (resume is the default) from step 2
+    # on two ranks: the same weights.
     shutil.rmtree(ckpts[-1][1])
     shutil.rmtree(tmp_path / "two" / "model")
-    two_cfg.resume = True
     resumed = run_sft(two_cfg)
     assert resumed["steps"] == STEPS
     _assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=1e-4)
     steps = [r["step"] for r in read_metrics(tmp_path / "two") if "train/loss" in r]
-    assert steps == [1, 2, 3, 4, 3, 4]  # the resumed run continued the file from step 3
+    assert steps == [1, 2, 3, 4]  # the rows logged after the step-2 checkpoint were cut, then logged again
 
     # A checkpoint of two ranks does not resume on one (data position and optimizer shards differ).
+    shutil.rmtree(tmp_path / "two" / "model")
     one_rank = _cfg(tmp_path, "two", tiny_model_dir, world_config, ranks=1)
-    one_rank.resume = True
-    with pytest.raises(ConfigError, match=r"resources.num_learners: .* written by 2 learner rank\(s\) and this run "
-                                          r"has 1"):
+    with pytest.raises(ConfigError, match=r"^learner.grad_accum, resources.num_learners: .* holds a run made with "
+                                          r"different values \(learner.grad_accum: 1 -> 2, resources.num_learners: 2 -> 1\)"):
         run_sft(one_rank)
 
 

@@ -1,5 +1,6 @@
 """``rad train`` stage selection and wiring: which stages run, from which configs, into which directories."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,31 @@ def test_a_stage_that_joins_a_cluster_without_its_token_fails_before_any_stage_r
                                           r"none was found; set RAY_AUTH_TOKEN"):
         run_pipeline(cfg)
     assert not out.exists()  # SFT, reward and cost did not run first
+
+
+def test_a_finished_stage_refuses_a_changed_key_and_keeps_its_record(tmp_path, tiny_model_dir, capsys):
+    """``rad train ... sft.learner.lr=1e-3`` on a finished run: refused, naming the key; nothing rewritten."""
+    import yaml
+
+    from rad.cli import main
+
+    command = ["train", f"output_dir={tmp_path}", "stages=[sft]", f"model.name_or_path={tiny_model_dir}",
+               "sft.data.train=[embedded/sft-train:32]", "sft.data.eval=[embedded/sft-test:8]",
+               "sft.schedule.max_steps=2", "sft.num_samples=0", "sft.learner.zero_stage=0",
+               "logging.tensorboard=false", "logging.progress=false"]
+    assert main(command) == 0
+    records = {p: p.read_text() for p in (tmp_path / "config.yaml", tmp_path / "sft" / "config.yaml")}
+    summary = (tmp_path / "summary.json").read_text()
+    assert yaml.safe_load(records[tmp_path / "config.yaml"])["sft"]["learner"]["lr"] == 0.003
+
+    capsys.readouterr()
+    assert main([*command, "sft.learner.lr=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rad train: error: sft.learner.lr: ") and "(sft.learner.lr: 0.003 -> 0.001)" in err
+    assert main([*command, "resume=false"]) == 2
+    assert "resume: false asks for a new run" in capsys.readouterr().err
+    # The same command (or one changing only how it logs) skips the finished stage and rewrites nothing.
+    assert main([*command, "logging.log_every=3"]) == 0
+    assert {p: p.read_text() for p in records} == records
+    assert json.loads((tmp_path / "summary.json").read_text())["stages"] == json.loads(summary)["stages"]
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2  # the two runs that went ahead

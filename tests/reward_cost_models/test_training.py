@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from rad.errors import DataError
+from rad.errors import ConfigError, DataError
 from rad.models.score_model import load_score_model
 from rad.runtime.scorer import Scorer
 from reward_cost_models.config import RewardModelConfig
@@ -71,15 +72,25 @@ def test_reward_model_learns_preferences_and_resumes(sft_model_dir, tmp_path):
 
     out = tmp_path / "reward"
     base = _overrides(out, sft_model_dir)
-    first = run_score_model(load_config(RewardModelConfig, None, [*base, "schedule.max_steps=24"]))
+    command = [*base, "schedule.max_steps=24", "schedule.save_every=12"]
+    first = run_score_model(load_config(RewardModelConfig, None, command))
     assert first["steps"] == 24
     assert first["heldout"]["accuracy"] > 0.65, first["heldout"]
     assert first["heldout"]["spearman_help"] > 0.3, first["heldout"]
-    # Resume: continues from the step-24 checkpoint instead of starting over.
-    second = run_score_model(load_config(RewardModelConfig, None, [*base, "schedule.max_steps=30", "resume=true"]))
-    assert second["steps"] == 30 and second["initial_eval"] == {}
-    steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
-    assert steps.count(0) == 1 and max(steps) == 30
+    # Rerunning the same command returns the finished run instead of training again.
+    assert run_score_model(load_config(RewardModelConfig, None, command)) == first
+    # Cut after the step-12 checkpoint: the same command continues from it instead of starting over.
+    shutil.rmtree(out / "checkpoints" / "step-24")
+    shutil.rmtree(out / "model")
+    second = run_score_model(load_config(RewardModelConfig, None, command))
+    assert second["steps"] == 24 and second["initial_eval"] == {}
+    assert second["final_eval"] == pytest.approx(first["final_eval"], rel=1e-4)
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows].count(0) == 1  # the initial evaluation, once
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 25))  # no step logged twice
+    # A longer schedule changes the learning-rate schedule: refused, naming the key.
+    with pytest.raises(ConfigError, match=r"^schedule.max_steps: "):
+        run_score_model(load_config(RewardModelConfig, None, [*base, "schedule.max_steps=30"]))
 
 
 def test_empty_response_is_reported_with_its_file_and_row(tmp_path):

@@ -73,3 +73,18 @@ def test_phase_timer_accumulates():
     m = timer.metrics()
     assert set(m) == {"timing/generation"} and m["timing/generation"] > 0
     assert timer.metrics() == {}
+
+
+def test_a_resumed_logger_drops_the_rows_logged_after_its_checkpoint(tmp_path):
+    cfg = LoggingConfig(tensorboard=False)
+    with MetricsLogger(tmp_path, cfg) as logger:
+        for step in (1, 2):
+            logger.log({"loss": float(step)}, step=step)
+        at_checkpoint = logger.position()  # what a checkpoint at step 2 records
+        logger.log({"loss": 3.0}, step=3)  # then the run is killed
+    with MetricsLogger(tmp_path, cfg, resume=(2, at_checkpoint)) as logger:
+        logger.log({"loss": 3.5}, step=3)
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 3.5)]
+    with MetricsLogger(tmp_path, cfg, resume=(0, 0)):  # resumed without a checkpoint: from the start
+        pass
+    assert read_metrics(tmp_path) == []
