@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 from bench.common import default_out, new_report, publish, ratio, ray_init
 

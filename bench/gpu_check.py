@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import faulthandler
-import os
 import tempfile
 import time
 import traceback

@@ -24,8 +24,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable
 
+from rad.commands import add_config_args, config_command
 from rad.errors import RadError
 
 
@@ -36,30 +36,6 @@ def _setup_logging(verbose: bool) -> None:
     for name in ("DeepSpeed", "deepspeed", "torch.distributed", "datasets", "filelock", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def config_command(cfg_cls: type, runner: Callable[[Any], dict]):
-    def run(args: argparse.Namespace) -> int:
-        from rad.config import describe, load_config
-        from rad.output_dir import check_output_dir
-
-        if args.help_config:
-            print("\n".join(describe(cfg_cls)))
-            return 0
-        cfg = load_config(cfg_cls, args.config, args.overrides)
-        if getattr(cfg, "output_dir", ""):
-            check_output_dir(cfg.output_dir)  # before any work: not an OSError traceback after it
-        result = runner(cfg)
-        print(json.dumps(result, indent=2, default=str))
-        return 0
-
-    return run
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (e.g. launch/configs/tiny.yaml)")
-    p.add_argument("--help-config", action="store_true", help="list every config key and exit")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-4")
 
 
 def _cmd_world(args: argparse.Namespace) -> int:

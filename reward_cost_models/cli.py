@@ -21,7 +21,7 @@ def _train(cfg: Any) -> dict:
 
 def _add_train(group: argparse._SubParsersAction, cfg_cls: type, help_text: str,
                kind_flag: bool = False) -> argparse.ArgumentParser:
-    from rad.cli import add_config_args, config_command
+    from rad.commands import add_config_args, config_command
 
     p = group.add_parser("train", help=help_text)
     add_config_args(p)

@@ -11,7 +11,7 @@ import argparse
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``dpo`` and ``rsa`` on ``rad``'s subparsers (config commands, like ``rad sft``)."""
-    from rad.cli import add_config_args, config_command
+    from rad.commands import add_config_args, config_command
     from risk_dpo.rsa import RSAConfig, run_rsa
     from risk_dpo.trainer import DPOConfig, run_dpo
 

@@ -15,7 +15,7 @@ def _run(cfg) -> dict:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from rad.cli import add_config_args, config_command
+    from rad.commands import add_config_args, config_command
     from safe_rlhf_baseline.config import PPOLagConfig
 
     p = subparsers.add_parser("baseline", help="baselines on the same runtime (Safe RLHF PPO-Lagrangian)")

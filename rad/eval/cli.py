@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``rad eval``."""
-    from rad.cli import add_config_args
+    from rad.commands import add_config_args
 
     p = subparsers.add_parser("eval", help="blue-vs-red arena: safety, dominance, win rates, OOD judge, report")
     add_config_args(p)
