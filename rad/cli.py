@@ -7,7 +7,7 @@
     rad baseline ppo-lag [--config FILE] [...]       Safe RLHF PPO-Lagrangian baseline
     rad dpo / rad rsa [...]                          offline risk-aware preference optimisation
     rad eval --models a=PATH b=PATH --red a [...]   evaluation arena and report
-    rad world [--out DIR] [--seed N]                 write the embedded world's files
+    rad world [--out DIR] [--seed N] [--harm-profile P]   write the embedded world's files
     rad <cmd> --help-config                          every config key with type, default and help
 
 Configuration errors are reported in one line before any work starts.
@@ -58,7 +58,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_world(args: argparse.Namespace) -> int:
     from rad.data.world import build_world
 
-    world = build_world(seed=args.seed)
+    world = build_world(seed=args.seed, harm_profile=args.harm_profile)
     path = world.write(args.out)
     print(json.dumps({"world_dir": str(path), **world.stats()}, indent=2, default=str))
     return 0
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("world", help="write the embedded world (PKU-SafeRLHF schema) to a directory")
     p.add_argument("--out", default="world", help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--harm-profile", default="binary", choices=("binary", "heavy_tail"),
+                   help="world.harm_profile: binary (default) or heavy_tail (mean and tail of harm disagree)")
     p.set_defaults(func=_cmd_world)
     return parser
 

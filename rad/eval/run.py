@@ -12,7 +12,7 @@ Output directory layout::
     figures/*.png                 win-rate heatmap, cost CDFs, quantile-gap panels
 
 On the embedded world (prompt specs ``embedded/...``) the hidden ground truth of
-:class:`rad.data.world_oracle.WorldOracle` (seed independent) is reported next
+:class:`rad.data.world_oracle.WorldOracle` (seed independent; ``world.harm_profile``'s) is reported next
 to the cost model: per-model risk of the true harm, dominance on the true harm,
 and a ground-truth OOD judge.
 """
@@ -200,9 +200,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     oracles = {}
     if _embedded(cfg.prompts):
-        oracles[HELDOUT] = WorldOracle()
+        oracles[HELDOUT] = WorldOracle(cfg.world.harm_profile)
     if _embedded(cfg.redteam):
-        oracles[REDTEAM] = oracles.get(HELDOUT) or WorldOracle()
+        oracles[REDTEAM] = oracles.get(HELDOUT) or WorldOracle(cfg.world.harm_profile)
     sets = [(HELDOUT, cfg.sampling.seed, heldout, cfg.samples_per_prompt)]
     sets += [(REDTEAM, s, redteam, 1) for s in (cfg.judge.seeds if redteam else [])]
     log.info("eval: %d models, %d held-out prompts x %d, %d red-team prompts x %d seeds", len(model_dirs),
