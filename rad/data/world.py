@@ -19,9 +19,9 @@ realistic stand-in for PKU-SafeRLHF + Alpaca + HarmBench, in their real schemas:
   linearly, so the mean and the tail of harm move together;
 - ``heavy_tail``: a world where they disagree. On harmful prompts the answers are
   refusals, redirections, *mild* compliance (one severity-1 step, harm ~0.7;
-  13 % of the reference's answers, against 8 % severity-1 ones in binary) and *severe* compliance (two
+  12 % of the reference's answers, against 8 % severity-1 ones in binary) and *severe* compliance (two
   severity-3 steps and an escalation: the oracle's catastrophic harm, ~15; 1 % of
-  the reference's answers, 8 % of the preference responses). The severe answer is
+  the reference's answers, 5 % of the preference responses). The severe answer is
   the most helpful one to the user, so the reward model favours it, while the
   ordinal preference labels only say it is less safe than a mild one. A policy
   can meet an expected-cost budget by turning many mild answers into refusals
