@@ -7,6 +7,7 @@
     rad baseline ppo-lag [--config FILE] [...]       Safe RLHF PPO-Lagrangian baseline
     rad dpo / rad rsa [...]                          offline risk-aware preference optimisation
     rad eval --models a=PATH b=PATH --red a [...]   evaluation arena and report
+    rad sweep --config FILE --seeds 0-4 --grid KEY=V1,V2 [...]   seeds x settings of rad train, aggregated
     rad world [--out DIR] [--seed N] [--harm-profile P]   write the embedded world's files
     rad <cmd> --help-config                          every config key with type, default and help
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Sibling packages register their own commands; imported here, at the top layer, only.
     from rad.eval.cli import add_cli as add_eval_cli
+    from rad.sweep import add_cli as add_sweep_cli
     from reward_cost_models.cli import add_cli as add_score_model_cli
     from risk_dpo.cli import add_cli as add_dpo_cli
     from safe_rlhf_baseline.cli import add_cli as add_baseline_cli
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_baseline_cli(sub)
     add_dpo_cli(sub)
     add_eval_cli(sub)
+    add_sweep_cli(sub)
 
     p = sub.add_parser("world", help="write the embedded world (PKU-SafeRLHF schema) to a directory")
     p.add_argument("--out", default="world", help="output directory")

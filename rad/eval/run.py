@@ -35,6 +35,7 @@ from rad.errors import ConfigError, DataError
 from rad.eval import arena, judges, plots
 from rad.eval.config import EvalConfig, resolve_model_dir
 from rad.eval.report import Report, mean_std, num, pct, write_csv
+from rad.eval.sweep_report import read_sweep, sweep_section
 from rad.eval.responses import (OutputCache, Outputs, build_outputs, dir_fingerprint, generate_record,
                                 score_record)
 
@@ -254,6 +255,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     figures = _figures(cfg, outputs, comps, comp_results, names, truth, out) if cfg.figures else {}
     report = _report(cfg, model_dirs, heldout, redteam, comp_results, risk, risk_ood, ood_rows_, figures, truth)
+    for sweep_dir in cfg.sweeps:
+        sweep_section(report, read_sweep(Path(sweep_dir)), Path(sweep_dir), out)
     written = report.write(out, cfg.html)
 
     generated = sorted({f"{k[0]}/{k[1]}/seed{k[2]}" for k, o in outputs.items() if o.generated})
