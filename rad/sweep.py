@@ -39,7 +39,6 @@ from typing import Any
 
 from rad.config import load_config
 from rad.errors import ConfigError
-from rad.eval.sweep_report import cell_metrics, write_sweep_report
 from rad.pipeline import PipelineConfig, run_pipeline
 
 log = logging.getLogger("rad")
@@ -178,6 +177,8 @@ class Sweep:
         return self.output_dir / "upstream" / label, extra
 
     def run(self) -> dict[str, Any]:
+        from rad.eval.sweep_report import cell_metrics, write_sweep_report  # matplotlib, scipy: only when run
+
         base = self.validate()
         cells = expand(self.seeds, self.grid)
         shared = self.shared_stages(base)
