@@ -310,3 +310,16 @@ def test_materialize_keeps_harm_profiles_apart(tmp_path):
     (heavy / "world.json").write_text((plain / "world.json").read_text())
     materialize_world(tmp_path, seed=3, scale=0.05, harm_profile="heavy_tail")
     assert json.loads((heavy / "world.json").read_text())["harm_profile"] == "heavy_tail"
+
+
+def test_world_config_picks_the_profile_the_loaders_read(tmp_path):
+    from rad.algos.assets import load_records, world_root
+    from rad.settings import WorldConfig
+
+    heavy = WorldConfig(harm_profile="heavy_tail", data_root=str(tmp_path))
+    plain = WorldConfig(data_root=str(tmp_path))
+    assert world_root(heavy).name.endswith("-heavy_tail") and world_root(heavy) != world_root(plain)
+    behaviours = {name: {r["behaviour"] for r in load_records("embedded/sft-train:400", "sft", cfg, 0)}
+                  for name, cfg in (("heavy", heavy), ("plain", plain))}
+    assert "mild" in behaviours["heavy"] and "comply1" not in behaviours["heavy"]
+    assert "comply1" in behaviours["plain"] and "mild" not in behaviours["plain"]
