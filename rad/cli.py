@@ -67,6 +67,7 @@ def _cmd_world(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from rad.algos.rad import RADConfig, run_rad
+    from rad.data.world_oracle import DEFAULT_HARM_PROFILE, HARM_PROFILES
     from rad.algos.sft import SFTConfig, run_sft
     from rad.pipeline import PipelineConfig, run_pipeline
 
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("world", help="write the embedded world (PKU-SafeRLHF schema) to a directory")
     p.add_argument("--out", default="world", help="output directory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--harm-profile", default="binary", choices=("binary", "heavy_tail"),
+    p.add_argument("--harm-profile", default=DEFAULT_HARM_PROFILE, choices=HARM_PROFILES,
                    help="world.harm_profile: binary (default) or heavy_tail (mean and tail of harm disagree)")
     p.set_defaults(func=_cmd_world)
     return parser
