@@ -7,7 +7,8 @@
     rad baseline ppo-lag [--config FILE] [...]       Safe RLHF PPO-Lagrangian baseline
     rad dpo / rad rsa [...]                          offline risk-aware preference optimisation
     rad eval --models a=PATH b=PATH --red a [...]   evaluation arena and report
-    rad world [--out DIR] [--seed N]                 write the embedded world's files
+    rad sweep --config FILE --seeds 0-4 --grid KEY=V1,V2 [...]   seeds x settings of rad train, aggregated
+    rad world [--out DIR] [--seed N] [--harm-profile P]   write the embedded world's files
     rad <cmd> --help-config                          every config key with type, default and help
 
 Configuration errors are reported in one line before any work starts. Rerunning a
@@ -41,7 +42,7 @@ def _setup_logging(verbose: bool) -> None:
 def _cmd_world(args: argparse.Namespace) -> int:
     from rad.data.world import build_world
 
-    world = build_world(seed=args.seed)
+    world = build_world(seed=args.seed, harm_profile=args.harm_profile)
     path = world.write(args.out)
     print(json.dumps({"world_dir": str(path), **world.stats()}, indent=2, default=str))
     return 0
@@ -49,6 +50,7 @@ def _cmd_world(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from rad.algos.rad import RADConfig, run_rad
+    from rad.data.world_oracle import DEFAULT_HARM_PROFILE, HARM_PROFILES
     from rad.algos.sft import SFTConfig, run_sft
     from rad.pipeline import PipelineConfig, run_pipeline
 
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Sibling packages register their own commands; imported here, at the top layer, only.
     from rad.eval.cli import add_cli as add_eval_cli
+    from rad.sweep import add_cli as add_sweep_cli
     from reward_cost_models.cli import add_cli as add_score_model_cli
     from risk_dpo.cli import add_cli as add_dpo_cli
     from safe_rlhf_baseline.cli import add_cli as add_baseline_cli
@@ -78,10 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_baseline_cli(sub)
     add_dpo_cli(sub)
     add_eval_cli(sub)
+    add_sweep_cli(sub)
 
     p = sub.add_parser("world", help="write the embedded world (PKU-SafeRLHF schema) to a directory")
     p.add_argument("--out", default="world", help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--harm-profile", default=DEFAULT_HARM_PROFILE, choices=HARM_PROFILES,
+                   help="world.harm_profile: binary (default) or heavy_tail (mean and tail of harm disagree)")
     p.set_defaults(func=_cmd_world)
     return parser
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rad.config import field
+from rad.data.world_oracle import DEFAULT_HARM_PROFILE, HARM_PROFILES
 from rad.errors import ConfigError
 
 TINY = "tiny"  # model name that means "the project's own tiny model, built locally"
@@ -20,6 +21,10 @@ class WorldConfig:
     """The embedded world: a generated safety-preference corpus with a ground-truth oracle."""
 
     seed: int = field(0, help="seed of the generator; the same seed gives the same files")
+    harm_profile: str = field(DEFAULT_HARM_PROFILE, choices=HARM_PROFILES,
+                              help="how hidden harm is distributed: binary (harm grows with the steps given, mean "
+                                   "and tail move together) or heavy_tail (frequent mild answers and rare "
+                                   "catastrophic ones: mean and tail disagree; see rad/data/world.py)")
     data_root: str = field("", help="data root: embedded world, HarmBench CSV, dataset cache "
                                     "('' = $RAD_DATA_ROOT or the rad cache)")
 

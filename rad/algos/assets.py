@@ -21,10 +21,10 @@ def data_root(world: WorldConfig) -> Path:
 
 
 def world_root(world: WorldConfig) -> Path:
-    """Directory of the materialised embedded world (written once per seed)."""
+    """Directory of the materialised embedded world (written once per seed and harm profile)."""
     from rad.data.world import materialize_world
 
-    return materialize_world(data_root(world) / "world", seed=world.seed)
+    return materialize_world(data_root(world) / "world", seed=world.seed, harm_profile=world.harm_profile)
 
 
 def load_records(specs: list[str] | str, kind: str, world: WorldConfig, seed: int) -> list[dict[str, Any]]:
@@ -39,10 +39,15 @@ def load_data(specs: list[str] | str, kind: str, world: WorldConfig, seed: int):
 
     if not specs:
         return LoadedData()
-    return load_dataset(specs, kind=kind, seed=seed, data_root=data_root(world), world_seed=world.seed)
+    return load_dataset(specs, kind=kind, seed=seed, data_root=data_root(world), world_seed=world.seed,
+                        world_harm_profile=world.harm_profile)
 
 
 def tiny_model_dir(world: WorldConfig, size: str = "tiny", seed: int = 0) -> Path:
+    """The tiny model, its tokenizer trained on the default (binary) world of ``world.seed``.
+
+    Every harm profile writes with the same vocabulary, so one tiny model serves them all.
+    """
     from rad.data.world import build_world
     from rad.models.tiny import get_tiny_model_dir
 

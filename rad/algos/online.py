@@ -329,9 +329,9 @@ class OnlineRLTrainer:
     def _oracle(self):
         if not all(spec.startswith("embedded/") for spec in self.cfg.data.eval_prompts):
             return None
-        from rad.data.world import build_world
+        from rad.data.world_oracle import WorldOracle
 
-        return build_world(self.cfg.world.seed).oracle
+        return WorldOracle(self.cfg.world.harm_profile)
 
     # -- validation and the returned policy --------------------------------------------------------
     _VAL_SEED = 5151

@@ -43,7 +43,7 @@ from typing import Any, Callable, Union
 from rad.data.formats import first_prompt_rows, project_to_prompts
 from rad.data.loaders import BUILDERS, Prepared, builder_for, prepare_rows, read_hub_rows, read_local_rows
 from rad.data.schema import KINDS, infer_kind, validate
-from rad.data.world import FILE_NAMES, SPLIT_KINDS, materialize_world
+from rad.data.world import DEFAULT_HARM_PROFILE, FILE_NAMES, SPLIT_KINDS, materialize_world
 from rad.errors import ConfigError, DataError
 
 logger = logging.getLogger("rad.data")
@@ -56,10 +56,11 @@ HARMBENCH_URL = (
 
 @dataclass(frozen=True)
 class LoadContext:
-    """What a dataset loader may use: the data root and the embedded world's seed."""
+    """What a dataset loader may use: the data root and the embedded world's seed and harm profile."""
 
     data_root: Path
     world_seed: int = 0
+    world_harm_profile: str = DEFAULT_HARM_PROFILE
 
     @property
     def hf_cache_dir(self) -> Path:
@@ -261,15 +262,16 @@ def load_dataset_spec(
     seed: int = 0,
     data_root: str | Path | None = None,
     world_seed: int = 0,
+    world_harm_profile: str = DEFAULT_HARM_PROFILE,
 ) -> list[dict[str, Any]]:
     """Load one spec or a list of specs into canonical records of one kind.
 
     `kind` is required only for local files whose columns do not tell it;
     `seed` drives sub-sampling; `data_root` (default `default_data_root()`)
     holds the embedded world, HarmBench's CSV and the `datasets` cache;
-    `world_seed` selects the embedded world.
+    `world_seed` and `world_harm_profile` select the embedded world.
     """
-    return load_dataset(spec, kind, seed, data_root, world_seed).records
+    return load_dataset(spec, kind, seed, data_root, world_seed, world_harm_profile).records
 
 
 def load_dataset(
@@ -278,6 +280,7 @@ def load_dataset(
     seed: int = 0,
     data_root: str | Path | None = None,
     world_seed: int = 0,
+    world_harm_profile: str = DEFAULT_HARM_PROFILE,
 ) -> LoadedData:
     """:func:`load_dataset_spec` with each record's origin and the skipped-row counts."""
     if kind is not None and kind not in KINDS:
@@ -285,7 +288,8 @@ def load_dataset(
     specs = [spec] if isinstance(spec, str) else list(spec)
     if not specs:
         raise ConfigError("no dataset spec given")
-    ctx = LoadContext(Path(data_root) if data_root is not None else default_data_root(), world_seed)
+    ctx = LoadContext(Path(data_root) if data_root is not None else default_data_root(), world_seed,
+                      world_harm_profile)
     out = LoadedData()
     kinds: dict[str, str] = {}
     for text in specs:
@@ -315,7 +319,8 @@ def _hub(hub_id: str, split: str) -> LoaderFn:
 
 def _embedded(split: str) -> LoaderFn:
     def load(ctx: LoadContext) -> LoaderResult:
-        return materialize_world(ctx.data_root / "world", ctx.world_seed) / FILE_NAMES[split]
+        world = materialize_world(ctx.data_root / "world", ctx.world_seed, harm_profile=ctx.world_harm_profile)
+        return world / FILE_NAMES[split]
 
     return load
 

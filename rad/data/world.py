@@ -13,6 +13,21 @@ realistic stand-in for PKU-SafeRLHF + Alpaca + HarmBench, in their real schemas:
 - ``redteam``: an out-of-distribution red-team set in the HarmBench CSV schema
   (jailbreak-style wrappers, held-out goals and two unseen categories).
 
+``harm_profile`` picks how harm is distributed (`HARM_PROFILES`):
+
+- ``binary`` (default): harmful compliance of severity 1-3 whose harm grows about
+  linearly, so the mean and the tail of harm move together;
+- ``heavy_tail``: a world where they disagree. On harmful prompts the answers are
+  refusals, redirections, *mild* compliance (one severity-1 step, harm ~0.7;
+  12 % of the reference's answers, against 8 % severity-1 ones in binary) and *severe* compliance (two
+  severity-3 steps and an escalation: the oracle's catastrophic harm, ~15; 1 % of
+  the reference's answers, 5 % of the preference responses). The severe answer is
+  the most helpful one to the user, so the reward model favours it, while the
+  ordinal preference labels only say it is less safe than a mild one. A policy
+  can meet an expected-cost budget by turning many mild answers into refusals
+  while a few more answers turn severe: the mean goes down, the tail gets fatter.
+  Prompts, red-team set and vocabulary are those of ``binary``.
+
 Responses are composed from the fragments of `rad.data.world_lexicon`, from
 helpful answers through refusals and safe redirections to harmful compliance of
 severity 1-3. Ground truth comes from `WorldOracle`, which scores any text, so
@@ -46,7 +61,14 @@ from typing import Any, Iterator
 from rad.data import world_lexicon as lex
 from rad.data.filters import skip_reason
 from rad.data.template import format_prompt
-from rad.data.world_oracle import SAFE_THRESHOLD, Judgement, WorldOracle, severity_level
+from rad.data.world_oracle import (
+    DEFAULT_HARM_PROFILE,
+    HARM_PROFILES,
+    SAFE_THRESHOLD,
+    Judgement,
+    WorldOracle,
+    severity_level,
+)
 
 __all__ = [
     "World",
@@ -57,6 +79,8 @@ __all__ = [
     "SPLIT_KINDS",
     "WORLD_VERSION",
     "SAFE_THRESHOLD",
+    "HARM_PROFILES",
+    "DEFAULT_HARM_PROFILE",
 ]
 
 # Bump the leading number when the generator logic changes; the lexicon part
@@ -95,6 +119,22 @@ REFERENCE_MIX = {
     "harmful": {"refuse": 0.40, "redirect": 0.45, "comply1": 0.08, "comply2": 0.05, "comply3": 0.02},
     "benign": {"helpful": 0.65, "brief": 0.2, "vague": 0.05, "offtopic": 0.0, "careless": 0.05, "overrefuse": 0.05},
 }
+
+# heavy_tail (see the module docstring): mild and severe compliance replace severities 1-3.
+HEAVY_TAIL_PREFERENCE_MIX = {
+    "harmful": {"refuse": 0.2, "redirect": 0.25, "mild": 0.5, "severe": 0.05},
+    "benign": PREFERENCE_MIX["benign"],
+}
+HEAVY_TAIL_REFERENCE_MIX = {
+    "harmful": {"refuse": 0.42, "redirect": 0.45, "mild": 0.12, "severe": 0.01},
+    "benign": REFERENCE_MIX["benign"],
+}
+#: (preference mix, reference mix) of each harm profile.
+PROFILE_MIXES = {
+    "binary": (PREFERENCE_MIX, REFERENCE_MIX),
+    "heavy_tail": (HEAVY_TAIL_PREFERENCE_MIX, HEAVY_TAIL_REFERENCE_MIX),
+}
+assert set(PROFILE_MIXES) == set(HARM_PROFILES)
 
 _PRONOUNS = {"my": "your", "myself": "yourself", "me": "you", "i": "you", "mine": "yours"}
 
@@ -145,8 +185,10 @@ class _Composer:
                 k = rng.choice((1, 2))
                 steps = [s.text for s in rng.sample(cat.redirects, min(k, len(cat.redirects)))]
                 return _sentences([rng.choice(lex.REDIRECT_OPENERS).format(act=act)] + steps)
-            level = int(behaviour[-1])
             s1, s2, s3 = cat.severe
+            if behaviour in ("mild", "severe"):
+                return self._heavy_tail(rng, act, opener, behaviour, s1, s3)
+            level = int(behaviour[-1])
             if level == 1:
                 steps = rng.sample(s1, rng.choice((1, 2)))
             elif level == 2:
@@ -180,6 +222,16 @@ class _Composer:
             a, b = rng.sample(topic.steps, 2)
             return _sentences([f"{opener} to {act}, first {a.text}", f"then {topic.hazard.text}", f"finally {b.text}"])
         raise ValueError(f"unknown behaviour {behaviour!r}")
+
+    @staticmethod
+    def _heavy_tail(rng: random.Random, act: str, opener: str, behaviour: str,
+                    s1: tuple[lex.Step, ...], s3: tuple[lex.Step, ...]) -> str:
+        """heavy_tail compliance: one severity-1 step (mild), or two severity-3 steps and an escalation (severe)."""
+        lead = f"{opener} {lex.HERE_IS_HOW} {act}."
+        if behaviour == "mild":
+            return _sentences([lead, f"just {rng.choice(s1).text}"])
+        a, b = rng.sample(s3, 2)
+        return _sentences([lead, f"first {a.text}", f"then {b.text}", rng.choice(lex.INTENSIFIERS).text])
 
 
 def all_prompts() -> list[Prompt]:
@@ -232,6 +284,7 @@ class _Generator:
     """Draws the records of each split."""
 
     def __init__(self, seed: int, label_noise: float, oracle: WorldOracle) -> None:
+        self.preference_mix, self.reference_mix = PROFILE_MIXES[oracle.harm_profile]
         self.seed = seed
         self.noise = label_noise
         self.oracle = oracle
@@ -248,7 +301,7 @@ class _Generator:
         rows = []
         for _ in range(n):
             p = self._prompt(rng, harmful, benign)
-            mix = PREFERENCE_MIX["harmful" if p.harmful else "benign"]
+            mix = self.preference_mix["harmful" if p.harmful else "benign"]
             behaviours = [_pick(rng, mix), _pick(rng, mix)]
             responses = [self.composer.compose(rng, p, b) for b in behaviours]
             j = [self.oracle.judge(p.text, r) for r in responses]
@@ -291,7 +344,7 @@ class _Generator:
         rows = []
         for _ in range(n):
             p = self._prompt(rng, harmful, benign)
-            behaviour = _pick(rng, REFERENCE_MIX["harmful" if p.harmful else "benign"])
+            behaviour = _pick(rng, self.reference_mix["harmful" if p.harmful else "benign"])
             response = self.composer.compose(rng, p, behaviour)
             j = self.oracle.judge(p.text, response)
             rows.append(
@@ -352,6 +405,10 @@ class World:
     oracle: WorldOracle = field(repr=False)
     version: str = WORLD_VERSION
 
+    @property
+    def harm_profile(self) -> str:
+        return self.oracle.harm_profile
+
     def corpus_texts(self) -> Iterator[str]:
         """Every prompt (in the conversation template, red-team included) and every response.
 
@@ -388,7 +445,11 @@ class World:
     def metadata(self, files: dict[str, bytes] | None = None) -> dict[str, Any]:
         """The content of world.json: parameters, files with kinds, sizes, hashes, statistics."""
         files = self.file_bytes() if files is None else files
+        # The default profile is not written, so a binary world.json is what it was before profiles
+        # existed (absent = binary when read back).
+        profile = {} if self.harm_profile == DEFAULT_HARM_PROFILE else {"harm_profile": self.harm_profile}
         return {
+            **profile,
             "version": self.version,
             "seed": self.seed,
             "scale": self.scale,
@@ -472,13 +533,14 @@ def world_stats(splits: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return stats
 
 
-def build_world(seed: int = 0, scale: float = 1.0, label_noise: float = DEFAULT_LABEL_NOISE) -> World:
+def build_world(seed: int = 0, scale: float = 1.0, label_noise: float = DEFAULT_LABEL_NOISE,
+                harm_profile: str = DEFAULT_HARM_PROFILE) -> World:
     """Generate the world for `seed`. `scale` multiplies the number of preference/SFT rows."""
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     if not 0.0 <= label_noise < 0.5:
         raise ValueError(f"label_noise must be in [0, 0.5), got {label_noise}")
-    oracle = WorldOracle()
+    oracle = WorldOracle(harm_profile)
     gen = _Generator(seed, label_noise, oracle)
     train, test = split_prompts(seed)
     n = {k: max(1, round(v * scale)) for k, v in BASE_ROWS.items()}
@@ -494,17 +556,18 @@ def build_world(seed: int = 0, scale: float = 1.0, label_noise: float = DEFAULT_
     return World(seed=seed, scale=scale, label_noise=label_noise, splits=splits, oracle=oracle)
 
 
-def _world_dir_name(seed: int, scale: float, label_noise: float) -> str:
-    return f"world-v{WORLD_VERSION}-seed{seed}-scale{scale:g}-noise{label_noise:g}"
+def _world_dir_name(seed: int, scale: float, label_noise: float, harm_profile: str) -> str:
+    profile = "" if harm_profile == DEFAULT_HARM_PROFILE else f"-{harm_profile}"
+    return f"world-v{WORLD_VERSION}-seed{seed}-scale{scale:g}-noise{label_noise:g}{profile}"
 
 
-def _is_complete(directory: Path, seed: int, scale: float, label_noise: float) -> bool:
+def _is_complete(directory: Path, seed: int, scale: float, label_noise: float, harm_profile: str) -> bool:
     """True when `directory` holds a world of these parameters whose files match their hashes."""
     try:
         meta = json.loads((directory / "world.json").read_text())
-        if (meta["version"], meta["seed"], meta["scale"], meta["label_noise"]) != (
-            WORLD_VERSION, seed, scale, label_noise,
-        ):
+        recorded = (meta["version"], meta["seed"], meta["scale"], meta["label_noise"],
+                    meta.get("harm_profile", DEFAULT_HARM_PROFILE))
+        if recorded != (WORLD_VERSION, seed, scale, label_noise, harm_profile):
             return False
         return all(
             hashlib.sha256((directory / f["path"]).read_bytes()).hexdigest() == f["sha256"]
@@ -515,32 +578,34 @@ def _is_complete(directory: Path, seed: int, scale: float, label_noise: float) -
 
 
 def materialize_world(
-    cache_dir: str | Path, seed: int = 0, *, scale: float = 1.0, label_noise: float = DEFAULT_LABEL_NOISE
+    cache_dir: str | Path, seed: int = 0, *, scale: float = 1.0, label_noise: float = DEFAULT_LABEL_NOISE,
+    harm_profile: str = DEFAULT_HARM_PROFILE,
 ) -> Path:
     """Write the world once under `cache_dir` and return its directory; reuse it afterwards.
 
     The directory name carries the version (generator + lexicon fingerprint) and
-    the parameters; an existing directory is reused only if world.json matches
+    the parameters (the harm profile when it is not the default); an existing directory is reused only if world.json matches
     and every file still has its recorded SHA-256. Writing goes to a temporary
     directory renamed into place, so concurrent processes (e.g. Ray workers)
     never read a half-written world.
     """
     cache_dir = Path(cache_dir)
-    target = cache_dir / _world_dir_name(seed, scale, label_noise)
-    if _is_complete(target, seed, scale, label_noise):
+    params = (seed, scale, label_noise, harm_profile)
+    target = cache_dir / _world_dir_name(*params)
+    if _is_complete(target, *params):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".world-tmp-", dir=cache_dir))
     try:
-        build_world(seed, scale, label_noise).write(tmp)
+        build_world(*params).write(tmp)
         if target.exists():
-            if _is_complete(target, seed, scale, label_noise):  # another process won the race
+            if _is_complete(target, *params):  # another process won the race
                 return target
             shutil.rmtree(target)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not _is_complete(target, seed, scale, label_noise):
+            if not _is_complete(target, *params):
                 raise
     finally:
         if tmp.exists():

@@ -127,9 +127,14 @@ class EvalConfig(EvalStage):
     red: list[str] = field(default_factory=list, help="red (baseline) model names; [] = the first model")
     reward_model: str = field("", help="reward model directory")
     cost_model: str = field("", help="cost model directory")
+    sweeps: list[str] = field(default_factory=list, help="sweep directories (rad sweep --output-dir) whose "
+                                                         "table and Pareto figure end the report")
 
     def validate(self) -> None:
         super().validate()
+        for i, sweep in enumerate(self.sweeps):
+            if not (Path(sweep) / "sweep.json").is_file():
+                raise ConfigError(f"sweeps[{i}]: {sweep} holds no sweep.json; expected a rad sweep --output-dir")
         names = list(self.model_paths())
         if len(names) < 2:
             raise ConfigError(f"models: give at least two NAME=PATH entries, got {self.models}")

@@ -131,3 +131,42 @@ def quantile_gaps(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], weighting
              transform=key.transAxes)
     fig.suptitle(f"Weighted quantile gaps of the {what} per spectral weighting", fontsize=12)
     return _save(fig, path)
+
+
+def pareto_front(points: Sequence[Mapping]) -> list[Mapping]:
+    """The non-dominated points (lower x, higher y), sorted by x."""
+    best, front = -math.inf, []
+    for p in sorted(points, key=lambda p: (p["x"], -p["y"])):
+        if p["y"] > best:
+            front.append(p)
+            best = p["y"]
+    return front
+
+
+def pareto_fronts(series: Mapping[str, Mapping[str, Sequence[Mapping]]], x_labels: Mapping[str, str],
+                  y_name: str, path: Path) -> Path:
+    """One panel per tail measure: every algorithm's settings (mean, CI error bars) and its Pareto front.
+
+    ``series[measure][algorithm]`` = points ``{setting, x, x_err, y, y_err}`` (NaN errors: no bar).
+    """
+    fig = Figure(figsize=(6.4 * len(series), 4.8), layout="constrained")
+    for k, (measure, algos) in enumerate(series.items()):
+        ax = fig.add_subplot(1, len(series), k + 1)
+        for i, (algo, points) in enumerate(algos.items()):
+            color = f"C{i % 10}"
+            x, y = np.array([p["x"] for p in points]), np.array([p["y"] for p in points])
+            xerr = np.nan_to_num(np.array([p["x_err"] for p in points], dtype=np.float64))
+            yerr = np.nan_to_num(np.array([p["y_err"] for p in points], dtype=np.float64))
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3, label=algo)
+            front = pareto_front(points)
+            ax.plot([p["x"] for p in front], [p["y"] for p in front], color=color, linewidth=1.2, alpha=0.7)
+            for p in points:
+                ax.annotate(p["setting"], (p["x"], p["y"]), xytext=(4, 4), textcoords="offset points",
+                            fontsize=7, color=color)
+        ax.axhline(0.5, color="black", linestyle=":", linewidth=0.8)
+        ax.set_xlabel(x_labels.get(measure, measure))
+        ax.set_ylabel(f"{y_name} vs SFT (higher is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="algorithm (line: Pareto front)", title_fontsize=8)
+    fig.suptitle("Reward vs tail of the cost per setting (mean over seeds, 95 % t-intervals)", fontsize=11)
+    return _save(fig, path)

@@ -12,7 +12,7 @@ Output directory layout::
     figures/*.png                 win-rate heatmap, cost CDFs, quantile-gap panels
 
 On the embedded world (prompt specs ``embedded/...``) the hidden ground truth of
-:class:`rad.data.world_oracle.WorldOracle` (seed independent) is reported next
+:class:`rad.data.world_oracle.WorldOracle` (seed independent; ``world.harm_profile``'s) is reported next
 to the cost model: per-model risk of the true harm, dominance on the true harm,
 and a ground-truth OOD judge.
 """
@@ -36,6 +36,7 @@ from rad.eval import arena, judges, plots
 from rad.eval.config import EvalConfig, resolve_model_dir
 from rad.eval.report import Report, mean_std, num, pct, write_csv
 from rad.eval.responses import OutputCache, Outputs, build_outputs, generate_record, score_record
+from rad.eval.sweep_report import read_sweep, sweep_section
 from rad.runtime.provenance import dir_fingerprint
 
 log = logging.getLogger("rad.eval")
@@ -214,9 +215,9 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     oracles = {}
     if _embedded(cfg.prompts):
-        oracles[HELDOUT] = WorldOracle()
+        oracles[HELDOUT] = WorldOracle(cfg.world.harm_profile)
     if _embedded(cfg.redteam):
-        oracles[REDTEAM] = oracles.get(HELDOUT) or WorldOracle()
+        oracles[REDTEAM] = oracles.get(HELDOUT) or WorldOracle(cfg.world.harm_profile)
     sets = [(HELDOUT, cfg.sampling.seed, heldout, cfg.samples_per_prompt)]
     sets += [(REDTEAM, s, redteam, 1) for s in (cfg.judge.seeds if redteam else [])]
     log.info("eval: %d models, %d held-out prompts x %d, %d red-team prompts x %d seeds", len(model_dirs),
@@ -269,6 +270,8 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     figures = _figures(cfg, outputs, comps, comp_results, names, truth, out) if cfg.figures else {}
     report = _report(cfg, model_dirs, heldout, redteam, comp_results, risk, risk_ood, ood_rows_, figures, truth,
                      warnings)
+    for sweep_dir in cfg.sweeps:
+        sweep_section(report, read_sweep(Path(sweep_dir)), Path(sweep_dir), out)
     written = report.write(out, cfg.html)
 
     generated = sorted({f"{k[0]}/{k[1]}/seed{k[2]}" for k, o in outputs.items() if o.generated})

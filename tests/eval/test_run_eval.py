@@ -161,6 +161,24 @@ def test_a_judge_whose_replies_all_break_gives_a_report_that_says_so(arena_run, 
     assert all("IncompleteRead" in v["judge_answer"] for v in verdicts)
 
 
+def test_a_sweep_ends_the_report(arena_run, tmp_path, make_eval_config):
+    from rad.eval import run_eval
+    from rad.eval.sweep_report import write_sweep_report
+
+    _, _, cache = arena_run
+    metrics = {"rad/reward_win_rate": 0.6, "rad/true_harm_cvar_0.9_policy": 0.1, "rad/cost_cvar_0.9_policy": 1.5}
+    cells = [{"setting": "rad.algo.delta=0.5", "seed": s, "metrics": {**metrics, "rad/reward_win_rate": 0.5 + s / 10}}
+             for s in (0, 1)]
+    write_sweep_report(tmp_path / "sweep", {"config": "tiny.yaml"}, cells)
+    run_eval(make_eval_config(tmp_path / "report", cache, html="false", figures="false",
+                              sweeps=f"[{tmp_path / 'sweep'}]"))
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Sweep: 1 settings x 2 seeds" in md and "](../sweep/figures/pareto.png)" in md
+    assert "| rad/reward_win_rate | 0.550 ± " in md
+    with pytest.raises(ConfigError, match=r"sweeps\[0\]: .* holds no sweep.json"):
+        make_eval_config(tmp_path / "r2", cache, sweeps=f"[{tmp_path}]")
+
+
 def test_cli_maps_flags_onto_the_config():
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="command"))
