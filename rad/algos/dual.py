@@ -32,6 +32,9 @@ batch before its learner step). The controllers:
                violated (as soon as ``g > -lambda / rho``), and the dual state takes the
                method-of-multipliers step ``lambda_{t+1} = clip(lambda_t + lr g_t, 0, max)``
                (``lr = rho`` is the textbook choice; a smaller ``lr`` is the stochastic one).
+               Projected onto ``[0, max]`` this is exactly ``pi`` with ``kp = rho``: the
+               gradient of the augmented penalty is a proportional term (Stooke et al. make
+               the same observation); the two names are kept for the two readings.
 ``optimistic`` optimistic (extrapolated) dual ascent: ``lambda_{t+1} = clip(lambda_t + lr (g_t +
                a (g_t - g_{t-1})), 0, max)``. With ``a = 1`` it is optimistic gradient ascent
                (Daskalakis et al. 2018), which makes descent-ascent on a bilinear saddle converge
@@ -42,7 +45,7 @@ batch before its learner step). The controllers:
                ``mu_t / max(-g_t, floor)`` (capped at max; ``max`` itself when ``g >= 0``), with
                ``mu_t = mu_0 decay^t`` shrinking towards ``mu_min``. It has no dual state beyond
                the step count: it keeps the iterate feasible and approaches the constrained
-               optimum from inside as ``mu`` shrinks (to within about ``mu_min / |grad|``).
+               optimum from inside as ``mu`` shrinks (to a slack of about ``mu_min / lambda*``).
 
 Every controller keeps one multiplier per constraint and is tested on a small constrained
 problem with a known optimum in ``tests/algos/test_dual_controllers.py``.

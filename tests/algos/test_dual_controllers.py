@@ -69,6 +69,12 @@ def test_damped_controllers_reach_the_optimum_at_the_last_iterate(name, controll
     assert lam == pytest.approx(OPT_LAMBDA, abs=0.05), name
 
 
+def test_the_augmented_lagrangian_is_pi_with_kp_rho():
+    g = [[math.sin(0.3 * t) - 0.1] for t in range(50)]
+    pi, aug = PIController([1.0], [0.5], 10.0, kp=3.0), AugmentedLagrangian([1.0], [0.5], 10.0, rho=3.0)
+    assert [pi.observe(x) for x in g] == [aug.observe(x) for x in g]
+
+
 def test_barrier_keeps_the_iterates_feasible_once_inside():
     trace = solve(LogBarrier(1, 20.0, mu0=1.0, decay=0.99, mu_min=0.01, floor=0.001))
     first_inside = next(i for i, (_, c, _) in enumerate(trace) if c < BUDGET)

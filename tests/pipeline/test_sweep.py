@@ -72,7 +72,7 @@ def test_a_grid_value_the_config_refuses_is_one_line_naming_it(tmp_path, capsys)
 
 
 RL = ["logging.tensorboard=false", "logging.progress=false", "stages=[sft,reward,cost,rad]",
-      "rad.algo.steps=1", "rad.algo.select=last", "rad.data.eval_prompts=embedded/prompts-test:4"]
+      "rad.algo.steps=1", "rad.algo.selection.rule=last", "rad.data.eval_prompts=embedded/prompts-test:4"]
 
 
 @pytest.mark.slow
