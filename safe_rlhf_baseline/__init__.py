@@ -1,1 +1,1 @@
-"""Safe RLHF PPO-Lagrangian baseline on rad's Ray runtime (see DESIGN.md section 3)."""
+"""Safe RLHF PPO-Lagrangian baseline on rad's Ray runtime (see docs/math.md section 5)."""

@@ -13,7 +13,7 @@ Everything the RAD learner needs once per step, as pure tensor functions:
 RLOO advantages live in ``rad/algos/advantages.py``, the multipliers' controllers in
 ``rad/algos/dual.py``.
 
-Conventions (see DESIGN.md section 2):
+Conventions (docs/math.md section 2):
 
 * Quantile levels t_i = (i - 1/2)/N.  The particles of a sample c_1..c_M are
   q_i = Q_M(t_i) = inf{z : F_M(z) >= t_i} = c_(ceil(M t_i)), the left-continuous
@@ -25,7 +25,7 @@ Conventions (see DESIGN.md section 2):
   particle weights are w_i = N m_i (mean 1).  With this discretisation
   gain_w - viol_w = rho_w(ref particles) - rho_w(policy particles) holds exactly
   (Prop. 2), for every weighting.
-* Weighted OT — a deliberate deviation from DESIGN.md.  DESIGN suggests the
+* Weighted OT — a deliberate choice (docs/math.md section 2).  The alternative is the
   row-weighted cost C_ij = w_i (p_j - q_i)_+ with uniform marginals.  That cost
   is not a Monge cost once w is non-constant: OT may re-pair particles and its
   value then falls *below* integral w (Q_ref - Q_pi)_+.  Example: q = (0, 0.1),
@@ -37,7 +37,7 @@ Conventions (see DESIGN.md section 2):
   integral w(t) h(Q_ref(t) - Q_pi(t)) dt is the 1-D OT cost of h between the
   re-massed measures, so for every weighting OT (``ot.emd2``) equals the sorted
   formula gain = sum_i m_i (p_(i) - q_(i))_+ = (1/N) sum_i w_i (...)_+, and the
-  Sinkhorn particle gradient tends to DESIGN's exact subgradient
+  Sinkhorn particle gradient tends to the exact subgradient
   -(w_i/N) 1[p_(i) > q_(i)] (the paper's "extra factor w_i").  For uniform w the
   two formulations coincide.  Particles with zero mass (below alpha for CVaR)
   are left out of the OT problem; their gradient is 0.
@@ -61,7 +61,7 @@ Conventions (see DESIGN.md section 2):
     the kernel K = exp(-C/eps_abs) formed once (K >= e^-200 ~ 1e-87, far from
     float64 underflow), two mat-vecs per iteration instead of two log-sum-exps;
     it falls back to the log domain if POT reports a numerical failure.
-  - ``"log"``: DESIGN.md's log-domain ``sinkhorn_log`` on the inputs' device;
+  - ``"log"``: the log-domain ``sinkhorn_log`` on the inputs' device;
     the only path with ``grad="autograd"`` and the one for smaller eps.
   ``python -m bench.dominance`` measures the three side by side.
 * Particle gradient for Sinkhorn: ``"envelope"`` (default) is
