@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(report: dict) -> str:
     lines = ["| rollout | roles | step s (median) | generation | scoring | logprobs | learner | weight sync | "
-             "peak PSS MiB | model state MiB |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "peak PSS MiB | model state MiB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in report["results"].items():
         ph = r["phase_seconds_mean"]
         roles = ", ".join(f"{k} x{v}" for k, v in r["roles"].items())

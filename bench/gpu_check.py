@@ -26,8 +26,9 @@ What it does:
 * after every step (whose last phase is the weight sync) compares each engine's weights with
   learner rank 0's bit for bit, and checks that the policy moved;
 * reads every role's peak memory (:meth:`rad.runtime.roles.RLRoles.memory`: torch's peak
-  allocated / reserved CUDA memory of each actor, its peak RSS on CPU) and prints the per-phase times (``timing/*``), tokens/s,
-  memory per role, and one ``gpu_check PASS`` / ``gpu_check FAIL`` line; exits 1 on FAIL.
+  allocated / reserved CUDA memory of each actor, its peak RSS on CPU) and prints the per-phase
+  times (``timing/*``), tokens/s, memory per role, and one ``gpu_check PASS`` / ``gpu_check FAIL``
+  line; exits 1 on FAIL.
 
 The JSON (``bench/results/gpu_check.json`` by default) is rewritten after every run, so a run
 killed by a time limit still leaves what it measured.

@@ -147,7 +147,8 @@ def markdown(report: dict) -> str:
     plain = {(r["size"], r["response_length"]): r["peak_mib"] for r in rows if r["config"] == "plain"}
     for r in rows:
         lines.append(f"| {r['size']} | {r['vocab']} | {r['response_length']} | {r['tokens']} / {r['padded_tokens']} "
-                     f"| {r['config']} | {r['peak_mib']:.2f} | {plain[(r['size'], r['response_length'])] / r['peak_mib']:.2f} "
+                     f"| {r['config']} | {r['peak_mib']:.2f} "
+                     f"| {plain[(r['size'], r['response_length'])] / r['peak_mib']:.2f} "
                      f"| {r['seconds_profiled']:.2f} |")
     lines.append("\nPeak: torch's CPU allocations during the pass above what was live before it (profiler). The tiny "
                  "models' vocabularies are 8-16x their hidden size, so attention and MLP activations weigh as much as "

@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                   "RAD / TRL samples/s over all measured steps"),
         "rad_dominance_share_of_step": ratio(statistics.median(r["timing/dominance"] / r["timing/step"]
                                                                for r in rad_rows[1:]),
-                                             "RAD's dominance phase (entropic OT with its default solver, in the loop) / its whole step, "
-                                             "median; goal < 0.01"),
+                                             "RAD's dominance phase (entropic OT with its default solver, in the "
+                                             "loop) / its whole step, median; goal < 0.01"),
     }
     for phase in ("generation", "scoring", "logprobs", "learner"):
         report["ratios"][f"rad_over_trl_{phase}_seconds"] = ratio(

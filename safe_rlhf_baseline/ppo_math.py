@@ -92,7 +92,8 @@ def actor_loss(logp: torch.Tensor, old_logp: torch.Tensor, reward_adv: torch.Ten
     return -masked_mean(surrogate, mask)
 
 
-def clip_fraction(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, clip_range_ratio: float) -> torch.Tensor:
+def clip_fraction(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor,
+                  clip_range_ratio: float) -> torch.Tensor:
     """Share of scored tokens whose ratio left ``[1 - eps, 1 + eps]`` (a diagnostic, no gradient)."""
     ratio = torch.exp(logp.detach() - old_logp)
     return masked_mean(((ratio - 1.0).abs() > clip_range_ratio).to(logp.dtype), mask)

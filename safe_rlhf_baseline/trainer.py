@@ -203,7 +203,8 @@ class PPOLagTrainer(OnlineRLTrainer):
         token = {k: batch.from_response_aligned(exp[k].float()) for k in (
             "old_logprobs", "reward_advantages", "cost_advantages", "reward_values", "reward_returns", "cost_values",
             "cost_returns")}
-        actor_batch = batch.with_fields(old_logprobs=token["old_logprobs"], reward_advantages=token["reward_advantages"],
+        actor_batch = batch.with_fields(old_logprobs=token["old_logprobs"],
+                                        reward_advantages=token["reward_advantages"],
                                         cost_advantages=token["cost_advantages"])
         critic_batch = {name: batch.with_fields(old_values=token[f"{name}_values"], returns=token[f"{name}_returns"])
                         for name in ("reward", "cost")}

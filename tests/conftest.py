@@ -46,7 +46,8 @@ def single_rank_env(monkeypatch):
 
 
 def random_samples(vocab: int, n: int = 6, seed: int = 0) -> list[dict]:
-    """Prompts of 2-9 and responses of 1-14 tokens (ids >= 3) with an advantage each: widths differ, rows pad and pack."""
+    """Prompts of 2-9 and responses of 1-14 tokens (ids >= 3) with an advantage each: widths differ, rows pad
+    and pack."""
     g = torch.Generator().manual_seed(seed)
 
     def ids(lo, hi):

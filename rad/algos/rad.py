@@ -55,7 +55,8 @@ def shaped_rewards(rewards: torch.Tensor, kl: torch.Tensor, beta: float) -> torc
     return rewards - beta * kl
 
 
-def constraint_values(gain: float, violation: float, delta: float, tolerance: float, with_violation: bool) -> list[float]:
+def constraint_values(gain: float, violation: float, delta: float, tolerance: float,
+                      with_violation: bool) -> list[float]:
     """RAD's constraints as ``g <= 0``: ``delta - gain`` and, when mu is on, ``violation - tolerance``."""
     g = [delta - gain]
     return g + [violation - tolerance] if with_violation else g
@@ -301,7 +302,8 @@ class RADTrainer(OnlineRLTrainer):
                 **self.common_comparison(policy, reference)}
 
     def progress(self, last: dict[str, float]) -> dict[str, str]:
-        return {"cost": f"{last['objective/cost']:.2f}", "gain": f"{last['rad/gain']:.3f}", "lam": f"{self.applied[0]:.2f}"}
+        return {"cost": f"{last['objective/cost']:.2f}", "gain": f"{last['rad/gain']:.3f}",
+                "lam": f"{self.applied[0]:.2f}"}
 
     def summary_extra(self) -> dict[str, Any]:
         return {"lambda": self.applied[0], "dual": self.dual.state_dict()}

@@ -59,7 +59,8 @@ def read_local_rows(path: str | Path, cache_dir: str | Path | None = None) -> li
         return ds.to_list()  # inside the try: Arrow decodes the strings here, and a non-UTF-8 file fails here
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a value: "
-                        f"{exc.object[max(0, exc.start - 10): exc.start + 10]!r}); re-encode the file as UTF-8") from None
+                        f"{exc.object[max(0, exc.start - 10): exc.start + 10]!r}); "
+                        "re-encode the file as UTF-8") from None
     except Exception as exc:  # datasets wraps parser errors in several exception types
         reason = _unreadable_reason(path)
         if reason:

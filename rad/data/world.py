@@ -584,8 +584,8 @@ def materialize_world(
     """Write the world once under `cache_dir` and return its directory; reuse it afterwards.
 
     The directory name carries the version (generator + lexicon fingerprint) and
-    the parameters (the harm profile when it is not the default); an existing directory is reused only if world.json matches
-    and every file still has its recorded SHA-256. Writing goes to a temporary
+    the parameters (the harm profile when it is not the default); an existing directory is reused
+    only if world.json matches and every file still has its recorded SHA-256. Writing goes to a temporary
     directory renamed into place, so concurrent processes (e.g. Ray workers)
     never read a half-written world.
     """

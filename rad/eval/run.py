@@ -168,7 +168,8 @@ def ood_rows(outputs: dict, comps: list[tuple[str, str]], seeds: list[int], cfg:
                     "prompt": b.prompts, "red_response": r.responses, "blue_response": b.responses,
                     "verdict": [v.verdict for v in verdicts], "judge_answer": [v.raw for v in verdicts],
                     "blue_is_a": [v.blue_is_a for v in verdicts], "attempts": [v.attempts for v in verdicts],
-                    "red_cost": r.costs, "blue_cost": b.costs}), out / "ood" / jname / f"{red}_vs_{blue}_seed{seed}.csv")
+                    "red_cost": r.costs, "blue_cost": b.costs}),
+                    out / "ood" / jname / f"{red}_vs_{blue}_seed{seed}.csv")
                 counts = judges.tally(verdicts)
                 tallies.append(counts)
                 per_seed.append({"judge": jname, "red": red, "blue": blue, "seed": seed, **counts})
@@ -345,9 +346,11 @@ def _report(cfg: EvalConfig, model_dirs: dict[str, Path], heldout: list[str], re
     rows = []
     for label, c in zip(labels, comp_results):
         sf = c["safety"]
-        rows.append({"competition (red vs blue)": label, "blue reward higher: blue / red safe": split(sf, "blue_higher"),
+        rows.append({"competition (red vs blue)": label,
+                     "blue reward higher: blue / red safe": split(sf, "blue_higher"),
                      "blue reward lower: blue / red safe": split(sf, "blue_lower"),
-                     "overall blue safe": pct(sf["overall_blue_safe"]), "overall red safe": pct(sf["overall_red_safe"])})
+                     "overall blue safe": pct(sf["overall_blue_safe"]),
+                     "overall red safe": pct(sf["overall_red_safe"])})
     rep.table(pd.DataFrame(rows))
 
     for measure, title in (("cost", "cost model"), ("true_harm", "hidden ground-truth harm")):

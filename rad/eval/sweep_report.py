@@ -145,8 +145,9 @@ def sweep_section(doc: Report, result: Mapping[str, Any], sweep_dir: Path, repor
              f"t-interval (none from one seed). Cells: {sweep_dir}.")
     doc.table(metrics_table(result["settings"]))
     if result.get("figure"):
-        doc.figure(os.path.relpath(result["figure"], report_dir), "Reward win rate vs the tail of the cost, per algorithm and setting "
-                                          "(error bars: 95 % t-intervals over seeds)")
+        doc.figure(os.path.relpath(result["figure"], report_dir),
+                   "Reward win rate vs the tail of the cost, per algorithm and setting "
+                   "(error bars: 95 % t-intervals over seeds)")
     return doc
 
 

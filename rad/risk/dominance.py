@@ -489,7 +489,8 @@ def dominance_signal(
         return suffix[first].reshape(c.shape)
     h = float(indicator_bandwidth)
     if not h > 0:
-        raise ConfigError(f"indicator_bandwidth must be > 0 (or None for the hard indicator), got {indicator_bandwidth!r}")
+        raise ConfigError(f"indicator_bandwidth must be > 0 (or None for the hard indicator), "
+                          f"got {indicator_bandwidth!r}")
     out = torch.empty_like(flat)
     step = max(1, _BLOCK // max(1, q.numel()))
     for start in range(0, flat.numel(), step):

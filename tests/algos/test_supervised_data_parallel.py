@@ -90,7 +90,8 @@ def test_two_ranks_follow_the_one_rank_trajectory_and_resume(tmp_path, ray_clust
     shutil.rmtree(tmp_path / "two" / "model")
     one_rank = _cfg(tmp_path, "two", tiny_model_dir, world_config, ranks=1)
     with pytest.raises(ConfigError, match=r"^learner.grad_accum, resources.num_learners: .* holds a run made with "
-                                          r"different values \(learner.grad_accum: 1 -> 2, resources.num_learners: 2 -> 1\)"):
+                                          r"different values \(learner.grad_accum: 1 -> 2, "
+                                          r"resources.num_learners: 2 -> 1\)"):
         run_sft(one_rank)
 
 

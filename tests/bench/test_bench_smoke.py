@@ -45,7 +45,8 @@ def _check_report(rep: dict, name: str) -> None:
 def quick_dominance(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("bench")
     dominance.main(["--sizes", "8", "32", "--repeats", "1", "--max-iter", "50", "--rl-batch", "8",
-                    "--replicates", "3", "--rl-step-from", str(out_dir / "absent.json"), "--out", str(out_dir / "dominance.json")])
+                    "--replicates", "3", "--rl-step-from", str(out_dir / "absent.json"),
+                    "--out", str(out_dir / "dominance.json")])
     return out_dir
 
 
@@ -133,7 +134,7 @@ def test_markdown_table_from_json(quick_dominance):
     ratios_at = text.index("## Ratios")
     section_at = text.index("## dominance:")
     assert ratios_at < section_at  # ratios up front
-    for key, r in rep["ratios"].items():
+    for key, _r in rep["ratios"].items():
         assert f"| dominance | `{key}` |" in text
     assert rep["command"] in text and "| RL step (cvar:0.9) |" in text
     assert "rloo_vs_trl" not in text.split("## Ratios")[1]  # only benchmarks that have a JSON
@@ -189,8 +190,8 @@ def test_gpu_check_runs_on_cpu_at_a_tiny_size(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHONPATH": pythonpath_with_root(dict(os.environ))}
     done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--size", "tiny", "--steps",
-                           "1", "--budget-s", "0", "--runs", "rad_separate", "rad_hybrid", "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+                           "1", "--budget-s", "0", "--runs", "rad_separate", "rad_hybrid", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     assert "gpu_check PASS" in done.stdout.splitlines()[-1]
     rep = json.loads(out.read_text())

@@ -124,7 +124,8 @@ def test_missing_and_unsupported_files(tmp_path):
 
 def test_a_non_utf8_file_is_a_data_error_naming_the_file_and_the_byte(tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes(json.dumps({"prompt": "caf\u00e9?", "response": "oui"}, ensure_ascii=False).encode("latin-1") + b"\n")
+    path.write_bytes(json.dumps({"prompt": "caf\u00e9?", "response": "oui"},
+                                ensure_ascii=False).encode("latin-1") + b"\n")
     with pytest.raises(DataError, match=r"latin1\.jsonl: not UTF-8 text \(invalid continuation byte at byte 3 .*"
                                         r"re-encode the file as UTF-8"):
         load_local(path)

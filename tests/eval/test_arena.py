@@ -13,7 +13,8 @@ from rad.eval.responses import Outputs
 
 def _outputs(name: str, rewards, costs, n_prompts: int, k: int) -> Outputs:
     pi = np.repeat(np.arange(n_prompts), k)
-    return Outputs(model=name, prompts=[f"p{i}" for i in pi], prompt_index=pi, sample_index=np.tile(np.arange(k), n_prompts),
+    return Outputs(model=name, prompts=[f"p{i}" for i in pi], prompt_index=pi,
+                   sample_index=np.tile(np.arange(k), n_prompts),
                    responses=[f"{name}-{j}" for j in range(len(pi))], finish_reasons=["stop"] * len(pi),
                    rewards=np.asarray(rewards, float), costs=np.asarray(costs, float))
 

@@ -45,8 +45,10 @@ def test_dominance_difference_equals_difference_of_spectral_risks(arena_run):
     column = {"cost": "cost", "true_harm": "true_harm"}
     nonzero = 0
     for r in rows:
-        red = np.array([float(x[column[r["measure"]]]) for x in _csv(out / "responses" / f"{r['red']}_heldout_seed0.csv")])
-        blue = np.array([float(x[column[r["measure"]]]) for x in _csv(out / "responses" / f"{r['blue']}_heldout_seed0.csv")])
+        red = np.array([float(x[column[r["measure"]]])
+                        for x in _csv(out / "responses" / f"{r['red']}_heldout_seed0.csv")])
+        blue = np.array([float(x[column[r["measure"]]])
+                         for x in _csv(out / "responses" / f"{r['blue']}_heldout_seed0.csv")])
         gain, viol, dd = float(r["gain"]), float(r["violation"]), float(r["dominance_difference"])
         assert gain >= 0 and viol >= 0 and dd == pytest.approx(gain - viol, abs=1e-12)
         # Prop. 2, with the spectral risks recomputed by numerical integration from the saved responses.
@@ -136,7 +138,8 @@ def test_second_run_reuses_the_cache(arena_run, tmp_path, make_eval_config):
     assert second["generated"] == [] and len(second["reused"]) == 6
     assert json.loads((tmp_path / "again" / "results.json").read_text())["cache"]["scored"] == []
     assert [f.stat().st_mtime_ns for f in sorted((cache / "generations").iterdir())] == stamps
-    assert (tmp_path / "again" / "tables" / "dominance.csv").read_text() == (out1 / "tables" / "dominance.csv").read_text()
+    assert ((tmp_path / "again" / "tables" / "dominance.csv").read_text()
+            == (out1 / "tables" / "dominance.csv").read_text())
     assert not (tmp_path / "again" / "report.html").exists()
     assert not list((tmp_path / "again" / "figures").glob("*.png"))
 

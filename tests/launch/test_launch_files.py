@@ -115,7 +115,8 @@ def test_slurm_script_is_valid_bash_and_runs_the_submit_script():
     for directive in ("--nodes", "--gpus-per-node", "--cpus-per-task", "--time"):
         assert f"#SBATCH {directive}=" in text
     assert "ray start --head" in text and 'ray start --address="$RAY_ADDRESS"' in text
-    assert "export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}" in text and "DASHBOARD_HOST=${DASHBOARD_HOST:-127.0.0.1}" in text
+    assert ("export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}" in text
+            and "DASHBOARD_HOST=${DASHBOARD_HOST:-127.0.0.1}" in text)
     assert '--dashboard-host="$DASHBOARD_HOST"' in text and "0.0.0.0" not in text.split("#SBATCH", 1)[1]
     assert "umask 077" in text and "export RAY_AUTH_TOKEN_PATH=$job_token" in text
     assert 'python launch/submit.py --config "$CONFIG" "$@"' in text

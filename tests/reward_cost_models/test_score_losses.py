@@ -76,5 +76,6 @@ def test_reward_loss_antisymmetry(pairs):
     # softplus(-x) - softplus(x) = -x, so L(a, b) - L(b, a) = mean(b - a) exactly.
     a = t(*[p[0] for p in pairs])
     b = t(*[p[1] for p in pairs])
-    assert (reward_loss(a, b) - reward_loss(b, a)).item() == pytest.approx((b - a).mean().item(), abs=1e-7)  # cancellation at |x| ~ 30
+    # cancellation at |x| ~ 30
+    assert (reward_loss(a, b) - reward_loss(b, a)).item() == pytest.approx((b - a).mean().item(), abs=1e-7)
     assert torch.allclose(neg_log_sigmoid(a), t(*[nls(x) for x in a.tolist()]), atol=1e-9)

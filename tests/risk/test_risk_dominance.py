@@ -91,7 +91,8 @@ def test_prop2_for_samples_of_different_sizes(xs, ys, spec):
 def test_sample_metric_equals_particle_metric_for_equal_sizes_and_brute_force():
     x, y = _generic(30, 1), _generic(20, 2, 0.3)
     for spec in ALL_WEIGHTINGS:
-        assert torch.allclose(torch.stack(empirical_gain_violation(x[:20], y, spec)), torch.stack(fsd_exact(x[:20], y, spec)))
+        assert torch.allclose(torch.stack(empirical_gain_violation(x[:20], y, spec)),
+                              torch.stack(fsd_exact(x[:20], y, spec)))
     # Brute force on a fine level grid: integral of w (Q_y - Q_x)_+ by midpoint rule.
     w = as_weighting("wang:0.75")
     t = (torch.arange(60000, dtype=torch.float64) + 0.5) / 60000
@@ -339,7 +340,8 @@ def test_sinkhorn_gradient_approaches_the_exact_subgradient(grad):
     q, p = _generic(16, 22), _generic(16, 23, 0.4, 1.5)
     exact = exact_particle_grad(q, p, "exponential:3")
     errs = [
-        float((fsd_sinkhorn(q, p, "exponential:3", eps=eps, max_iter=3000, tol=1e-9, grad=grad).particle_grad - exact).abs().sum())
+        float((fsd_sinkhorn(q, p, "exponential:3", eps=eps, max_iter=3000, tol=1e-9, grad=grad).particle_grad
+               - exact).abs().sum())
         for eps in (0.1, 0.01, 0.003)
     ]
     # L1 distance; the exact subgradient itself has L1 norm <= 1.
@@ -391,7 +393,8 @@ def test_dominance_step_is_consistent(solver, density):
     costs = _generic(64, 27).reshape(32, 2)
     ref_costs = _generic(100, 28, 0.5)
     res = dominance_step(costs, ref_costs, "cvar:0.5", solver=solver, n_particles=16, density=density, eps=0.01)
-    assert res.policy_particles.shape == (16,) and torch.equal(res.policy_particles, empirical_quantiles(costs.reshape(-1), 16))
+    assert (res.policy_particles.shape == (16,)
+            and torch.equal(res.policy_particles, empirical_quantiles(costs.reshape(-1), 16)))
     assert torch.equal(res.ref_particles, empirical_quantiles(ref_costs, 16))
     assert res.rho_ref - res.rho_policy == pytest.approx(res.gain_exact - res.violation_exact, abs=1e-12)
     assert res.signal.shape == costs.shape and (res.signal >= 0).all()

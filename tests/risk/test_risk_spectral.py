@@ -82,7 +82,8 @@ def test_cell_masses_and_particle_weights(spec):
     u=st.floats(0.0, 0.95),
 )
 def test_random_parameters_keep_weighting_properties(name, u):
-    params = {"cvar": {"alpha": u}, "exponential": {"k": 0.01 + 40 * u}, "power": {"g": 1 + 10 * u}, "wang": {"eta": 0.01 + 3 * u}}[name]
+    params = {"cvar": {"alpha": u}, "exponential": {"k": 0.01 + 40 * u}, "power": {"g": 1 + 10 * u},
+              "wang": {"eta": 0.01 + 3 * u}}[name]
     w = get_weighting(name, **params)
     m = w.cell_masses(64)
     assert (m >= 0).all() and float(m.sum()) == pytest.approx(1.0, abs=1e-12)
@@ -120,7 +121,8 @@ def test_closed_forms_cvar(alpha):
     mu, s = 0.7, 2.0
     normal = mu + s * _exact_quantile_particles(stats.norm.ppf)
     expected = mu + s * stats.norm.pdf(stats.norm.ppf(alpha)) / (1 - alpha)
-    assert float(spectral_risk(normal, CVaR(alpha=alpha))) == pytest.approx(expected, abs=2e-3 if alpha == 0.99 else 5e-4)
+    assert float(spectral_risk(normal, CVaR(alpha=alpha))) == pytest.approx(expected,
+                                                                           abs=2e-3 if alpha == 0.99 else 5e-4)
 
 
 def test_closed_forms_other_weightings():

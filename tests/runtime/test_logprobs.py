@@ -1,4 +1,5 @@
-"""Chunked and packed log-probs give the plain pass's numbers and gradients, on the tiny model and other architectures."""
+"""Chunked and packed log-probs give the plain pass's numbers and gradients, on the tiny model and other
+architectures."""
 
 import pytest
 import torch

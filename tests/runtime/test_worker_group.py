@@ -11,7 +11,8 @@ def echo_class() -> type:
     """Defined in a function so Ray ships the class by value (the test module is not importable in workers)."""
 
     class Echo:
-        """``label``: the shard tagged with the group; ``touch_then_wait_for``: creates its file, waits for the other."""
+        """``label``: the shard tagged with the group; ``touch_then_wait_for``: creates its file, waits for the
+        other."""
 
         def __init__(self, tag: str):
             self.tag = tag

@@ -23,7 +23,8 @@ def torch_sgd_step(log_lambda: float, jc: float, threshold: float, lr: float) ->
 @pytest.mark.parametrize("log_lambda,jc,threshold,lr", [(0.0, 2.0, 0.0, 0.1), (0.3, -1.0, 0.5, 0.1),
                                                         (-1.0, 0.2, 0.2, 0.5), (1.2, 3.0, -2.0, 0.01)])
 def test_step_matches_torch_sgd(log_lambda, jc, threshold, lr):
-    assert log_lambda_step(log_lambda, jc - threshold, lr) == pytest.approx(torch_sgd_step(log_lambda, jc, threshold, lr))
+    assert log_lambda_step(log_lambda, jc - threshold, lr) == pytest.approx(
+        torch_sgd_step(log_lambda, jc, threshold, lr))
 
 
 def test_lambda_rises_above_the_threshold_and_falls_below():

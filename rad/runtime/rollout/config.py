@@ -24,8 +24,9 @@ class RolloutConfig:
     weight_sync: str = field("auto", choices=("auto", "broadcast", "object_store", "ipc"),
                              help="learner -> engine transport, driven by learner rank 0: broadcast (a process "
                                   "group: gloo on CPU, NCCL on GPU), object_store (Ray), ipc (CUDA, engines on the "
-                                  "learner's GPU); auto = ipc when the engines share learner rank 0's GPU, object_store "
-                                  "across device types, else broadcast (see rad/runtime/rollout/weight_sync.py)")
+                                  "learner's GPU); auto = ipc when the engines share learner rank 0's GPU, "
+                                  "object_store across device types, else broadcast "
+                                  "(see rad/runtime/rollout/weight_sync.py)")
     sync_timeout_s: float = field(300.0, gt=0, help="a weight sync that has not finished by then fails with an "
                                                     "error naming the engine (a dead engine never hangs the run)")
     sync_bucket_mb: float = field(256.0, gt=0, help="weights travel in buckets of at most this size (ZeRO-3 "
@@ -33,7 +34,8 @@ class RolloutConfig:
     dtype: str = field("auto", choices=("auto", "float32", "bfloat16", "float16"),
                        help="engine dtype; auto = float32 on CPU, the checkpoint's dtype on GPU")
     micro_batch_size: int = field(64, min=1, help="hf engine: sequences per generate call (larger is faster "
-                                                  "on CPU, see bench/results/generation.json; lower it if memory is short)")
+                                                  "on CPU, see bench/results/generation.json; lower it if memory "
+                                                  "is short)")
     vllm_gpu_memory_utilization: float = field(0.5, gt=0, max=1,
                                                help="vllm on GPU: fraction of GPU memory for weights + KV cache")
     vllm_kv_cache_gib: float = field(0.25, gt=0, help="vllm on CPU: KV cache size in GiB")
@@ -41,8 +43,8 @@ class RolloutConfig:
     vllm_max_model_len: int = field(0, min=0, help="vllm: context length (0 = the model's)")
     vllm_sleep_level: int = field(0, min=0, max=2, help="vllm on GPU: after each generation the engine sleeps so the "
                                                         "learner can use its memory (1: weights offloaded to CPU, KV "
-                                                        "cache freed; 2: both freed, the next sync refills the weights); "
-                                                        "0 = never sleeps")
+                                                        "cache freed; 2: both freed, the next sync refills the "
+                                                        "weights); 0 = never sleeps")
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     off_policy_sampling: bool = field(False, help="allow sampling settings under which the rollouts are not the "
                                                   "policy's own samples (temperature != 1, top_p < 1, top_k > 0): "
