@@ -72,11 +72,11 @@ def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path
         # The cached reference particles are reused only for the inputs they record; after step 0 a stale cache
         # (here: another cost model) cannot be sampled again and is refused, naming what changed.
         particles = torch.load(tmp_path / "run" / "reference_particles.pt")["costs"]
-        assert torch.equal(trainer.reference_particles().costs, particles)
+        assert torch.equal(trainer.reference_costs().costs, particles)
         trainer.cfg.cost_model = score_dirs["reward"]
         with pytest.raises(ConfigError, match=r"reference_particles.pt was computed from different inputs "
                                               r"\(cost_model: .*\); .* cannot be drawn again after step 0"):
-            trainer.reference_particles()
+            trainer.reference_costs()
     finally:
         trainer.shutdown()
     rows = [r for r in read_metrics(tmp_path / "run") if "rad/gain" in r]
@@ -119,7 +119,7 @@ def test_a_pickle_only_policy_loads_in_every_role_when_allowed(ray_cluster, tmp_
         for name, tensor in weights.items():
             torch.testing.assert_close(learner[name], tensor, rtol=0, atol=0, msg=name)
             torch.testing.assert_close(engine[name], tensor, rtol=0, atol=0, msg=name)
-        assert trainer.roles.reference.rank0("info")["dtype"] == "torch.float32"
+        assert trainer.roles.reference_policy.rank0("info")["dtype"] == "torch.float32"
     finally:
         trainer.shutdown()
 
