@@ -69,7 +69,8 @@ def load_policy(model: ModelConfig, world: WorldConfig, seed: int = 0):
     from rad.models.loading import load_causal_lm, load_tokenizer
 
     path = model_dir(model, world, seed)
-    tokenizer = load_tokenizer(model.tokenizer or path, trust_remote_code=model.trust_remote_code)
+    tokenizer = load_tokenizer(model.tokenizer or path, trust_remote_code=model.trust_remote_code,
+                               prompt_format=model.prompt_format, format_key="model.prompt_format")
     lm = load_causal_lm(path, dtype=resolve_dtype(model.dtype), trust_remote_code=model.trust_remote_code,
                         allow_pickle=model.allow_pickle_weights, tokenizer=tokenizer)
     return lm, tokenizer, path

@@ -87,7 +87,7 @@ class SFTTrainer(SupervisedTrainer):
 @torch.no_grad()
 def generate_samples(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int,
                      do_sample: bool) -> list[str]:
-    """Responses of ``model`` to ``prompts`` with the project's template (left-padded batch)."""
+    """Responses of ``model`` to ``prompts`` in the tokenizer's prompt format (left-padded batch)."""
     ids = [encode_prompt(tokenizer, p) for p in prompts]
     batch = left_pad(ids, tokenizer.pad_token_id)
     torch.manual_seed(seed)

@@ -36,6 +36,8 @@ from rad.eval import arena, judges, plots
 from rad.eval.config import EvalConfig, resolve_model_dir
 from rad.eval.report import Report, mean_std, num, pct, write_csv
 from rad.eval.responses import OutputCache, Outputs, build_outputs, generate_record, score_record
+from rad.data.prompt_format import saved_prompt_format, warn_on_mismatch
+from rad.models.score_model import read_score_config
 from rad.runtime.provenance import dir_fingerprint
 
 log = logging.getLogger("rad.eval")
@@ -70,8 +72,11 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
     scorer = None
     fps: dict[str, str] = {}
     out: dict[tuple[str, str, int], Outputs] = {}
+    scorer_formats = {kind: read_score_config(path).template
+                      for kind, path in (("reward", cfg.reward_model), ("cost", cfg.cost_model)) if path}
     for name, path in model_dirs.items():
         fps[name] = dir_fingerprint(path)
+        warn_on_mismatch(saved_prompt_format(path), scorer_formats, name)
         engine = None
         for set_name, seed, prompts, n in sets:
             sampling = dataclasses.replace(cfg.sampling, seed=seed)
