@@ -90,7 +90,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, arg, key)
             except ConfigError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
+                # A mapping given for a union with a config section: that section's own error says what is wrong.
+                if isinstance(value, typing.Mapping) and dataclasses.is_dataclass(arg):
+                    raise
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in get_args(tp):

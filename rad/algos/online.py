@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from rad.config import to_dict
+from rad.data.sources import spec_name
 from rad.errors import ConfigError
 from rad.runtime.roles import RLRoles, TrainedRole
 
@@ -334,7 +335,7 @@ class OnlineRLTrainer:
         return out
 
     def _oracle(self):
-        if not all(spec.startswith("embedded/") for spec in self.cfg.data.eval_prompts):
+        if not all(spec_name(spec).startswith("embedded/") for spec in self.cfg.data.eval_prompts):
             return None
         from rad.data.world import build_world
 
