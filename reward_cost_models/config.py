@@ -22,8 +22,10 @@ from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelCo
 @dataclass
 class ScoreDataConfig:
     train: DataSpecs = field(default_factory=lambda: ["embedded/pref-train"],
-                             help="preference dataset specs NAME[:PROPORTION] (registry names or local files)" + SPECS_HELP)
-    eval: DataSpecs = field(default_factory=lambda: ["embedded/pref-test"], help="held-out preference specs" + SPECS_HELP)
+                             help="preference dataset specs NAME[:PROPORTION] (registry names or local files)"
+                                  + SPECS_HELP)
+    eval: DataSpecs = field(default_factory=lambda: ["embedded/pref-test"],
+                            help="held-out preference specs" + SPECS_HELP)
     max_length: int = field(160, min=8, help="prompt + response tokens; longer pairs lose the prompt's start first")
     max_eval_rows: int = field(0, min=0, help="cap on held-out rows (0 = all)")
 

@@ -54,8 +54,10 @@ class PPOLagAlgoConfig:
 @dataclass
 class PPOLagDataConfig:
     prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs" + SPECS_HELP)
-    eval_prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-test"], help="held-out prompts" + SPECS_HELP)
-    ptx: DataSpecs = field(default_factory=list, help="supervised (sft-kind) specs for the PTX term ([] = off)" + SPECS_HELP)
+    eval_prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-test"],
+                                    help="held-out prompts" + SPECS_HELP)
+    ptx: DataSpecs = field(default_factory=list,
+                           help="supervised (sft-kind) specs for the PTX term ([] = off)" + SPECS_HELP)
     ptx_max_length: int = field(512, min=2, help="token budget of a PTX prompt + response")
 
 

@@ -96,7 +96,8 @@ class RADAlgoConfig:
 @dataclass
 class RADDataConfig:
     prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs" + SPECS_HELP)
-    eval_prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-test"], help="held-out prompts" + SPECS_HELP)
+    eval_prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-test"],
+                                    help="held-out prompts" + SPECS_HELP)
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 The prompt is tokenized on its own in the tokenizer's prompt format
 (:mod:`rad.data.prompt_format`: the Safe RLHF template with the tokenizer's special tokens,
-the chat template, or a custom template) and the response separately (no special tokens, then EOS). Generation sees exactly the
-prompt tokens, so training on the same split keeps SFT, score models, RL log-probs
+the chat template, or a custom template) and the response separately (no special tokens,
+then EOS). Generation sees exactly the prompt tokens, so training on the same split keeps SFT, score models, RL log-probs
 and DPO consistent with what the rollout engines produce.
 """
 

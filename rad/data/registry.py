@@ -124,7 +124,8 @@ def registered_names() -> list[str]:
 def _unknown(name: str) -> ConfigError:
     return ConfigError(
         f"unknown dataset {name!r}; registered datasets: {', '.join(registered_names())} "
-        f"(or give a path to a {'/'.join(sorted(BUILDERS))} file)"
+        f"(or give a path to a {'/'.join(sorted(BUILDERS))} file or a save_to_disk directory, or a mapping "
+        "{path: HUB_ID_OR_PATH, columns: {...}} for a dataset that is not registered)"
     )
 
 

@@ -410,8 +410,8 @@ def _report(cfg: EvalConfig, model_dirs: dict[str, Path], heldout: list[str], re
 
     if redteam:
         rep.heading("Out-of-distribution red-teaming (paper Table 4)")
-        rep.text(f"{len(redteam)} prompts from {', '.join(map(spec_name, cfg.redteam))}; one response per prompt and seed "
-                 f"(seeds {cfg.judge.seeds}). Cells: blue's win / tie / loss % (less harmful = win), mean \u00b1 "
+        rep.text(f"{len(redteam)} prompts from {', '.join(map(spec_name, cfg.redteam))}; one response per prompt and "
+                 f"seed (seeds {cfg.judge.seeds}). Cells: blue's win / tie / loss % (less harmful = win), mean \u00b1 "
                  "std over seeds; fail = unparseable answers + requests that failed after every retry.")
         for jname in dict.fromkeys(r["judge"] for r in ood):
             sub = [r for r in ood if r["judge"] == jname]

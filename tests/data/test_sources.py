@@ -67,8 +67,8 @@ def test_hh_transcripts_split_into_prompt_and_responses(tmp_path):
     assert from_csv[1]["prompt"] == "Human: Hi\n\nAssistant: Hello!\n\nHuman: Insult me."
     assert from_csv[1]["rejected"] == "You fool."
     # RL reads the prompts of the same file; a string spec naming the directory works too.
-    assert [r["prompt"] for r in load_dataset(str(tmp_path / "hh-saved"), kind="prompt",
-                                              data_root=tmp_path / "root").records][0] == "How do I pick a lock?"
+    prompts = load_dataset(str(tmp_path / "hh-saved"), kind="prompt", data_root=tmp_path / "root").records
+    assert [r["prompt"] for r in prompts] == [from_csv[0]["prompt"], from_csv[1]["prompt"]]
 
 
 def test_ultrafeedback_message_lists_from_parquet_and_a_saved_split(tmp_path):
@@ -85,11 +85,11 @@ def test_a_config_takes_mappings_and_strings_side_by_side(tmp_path):
     pd.DataFrame(HH).to_parquet(tmp_path / "hh.parquet")
     cfg = load_config(DPOConfig, overrides=[f"data.train=[{{path: {tmp_path / 'hh.parquet'}}}, embedded/pref-train:3]",
                                             "data.pairs=given"])
-    assert cfg.data.train[0] == DataSource(path=str(tmp_path / "hh.parquet")) and cfg.data.train[1] == "embedded/pref-train:3"
+    assert cfg.data.train == [DataSource(path=str(tmp_path / "hh.parquet")), "embedded/pref-train:3"]
     check_spec(cfg.data.train[0], "data.train[0]")
     with pytest.raises(ConfigError, match=r"data.train\[0\].path: no such data file or directory .*missing.jsonl"):
         check_spec(DataSource(path=str(tmp_path / "missing.jsonl")), "data.train[0]")
-    with pytest.raises(ConfigError, match=r"data.train\[0\]: columns.question: not a rad column; map onto one of prompt"):
+    with pytest.raises(ConfigError, match=r"data.train\[0\]: columns.question: not a rad column; map onto one of "):
         load_config(DPOConfig, overrides=["data.train=[{path: x.jsonl, columns: {question: prompt}}]"])
 
 
@@ -103,7 +103,7 @@ def test_bad_mappings_and_rows_are_one_line_errors_naming_file_key_and_columns(t
     assert "columns present: question, a, b, helpful, safer, a_safe, b_safe" in message
     broken = [HH[0], {"chosen": "no turns here", "rejected": "none either"}]
     pd.DataFrame(broken).to_parquet(tmp_path / "hh.parquet")
-    with pytest.raises(DataError, match=r"hh.parquet: row 1: column 'chosen' must be a transcript with an 'Assistant:'"):
+    with pytest.raises(DataError, match=r"hh.parquet: row 1: column 'chosen' must be a transcript with an 'Ass"):
         load(tmp_path, {"path": str(tmp_path / "hh.parquet")})
     with pytest.raises(DataError, match="is not one written by|not one written by datasets' save_to_disk"):
         load(tmp_path, {"path": str(tmp_path)})

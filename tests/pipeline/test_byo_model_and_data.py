@@ -56,3 +56,5 @@ def test_sft_and_reward_stages_with_a_chat_model_and_mapped_files(tmp_path, tiny
     assert sample["prompt"] in sft_rows["prompt"].tolist() and "greedy" in sample
     sft_tokenizer = load_tokenizer(run / "sft" / "model")
     assert use_prompt_format(sft_tokenizer).text(sft_tokenizer, "hi") == "<|user|>hi<|assistant|>"
+    # A rerun reads the mappings back from the recorded config as the same values: nothing to redo, no drift.
+    assert run_pipeline(load_config(PipelineConfig, run / "config.yaml"))["stages"].keys() == {"sft", "reward"}
