@@ -1,10 +1,11 @@
 """Turning (prompt, response) text into token tensors the same way for every stage.
 
 The prompt is tokenized on its own in the tokenizer's prompt format
-(:mod:`rad.data.prompt_format`: the Safe RLHF template with the tokenizer's special tokens,
-the chat template, or a custom template) and the response separately (no special tokens,
-then EOS). Generation sees exactly the prompt tokens, so training on the same split keeps SFT, score models, RL log-probs
-and DPO consistent with what the rollout engines produce.
+(:mod:`rad.data.prompt_format`: the Safe RLHF template with the tokenizer's special
+tokens, the chat template, or a custom template) and the response separately (no special
+tokens, then EOS). Generation sees exactly the prompt tokens, so training on the same
+split keeps SFT, score models, RL log-probs and DPO consistent with what the rollout
+engines produce.
 """
 
 from __future__ import annotations
