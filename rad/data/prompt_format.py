@@ -84,8 +84,13 @@ class PromptFormat:
         """The model input of ``prompt`` as text (the prompt stripped of surrounding whitespace)."""
         if self.is_chat:
             self.check(tokenizer)
-            return tokenizer.apply_chat_template([{"role": "user", "content": prompt.strip()}], tokenize=False,
-                                                 add_generation_prompt=True)
+            try:
+                return tokenizer.apply_chat_template([{"role": "user", "content": prompt.strip()}], tokenize=False,
+                                                     add_generation_prompt=True)
+            except Exception as exc:  # jinja2's TemplateError, or raise_exception() inside the template
+                raise ConfigError(f"prompt format 'chat': the chat template of {tokenizer.name_or_path!r} fails on one "
+                                  f"user message ({type(exc).__name__}: {exc}); use 'safe_rlhf' or a custom "
+                                  f"template string with {{prompt}}") from None
         return self.template.format(prompt=prompt.strip())
 
     def ids(self, tokenizer, prompts: Sequence[str]) -> list[list[int]]:

@@ -91,3 +91,7 @@ def test_bad_formats_are_one_line_config_errors(tiny_dir):
         from_dict(ModelConfig, {"prompt_format": "Q: {prompt} {x}"}, prefix="model")
     with pytest.raises(ConfigError, match="exactly once"):
         PromptFormat.parse("no placeholder", "model.prompt_format")
+    tokenizer = load_tokenizer(tiny_dir)
+    tokenizer.chat_template = "{{ raise_exception('a system message is required') }}"
+    with pytest.raises(ConfigError, match=r"the chat template of .* fails on one user message \(.*a system message is "):
+        PromptFormat.parse("chat").text(tokenizer, "hi")
