@@ -90,7 +90,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _coerce(value, arg, key)
             except ConfigError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
+                # A mapping given for a union with a config section: that section's own error says what is wrong.
+                if isinstance(value, typing.Mapping) and dataclasses.is_dataclass(arg):
+                    raise
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in get_args(tp):
@@ -98,8 +101,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected one of {list(get_args(tp))}, got {value!r}")
     if origin is list:
         (inner,) = get_args(tp) or (Any,)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and inner is str:
+        options = get_args(inner) if get_origin(inner) in (typing.Union, types.UnionType) else (inner,)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str in options:
             value = [value]  # a single spec where a list is expected: `data.train=embedded/sft-train`
+        if isinstance(value, typing.Mapping) and any(dataclasses.is_dataclass(o) for o in options):
+            value = [value]  # a single data source mapping: `data.train={path: x.jsonl}`
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from rad.config import field
 from rad.data.world_oracle import DEFAULT_HARM_PROFILE, HARM_PROFILES
+from rad.data.prompt_format import HELP as PROMPT_FORMAT_HELP
+from rad.data.prompt_format import PromptFormat
 from rad.errors import ConfigError
 
 TINY = "tiny"  # model name that means "the project's own tiny model, built locally"
@@ -35,11 +37,16 @@ class ModelConfig:
 
     name_or_path: str = field(TINY, help="'tiny' (built locally), a local HF directory, or a hub id")
     tokenizer: str = field("", help="tokenizer path or id ('' = same as name_or_path)")
+    prompt_format: str = field("", help=PROMPT_FORMAT_HELP)
     tiny_size: str = field("tiny", choices=("tiny", "small"), help="size preset when name_or_path is 'tiny'")
     dtype: str = field("auto", choices=("auto", "float32", "bfloat16", "float16"),
                        help="parameter dtype; auto = bf16 on GPUs that support it, else fp32")
     trust_remote_code: bool = field(False, help="execute modelling code shipped with the checkpoint")
     allow_pickle_weights: bool = field(False, help="allow loading .bin (pickle) weights; safetensors otherwise")
+
+    def validate(self) -> None:
+        if self.prompt_format:
+            PromptFormat.parse(self.prompt_format, "prompt_format")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rad.algos.supervised import ScheduleConfig
 from rad.config import field
+from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.runtime.run_dir import resume_field
 from rad.errors import ConfigError
 from rad.models.score_model import KINDS, NORMALIZE_MODES
@@ -20,9 +21,11 @@ from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelCo
 
 @dataclass
 class ScoreDataConfig:
-    train: list[str] = field(default_factory=lambda: ["embedded/pref-train"],
-                             help="preference dataset specs NAME[:PROPORTION] (registry names or local files)")
-    eval: list[str] = field(default_factory=lambda: ["embedded/pref-test"], help="held-out preference specs")
+    train: DataSpecs = field(default_factory=lambda: ["embedded/pref-train"],
+                             help="preference dataset specs NAME[:PROPORTION] (registry names or local files)"
+                                  + SPECS_HELP)
+    eval: DataSpecs = field(default_factory=lambda: ["embedded/pref-test"],
+                            help="held-out preference specs" + SPECS_HELP)
     max_length: int = field(160, min=8, help="prompt + response tokens; longer pairs lose the prompt's start first")
     max_eval_rows: int = field(0, min=0, help="cap on held-out rows (0 = all)")
 

@@ -32,6 +32,7 @@ import torch
 from rad.algos.assets import load_data, model_dir, resolve_dtype
 from rad.algos.supervised import SupervisedTrainer, run_supervised
 from rad.errors import DataError
+from rad.data.prompt_format import tokenizer_prompt_format
 from rad.models.loading import load_tokenizer
 from rad.models.score_model import ScoreModel, build_score_model, encode_for_scoring, pad_right
 from reward_cost_models.config import ScoreModelConfig
@@ -130,8 +131,10 @@ def score_model_program(cfg: ScoreModelConfig) -> dict[str, Any]:
 
     path = model_dir(cfg.model, cfg.world, cfg.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or path, trust_remote_code=cfg.model.trust_remote_code,
-                               padding_side="right")
+                               padding_side="right", prompt_format=cfg.model.prompt_format,
+                               format_key="model.prompt_format")
     model = build_score_model(path, kind=cfg.kind, dtype=resolve_dtype(cfg.model.dtype), tokenizer=tokenizer,
+                              template=tokenizer_prompt_format(tokenizer).spec,
                               trust_remote_code=cfg.model.trust_remote_code,
                               allow_pickle=cfg.model.allow_pickle_weights, normalize=cfg.normalize, seed=cfg.seed)
     if cfg.lora.enabled:

@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from rad.algos.assets import load_records
+from rad.data.sources import DataSpecs
 from rad.errors import ConfigError
 from rad.settings import WorldConfig
 
@@ -42,7 +43,7 @@ def pairs_from_preferences(records: list[dict[str, Any]], pairs: str) -> tuple[l
     return out, skipped
 
 
-def load_pairs(specs: list[str], pairs: str, world: WorldConfig, seed: int) -> tuple[list[dict[str, str]], int]:
+def load_pairs(specs: DataSpecs, pairs: str, world: WorldConfig, seed: int) -> tuple[list[dict[str, str]], int]:
     """Pairs of dataset ``specs`` as ``data.pairs`` asks; returns ``(pairs, skipped)``."""
     if pairs not in PAIR_KINDS:
         raise ConfigError(f"data.pairs: {pairs!r} is not one of {list(PAIR_KINDS)}")

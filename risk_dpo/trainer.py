@@ -33,6 +33,7 @@ import torch
 from rad.algos.assets import load_policy, resolve_dtype
 from rad.algos.supervised import ScheduleConfig, SupervisedTrainer, run_supervised
 from rad.config import field
+from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.runtime.run_dir import resume_field
 from rad.data.encode import Encoded, collate_lm, encode_pair
 from rad.errors import ConfigError
@@ -46,9 +47,9 @@ log = logging.getLogger("risk_dpo")
 
 @dataclass
 class DPODataConfig:
-    train: list[str] = field(default_factory=lambda: ["embedded/pref-train"],
-                             help="dataset specs NAME[:PROPORTION] (registry names or local files)")
-    eval: list[str] = field(default_factory=lambda: ["embedded/pref-test"], help="held-out specs")
+    train: DataSpecs = field(default_factory=lambda: ["embedded/pref-train"],
+                             help="dataset specs NAME[:PROPORTION] (registry names or local files)" + SPECS_HELP)
+    eval: DataSpecs = field(default_factory=lambda: ["embedded/pref-test"], help="held-out specs" + SPECS_HELP)
     pairs: str = field("helpfulness", choices=PAIR_KINDS,
                        help="chosen response: better_response_id (helpfulness), safer_response_id (safety), "
                             "or the data's own prompt/chosen/rejected columns (given)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rad.config import field
+from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.runtime.run_dir import resume_field
 from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
@@ -52,9 +53,11 @@ class PPOLagAlgoConfig:
 
 @dataclass
 class PPOLagDataConfig:
-    prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs")
-    eval_prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-test"], help="held-out prompts")
-    ptx: list[str] = field(default_factory=list, help="supervised (sft-kind) specs for the PTX term ([] = off)")
+    prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs" + SPECS_HELP)
+    eval_prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-test"],
+                                    help="held-out prompts" + SPECS_HELP)
+    ptx: DataSpecs = field(default_factory=list,
+                           help="supervised (sft-kind) specs for the PTX term ([] = off)" + SPECS_HELP)
     ptx_max_length: int = field(512, min=2, help="token budget of a PTX prompt + response")
 
 

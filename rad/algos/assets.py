@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rad.cache import cache_root
+from rad.data.sources import DataSpecs
 from rad.settings import TINY, ModelConfig, WorldConfig
 
 
@@ -27,12 +28,12 @@ def world_root(world: WorldConfig) -> Path:
     return materialize_world(data_root(world) / "world", seed=world.seed, harm_profile=world.harm_profile)
 
 
-def load_records(specs: list[str] | str, kind: str, world: WorldConfig, seed: int) -> list[dict[str, Any]]:
+def load_records(specs: DataSpecs | str, kind: str, world: WorldConfig, seed: int) -> list[dict[str, Any]]:
     """Records of ``kind`` for dataset specs, with the embedded world of ``world``."""
     return load_data(specs, kind, world, seed).records
 
 
-def load_data(specs: list[str] | str, kind: str, world: WorldConfig, seed: int):
+def load_data(specs: DataSpecs | str, kind: str, world: WorldConfig, seed: int):
     """:func:`load_records` with each record's origin and the skipped-row counts
     (a :class:`rad.data.registry.LoadedData`)."""
     from rad.data.registry import LoadedData, load_dataset
@@ -74,7 +75,8 @@ def load_policy(model: ModelConfig, world: WorldConfig, seed: int = 0):
     from rad.models.loading import load_causal_lm, load_tokenizer
 
     path = model_dir(model, world, seed)
-    tokenizer = load_tokenizer(model.tokenizer or path, trust_remote_code=model.trust_remote_code)
+    tokenizer = load_tokenizer(model.tokenizer or path, trust_remote_code=model.trust_remote_code,
+                               prompt_format=model.prompt_format, format_key="model.prompt_format")
     lm = load_causal_lm(path, dtype=resolve_dtype(model.dtype), trust_remote_code=model.trust_remote_code,
                         allow_pickle=model.allow_pickle_weights, tokenizer=tokenizer)
     return lm, tokenizer, path

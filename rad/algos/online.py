@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from rad.config import to_dict
+from rad.data.sources import spec_name
 from rad.errors import ConfigError
 from rad.runtime.roles import RLRoles, TrainedRole
 
@@ -79,14 +80,21 @@ class OnlineRLTrainer:
         self.reference_dir = cfg.reference_model or self.policy_dir
         from rad.models.loading import load_tokenizer
 
-        self.tokenizer = load_tokenizer(self.policy_dir, trust_remote_code=cfg.policy.trust_remote_code)
+        self.tokenizer = load_tokenizer(self.policy_dir, trust_remote_code=cfg.policy.trust_remote_code,
+                                        prompt_format=cfg.policy.prompt_format, format_key="policy.prompt_format")
+        from rad.data.prompt_format import tokenizer_prompt_format, warn_on_mismatch
+        from rad.models.score_model import read_score_config
+
+        warn_on_mismatch(tokenizer_prompt_format(self.tokenizer).spec,
+                         {name: read_score_config(path).template
+                          for name, path in (("reward", cfg.reward_model), ("cost", cfg.cost_model)) if path})
         self.pad_id = self.tokenizer.pad_token_id
         self.roles = RLRoles(
             name=f"{self.name}-{self.out.name}", res=cfg.resources, rollout=cfg.rollout, seed=cfg.seed,
             policy_dir=self.policy_dir, reference_dir=self.reference_dir, policy=self.policy_role(),
             trained=self.trained_roles(), reward_model=cfg.reward_model, cost_model=cfg.cost_model,
             dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
-            allow_pickle=cfg.policy.allow_pickle_weights,
+            allow_pickle=cfg.policy.allow_pickle_weights, prompt_format=cfg.policy.prompt_format,
             reference_micro_batch_size=cfg.reference_micro_batch_size,
             logprob_chunk_size=self.policy_logprob_chunk_size())
         self.startup_seconds = self.roles.startup_seconds
@@ -327,7 +335,7 @@ class OnlineRLTrainer:
         return out
 
     def _oracle(self):
-        if not all(spec.startswith("embedded/") for spec in self.cfg.data.eval_prompts):
+        if not all(spec_name(spec).startswith("embedded/") for spec in self.cfg.data.eval_prompts):
             return None
         from rad.data.world_oracle import WorldOracle
 

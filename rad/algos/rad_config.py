@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from rad.algos.dual import DualConfig
 from rad.algos.selection import SelectionConfig
 from rad.config import field
+from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.run_dir import resume_field
@@ -94,8 +95,9 @@ class RADAlgoConfig:
 
 @dataclass
 class RADDataConfig:
-    prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs")
-    eval_prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-test"], help="held-out prompts")
+    prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-train"], help="RL prompt specs" + SPECS_HELP)
+    eval_prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-test"],
+                                    help="held-out prompts" + SPECS_HELP)
 
 
 @dataclass

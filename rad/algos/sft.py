@@ -22,6 +22,7 @@ import torch
 from rad.algos.assets import load_policy, load_records
 from rad.algos.supervised import ScheduleConfig, SupervisedTrainer, run_supervised
 from rad.config import field
+from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.runtime.run_dir import resume_field
 from rad.data.encode import Encoded, collate_lm, encode_pair, encode_prompt, left_pad, token_mean_loss
 from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
@@ -31,9 +32,9 @@ log = logging.getLogger("rad.algos")
 
 @dataclass
 class SFTDataConfig:
-    train: list[str] = field(default_factory=lambda: ["embedded/sft-train"],
-                             help="dataset specs NAME[:PROPORTION] (registry names or local files)")
-    eval: list[str] = field(default_factory=lambda: ["embedded/sft-test"], help="held-out specs")
+    train: DataSpecs = field(default_factory=lambda: ["embedded/sft-train"],
+                             help="dataset specs NAME[:PROPORTION] (registry names or local files)" + SPECS_HELP)
+    eval: DataSpecs = field(default_factory=lambda: ["embedded/sft-test"], help="held-out specs" + SPECS_HELP)
     max_length: int = field(160, min=8, help="prompt + response tokens; longer responses are cut")
     max_eval_rows: int = field(256, min=0, help="cap on held-out rows (0 = all)")
 
@@ -87,7 +88,7 @@ class SFTTrainer(SupervisedTrainer):
 @torch.no_grad()
 def generate_samples(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, seed: int,
                      do_sample: bool) -> list[str]:
-    """Responses of ``model`` to ``prompts`` with the project's template (left-padded batch)."""
+    """Responses of ``model`` to ``prompts`` in the tokenizer's prompt format (left-padded batch)."""
     ids = [encode_prompt(tokenizer, p) for p in prompts]
     batch = left_pad(ids, tokenizer.pad_token_id)
     torch.manual_seed(seed)

@@ -3,6 +3,7 @@
 
 Modules: `schema` (kinds, validation), `formats` (Alpaca / HarmBench mapping),
 `filters` (contradiction filter), `loaders` (files and hub via `datasets`),
-`registry` (specs, sub-sampling, built-in names), `template` (prompt template),
+`registry` (specs, sub-sampling, built-in names), `template` (the Safe RLHF template),
+`prompt_format` (safe_rlhf / chat / custom prompt formats, saved with each model),
 `world_lexicon` / `world_oracle` / `world` (the embedded world).
 """

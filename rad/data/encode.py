@@ -1,9 +1,11 @@
 """Turning (prompt, response) text into token tensors the same way for every stage.
 
-The prompt is tokenized on its own (with the tokenizer's special tokens) and the
-response separately (no special tokens, then EOS). Generation sees exactly the
-prompt tokens, so training on the same split keeps SFT, score models, RL log-probs
-and DPO consistent with what the rollout engines produce.
+The prompt is tokenized on its own in the tokenizer's prompt format
+(:mod:`rad.data.prompt_format`: the Safe RLHF template with the tokenizer's special
+tokens, the chat template, or a custom template) and the response separately (no special
+tokens, then EOS). Generation sees exactly the prompt tokens, so training on the same
+split keeps SFT, score models, RL log-probs and DPO consistent with what the rollout
+engines produce.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from rad.data.template import format_prompt
+from rad.data.prompt_format import tokenizer_prompt_format
 
 IGNORE_INDEX = -100
 
@@ -29,10 +31,14 @@ class Encoded:
 
 
 def encode_prompt(tokenizer, prompt: str, max_prompt_tokens: int | None = None, template: bool = True) -> list[int]:
-    text = format_prompt(prompt) if template else prompt
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    """Ids of ``prompt`` in the tokenizer's prompt format (``template=False``: the text as it is, with special
+    tokens), the last ``max_prompt_tokens`` kept (the format's closing cue, e.g. "ASSISTANT:", must survive)."""
+    if template:
+        ids = tokenizer_prompt_format(tokenizer).ids(tokenizer, [prompt])[0]
+    else:
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-        ids = ids[-max_prompt_tokens:]  # keep the end: the template's "ASSISTANT:" cue must survive
+        ids = ids[-max_prompt_tokens:]
     return ids
 
 
@@ -40,7 +46,8 @@ def encode_pair(tokenizer, prompt: str, response: str, max_length: int, template
                 add_eos: bool = True) -> Encoded:
     """Tokens of one prompt/response pair, truncated to ``max_length`` (response cut first)."""
     prompt_ids = encode_prompt(tokenizer, prompt, template=template)
-    response_ids = tokenizer(" " + response.strip(), add_special_tokens=False)["input_ids"]
+    text = tokenizer_prompt_format(tokenizer).response_text(response) if template else " " + response.strip()
+    response_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if add_eos and tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
     budget = max_length - len(prompt_ids)

@@ -39,6 +39,34 @@ def builder_for(path: str | Path) -> str:
         ) from None
 
 
+#: Files `datasets`' ``save_to_disk`` writes at the top of a Dataset / DatasetDict directory.
+SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def read_path_rows(path: str | Path, split: str = "train", cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Raw rows of a local data file, or of ``split`` of a ``save_to_disk`` directory."""
+    return read_disk_rows(path, split) if Path(path).is_dir() else read_local_rows(path, cache_dir)
+
+
+def read_disk_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
+    """Raw rows of a directory written by ``datasets``' ``save_to_disk`` (a Dataset, or ``split`` of a DatasetDict)."""
+    import datasets
+
+    path = Path(path)
+    if not any((path / marker).is_file() for marker in SAVED_MARKERS):
+        raise DataError(f"{path}: a directory, but not one written by datasets' save_to_disk (none of "
+                        f"{', '.join(SAVED_MARKERS)}); expected such a directory or a {'/'.join(BUILDERS)} file")
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except Exception as exc:  # a damaged or foreign directory
+        raise DataError(f"{path}: could not be read with datasets.load_from_disk: {exc}") from exc
+    if isinstance(saved, datasets.DatasetDict):
+        if split not in saved:
+            raise DataError(f"{path}: no split {split!r}; the saved DatasetDict has {', '.join(saved)}")
+        saved = saved[split]
+    return saved.to_list()
+
+
 def read_local_rows(path: str | Path, cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Raw rows of a local file, read through `datasets.load_dataset(builder, data_files=...)`."""
     import datasets  # heavy import, deferred so `rad.data` stays cheap to import

@@ -7,8 +7,12 @@ sub-sampling amount:
 - ``pku-saferlhf/train:0.5`` - a proportion in (0, 1] (``:1`` means all);
 - ``embedded/sft-train:1000`` - an integer >= 2 is a row count (clamped, with a
   warning, to the rows available);
-- ``data/z.parquet:0.25`` - a local JSONL / JSON / parquet / CSV file; its kind
-  is inferred from its columns unless the caller passes ``kind=``.
+- ``data/z.parquet:0.25`` - a local JSONL / JSON / parquet / CSV file or a directory written by
+  ``datasets``' ``save_to_disk`` (its ``train`` split); its kind is inferred from its columns unless the
+  caller passes ``kind=``.
+
+A spec may also be a :class:`rad.data.sources.DataSource` (a mapping in a config): a hub id or local path
+with a split and a column mapping, its amount in ``sample``.
 
 Sub-sampling happens after validation and the contradiction filter. It takes
 the first rows of a permutation drawn from ``random.Random(f"{seed}:{name}")``
@@ -41,8 +45,9 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from rad.data.formats import first_prompt_rows, project_to_prompts
-from rad.data.loaders import BUILDERS, Prepared, builder_for, prepare_rows, read_hub_rows, read_local_rows
+from rad.data.loaders import BUILDERS, Prepared, builder_for, prepare_rows, read_hub_rows, read_path_rows
 from rad.data.schema import KINDS, infer_kind, validate
+from rad.data.sources import DataSource, map_columns
 from rad.data.world import DEFAULT_HARM_PROFILE, FILE_NAMES, SPLIT_KINDS, materialize_world
 from rad.errors import ConfigError, DataError
 
@@ -120,7 +125,8 @@ def registered_names() -> list[str]:
 def _unknown(name: str) -> ConfigError:
     return ConfigError(
         f"unknown dataset {name!r}; registered datasets: {', '.join(registered_names())} "
-        f"(or give a path to a {'/'.join(sorted(BUILDERS))} file)"
+        f"(or give a path to a {'/'.join(sorted(BUILDERS))} file or a save_to_disk directory, or a mapping "
+        "{path: HUB_ID_OR_PATH, columns: {...}} for a dataset that is not registered)"
     )
 
 
@@ -193,12 +199,19 @@ def subsample_rows(n: int, spec: DatasetSpec, seed: int) -> list[int]:
 
 
 def _is_local_path(name: str) -> bool:
-    return Path(name).suffix.lower() in BUILDERS or Path(name).is_file()
+    return Path(name).suffix.lower() in BUILDERS or Path(name).exists()
 
 
-def check_spec(spec: str, key: str) -> None:
+def check_spec(spec: str | DataSource, key: str) -> None:
     """Raise ConfigError naming ``key`` unless ``spec`` parses and names a registered dataset or an existing
-    local file (cheap: nothing is read; for validating configs before work starts)."""
+    local file or directory (cheap: nothing is read; for validating configs before work starts); a
+    :class:`DataSource` names an existing local path or a hub id."""
+    if isinstance(spec, DataSource):
+        if spec.is_local and not Path(spec.path).expanduser().exists():
+            raise ConfigError(f"{key}.path: no such data file or directory {spec.path}")
+        if spec.is_local and Path(spec.path).is_file():
+            builder_for(spec.path)
+        return
     try:
         name = parse_spec(spec).name
     except ConfigError as exc:
@@ -207,29 +220,41 @@ def check_spec(spec: str, key: str) -> None:
         return
     if not _is_local_path(name):
         raise ConfigError(f"{key}: {_unknown(name)}")
+    if Path(name).is_dir():
+        return
     builder_for(name)  # an unsupported suffix is a DataError naming the file
     if not Path(name).is_file():
         raise ConfigError(f"{key}: {spec!r}: no such data file {name}")
 
 
-def _load_one(spec: DatasetSpec, kind: str | None, ctx: LoadContext) -> tuple[Prepared, str]:
-    """Canonical records of one spec (before sub-sampling), with their rows in the source, and the source."""
+def _read(spec: DatasetSpec, data: DataSource | None, ctx: LoadContext) -> tuple[list[dict[str, Any]], str, str]:
+    """Raw rows of one spec (columns mapped), their source's name, and its kind ('' = tell from the columns)."""
+    if data is not None:
+        if data.is_local:
+            rows = read_path_rows(Path(data.path).expanduser(), data.split, ctx.hf_cache_dir)
+        else:
+            rows = read_hub_rows(data.path, data.split, data.subset or None, data.data_dir or None, ctx.hf_cache_dir)
+        return map_columns(rows, data.columns, data.name), data.name, data.kind
     if spec.name in _REGISTRY:
         entry = _REGISTRY[spec.name]
         result = entry.loader(ctx)
         if isinstance(result, (str, Path)):
-            rows, source = read_local_rows(result, ctx.hf_cache_dir), f"{spec.name} ({result})"
-        else:
-            rows, source = list(result), spec.name
-        file_kind = entry.kind
-    elif _is_local_path(spec.name):
-        rows, source = read_local_rows(spec.name, ctx.hf_cache_dir), spec.name
+            return read_path_rows(result, cache_dir=ctx.hf_cache_dir), f"{spec.name} ({result})", entry.kind
+        return list(result), spec.name, entry.kind
+    if _is_local_path(spec.name):
+        return read_path_rows(spec.name, cache_dir=ctx.hf_cache_dir), spec.name, ""
+    raise _unknown(spec.name)
+
+
+def _load_one(spec: DatasetSpec, kind: str | None, ctx: LoadContext,
+              data: DataSource | None = None) -> tuple[Prepared, str]:
+    """Canonical records of one spec (before sub-sampling), with their rows in the source, and the source."""
+    rows, source, file_kind = _read(spec, data, ctx)
+    if not file_kind:
         inferred = infer_kind(rows[0]) if rows else None
         file_kind = inferred if kind in (None, "prompt") else kind
         if file_kind is None:
             file_kind = kind
-    else:
-        raise _unknown(spec.name)
     if file_kind is None:
         raise DataError(f"{source}: cannot tell the record kind from its columns; pass kind= ({', '.join(KINDS)})")
     got = prepare_rows(rows, file_kind, source)
@@ -256,8 +281,24 @@ class LoadedData:
         return LoadedData(self.records[:n], self.origins[:n], self.skipped)
 
 
+Specs = Union[str, DataSource, list[Union[str, DataSource]], tuple[Union[str, DataSource], ...]]
+
+
+def _parse(item: str | DataSource | dict) -> tuple[DatasetSpec, DataSource | None]:
+    """A spec string parsed, or a data source (a mapping read as one) with its amount as a spec."""
+    if isinstance(item, dict):
+        from rad.config import from_dict
+
+        item = from_dict(DataSource, item, prefix="data source")
+    if not isinstance(item, DataSource):
+        return parse_spec(item), None
+    if item.sample > 1:
+        return DatasetSpec(item.name, count=int(item.sample)), item
+    return DatasetSpec(item.name, proportion=item.sample if item.sample < 1 else None), item
+
+
 def load_dataset_spec(
-    spec: str | list[str] | tuple[str, ...],
+    spec: Specs,
     kind: str | None = None,
     seed: int = 0,
     data_root: str | Path | None = None,
@@ -275,7 +316,7 @@ def load_dataset_spec(
 
 
 def load_dataset(
-    spec: str | list[str] | tuple[str, ...],
+    spec: Specs,
     kind: str | None = None,
     seed: int = 0,
     data_root: str | Path | None = None,
@@ -285,16 +326,17 @@ def load_dataset(
     """:func:`load_dataset_spec` with each record's origin and the skipped-row counts."""
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"unknown record kind {kind!r}; known kinds: {', '.join(KINDS)}")
-    specs = [spec] if isinstance(spec, str) else list(spec)
+    specs = [spec] if isinstance(spec, (str, DataSource, dict)) else list(spec)
     if not specs:
         raise ConfigError("no dataset spec given")
     ctx = LoadContext(Path(data_root) if data_root is not None else default_data_root(), world_seed,
                       world_harm_profile)
     out = LoadedData()
     kinds: dict[str, str] = {}
-    for text in specs:
-        parsed = parse_spec(text)
-        got, source = _load_one(parsed, kind, ctx)
+    for item in specs:
+        parsed, data = _parse(item)
+        text = item if isinstance(item, str) else parsed.name
+        got, source = _load_one(parsed, kind, ctx, data)
         kinds[text] = got.kind
         picked = subsample_rows(len(got.records), parsed, seed)
         logger.info("%s: %d of %d %s records", text, len(picked), len(got.records), got.kind)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rad.config import field
+from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.errors import ConfigError
 from rad.runtime.rollout.base import SamplingConfig
 from rad.settings import WorldConfig
@@ -83,10 +84,10 @@ class ScoringConfig:
 class EvalStage:
     """What the arena measures and how (the ``eval:`` section of a pipeline config)."""
 
-    prompts: list[str] = field(default_factory=lambda: ["embedded/prompts-test"],
-                               help="held-out prompt specs (NAME[:amount])")
-    redteam: list[str] = field(default_factory=lambda: ["embedded/redteam"],
-                               help="out-of-distribution red-team specs, e.g. a HarmBench CSV ([] = skip)")
+    prompts: DataSpecs = field(default_factory=lambda: ["embedded/prompts-test"],
+                               help="held-out prompt specs (NAME[:amount])" + SPECS_HELP)
+    redteam: DataSpecs = field(default_factory=lambda: ["embedded/redteam"],
+                               help="out-of-distribution red-team specs, e.g. a HarmBench CSV ([] = skip)" + SPECS_HELP)
     samples_per_prompt: int = field(1, min=1, help="responses per held-out prompt (paired by sample index)")
     sampling: SamplingConfig = field(default_factory=SamplingConfig,
                                      help="identical for every model; sampling.seed is the held-out seed")

@@ -37,6 +37,9 @@ from rad.eval.config import EvalConfig, resolve_model_dir
 from rad.eval.report import Report, mean_std, num, pct, write_csv
 from rad.eval.responses import OutputCache, Outputs, build_outputs, generate_record, score_record
 from rad.eval.sweep_report import read_sweep, sweep_section
+from rad.data.prompt_format import saved_prompt_format, warn_on_mismatch
+from rad.data.sources import DataSpecs, spec_name
+from rad.models.score_model import read_score_config
 from rad.runtime.provenance import dir_fingerprint
 
 log = logging.getLogger("rad.eval")
@@ -45,7 +48,7 @@ HELDOUT, REDTEAM = "heldout", "redteam"
 TRUTH_JUDGE = "ground-truth"
 
 
-def _prompts(specs: list[str], kind: str, cfg: EvalConfig) -> list[str]:
+def _prompts(specs: DataSpecs, kind: str, cfg: EvalConfig) -> list[str]:
     from rad.algos.assets import load_records
 
     records = load_records(specs, kind, cfg.world, cfg.seed)
@@ -56,8 +59,8 @@ def _prompts(specs: list[str], kind: str, cfg: EvalConfig) -> list[str]:
     return prompts
 
 
-def _embedded(specs: list[str]) -> bool:
-    return bool(specs) and all(s.startswith("embedded/") for s in specs)
+def _embedded(specs: DataSpecs) -> bool:
+    return bool(specs) and all(spec_name(s).startswith("embedded/") for s in specs)
 
 
 def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, int, list[str], int]],
@@ -71,8 +74,11 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
     scorer = None
     fps: dict[str, str] = {}
     out: dict[tuple[str, str, int], Outputs] = {}
+    scorer_formats = {kind: read_score_config(path).template
+                      for kind, path in (("reward", cfg.reward_model), ("cost", cfg.cost_model)) if path}
     for name, path in model_dirs.items():
         fps[name] = dir_fingerprint(path)
+        warn_on_mismatch(saved_prompt_format(path), scorer_formats, name)
         engine = None
         for set_name, seed, prompts, n in sets:
             sampling = dataclasses.replace(cfg.sampling, seed=seed)
@@ -410,8 +416,8 @@ def _report(cfg: EvalConfig, model_dirs: dict[str, Path], heldout: list[str], re
 
     if redteam:
         rep.heading("Out-of-distribution red-teaming (paper Table 4)")
-        rep.text(f"{len(redteam)} prompts from {', '.join(cfg.redteam)}; one response per prompt and seed "
-                 f"(seeds {cfg.judge.seeds}). Cells: blue's win / tie / loss % (less harmful = win), mean \u00b1 "
+        rep.text(f"{len(redteam)} prompts from {', '.join(map(spec_name, cfg.redteam))}; one response per prompt and "
+                 f"seed (seeds {cfg.judge.seeds}). Cells: blue's win / tie / loss % (less harmful = win), mean \u00b1 "
                  "std over seeds; fail = unparseable answers + requests that failed after every retry.")
         for jname in dict.fromkeys(r["judge"] for r in ood):
             sub = [r for r in ood if r["judge"] == jname]

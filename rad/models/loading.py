@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rad.data.prompt_format import use_prompt_format
 from rad.errors import ConfigError
 
 # The pad token added to tokenizers that have neither a pad nor an eos token.
@@ -140,8 +141,14 @@ def load_tokenizer(
     name_or_path: str | os.PathLike[str],
     trust_remote_code: bool = False,
     padding_side: str = "left",
+    prompt_format: str = "",
+    format_key: str = "prompt_format",
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local directory or hub id, with a pad token and ``padding_side``."""
+    """Load a tokenizer from a local directory or hub id, with a pad token and ``padding_side``.
+
+    Its prompt format is ``prompt_format`` when given (checked, ``format_key`` names it in errors), else the one
+    saved with it (:func:`rad.data.prompt_format.use_prompt_format`); a later ``save_pretrained`` records it.
+    """
     if padding_side not in ("left", "right"):
         raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     name, is_local = _resolve(name_or_path, "tokenizer")
@@ -160,6 +167,7 @@ def load_tokenizer(
     # Some tokenizer classes override the constructor argument from their config.
     tokenizer.padding_side = padding_side
     ensure_pad_token(tokenizer)
+    use_prompt_format(tokenizer, prompt_format, format_key)
     return tokenizer
 
 

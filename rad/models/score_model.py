@@ -11,8 +11,9 @@ derived from the mask too (``cumsum - 1``) for backbones that take them, so a
 left-padded row sees the same positions as the unpadded sequence.
 
 Input layout (shared by training and :mod:`rad.runtime.scorer`, see
-:func:`encode_for_scoring`): template-formatted prompt with the tokenizer's
-special tokens, then ``" " + response`` and EOS; the score is read at the EOS.
+:func:`encode_for_scoring`): the prompt in the model's prompt format (``template`` of
+``score_config.json``: ``safe_rlhf``, ``chat`` or a custom template, see
+:mod:`rad.data.prompt_format`), then the response and EOS; the score is read at the EOS.
 
 A saved score model is one directory:
 
@@ -43,8 +44,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from rad.data.encode import encode_prompt
-from rad.data.template import PROMPT_TEMPLATE, format_prompt
+from rad.data.prompt_format import PromptFormat
+from rad.data.template import PROMPT_TEMPLATE
 from rad.errors import ConfigError, DataError
 from rad.models.loading import _as_dtype, _check_local_weights, _resolve, save_pretrained_atomic
 
@@ -79,8 +80,7 @@ class ScoreConfig:
         if not (math.isfinite(self.std) and self.std > 0 and math.isfinite(self.mean)):
             raise ConfigError(f"{where}: normalisation statistics must be finite with std > 0, "
                               f"got mean={self.mean}, std={self.std}")
-        if "{prompt}" not in self.template:
-            raise ConfigError(f"{where}: template {self.template!r} has no '{{prompt}}' placeholder")
+        PromptFormat.parse(self.template, f"{where}: template")
 
 
 def _hidden_size(config: Any) -> int:
@@ -243,8 +243,9 @@ def encode_for_scoring(tokenizer, prompt: str, response: str, max_length: int, t
     """
     if not response or not response.strip():
         raise DataError("empty response: a score needs at least one response token")
-    prompt_ids = encode_prompt(tokenizer, format_prompt(prompt, template), template=False)
-    response_ids = tokenizer(" " + response.strip(), add_special_tokens=False)["input_ids"]
+    fmt = PromptFormat.parse(template, "template")
+    prompt_ids = fmt.ids(tokenizer, [prompt])[0]
+    response_ids = tokenizer(fmt.response_text(response), add_special_tokens=False)["input_ids"]
     return _join_for_scoring(tokenizer, prompt_ids, response_ids, max_length, truncate)
 
 
@@ -256,10 +257,10 @@ def encode_many_for_scoring(tokenizer, prompts: Sequence[str], responses: Sequen
     for i, r in enumerate(responses):
         if not r or not r.strip():
             raise DataError(f"item {i}: empty response: a score needs at least one response token")
+    fmt = PromptFormat.parse(template, "template")
     distinct = list(dict.fromkeys(prompts))
-    encoded = tokenizer([format_prompt(p, template) for p in distinct], add_special_tokens=True)["input_ids"]
-    by_prompt = dict(zip(distinct, encoded))
-    response_ids = tokenizer([" " + r.strip() for r in responses], add_special_tokens=False)["input_ids"]
+    by_prompt = dict(zip(distinct, fmt.ids(tokenizer, distinct)))
+    response_ids = tokenizer([fmt.response_text(r) for r in responses], add_special_tokens=False)["input_ids"]
     out = []
     for i, (p, r) in enumerate(zip(prompts, response_ids)):
         try:

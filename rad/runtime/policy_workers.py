@@ -71,8 +71,10 @@ class PolicyLearner(DeepSpeedRank):
     """
 
     def __init__(self, model_dir: str, cfg: LearnerConfig, total_steps: int, dtype: str = "float32",
-                 trust_remote_code: bool = False, loss_aggregation: str = "sequence_sum", allow_pickle: bool = False):
+                 trust_remote_code: bool = False, loss_aggregation: str = "sequence_sum", allow_pickle: bool = False,
+                 prompt_format: str = ""):
         super().__init__(cfg, total_steps, dtype, trust_remote_code)
+        self.prompt_format = prompt_format  # the policy's, '' = saved with it; saved with the trained policy
         self.model_dir = model_dir
         self.loss_aggregation = loss_aggregation
         self.allow_pickle = allow_pickle
@@ -81,7 +83,8 @@ class PolicyLearner(DeepSpeedRank):
         from rad.models.loading import load_causal_lm, load_tokenizer
         from rad.runtime.distributed import resolve_dtype
 
-        self.tokenizer = load_tokenizer(self.model_dir, trust_remote_code=self.trust_remote_code)
+        self.tokenizer = load_tokenizer(self.model_dir, trust_remote_code=self.trust_remote_code,
+                                        prompt_format=self.prompt_format, format_key="policy.prompt_format")
         return load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype), trust_remote_code=self.trust_remote_code,
                               allow_pickle=self.allow_pickle, tokenizer=self.tokenizer)
 

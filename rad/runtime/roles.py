@@ -69,7 +69,7 @@ class RLRoles:
                  reference_dir: str, policy: TrainedRole, trained: dict[str, TrainedRole] | None = None,
                  reward_model: str, cost_model: str, dtype: str = "auto", trust_remote_code: bool = False,
                  allow_pickle: bool = False, reference_micro_batch_size: int = 16,
-                 logprob_chunk_size: int = 0) -> None:
+                 logprob_chunk_size: int = 0, prompt_format: str = "") -> None:
         import ray
 
         from rad.models.loading import check_weights
@@ -124,7 +124,8 @@ class RLRoles:
         else:
             self.rollout = make_rollout_pool(rollout, policy_dir, seed=seed,
                                              scheduling_strategies=strategies("rollout"),
-                                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                             prompt_format=prompt_format)
         self.transport = self.rollout.connect(self.learners, rollout)
         self.startup_seconds = time.perf_counter() - start
 

@@ -251,3 +251,32 @@ def test_select_feasible_returns_the_best_validated_step(ray_cluster, tmp_path, 
         assert any(not torch.equal(model[k], last[k]) for k in model), "selected an earlier step but got the last"
     reference = json.loads((run / "eval_validation_reference.json").read_text())
     assert sorted(set(reference["prompts"])) == sorted(trainer.val_prompts)
+
+
+def test_a_policy_prompt_format_reaches_every_role_and_is_saved(ray_cluster, tmp_path, sft_model_dir, score_dirs,
+                                                                 caplog):
+    """policy.prompt_format (here a custom template over a safe_rlhf policy) is what the rollout engines prompt with
+    and what the trained policy is saved with; the scorers' other format is logged."""
+    import logging
+
+    from rad.data.encode import encode_prompt
+    from rad.data.prompt_format import saved_prompt_format
+    from rad.models.loading import load_tokenizer
+    from rad.runtime.rollout.base import SamplingConfig
+
+    custom = "Question: {prompt} Answer:"
+    cfg = _cfg(tmp_path, "run", sft_model_dir, score_dirs, steps=1, **{"rollout.num_engines": 1,
+                                                                        "policy.prompt_format": f"'{custom}'"})
+    with caplog.at_level(logging.WARNING, logger="rad.data"):
+        trainer = RADTrainer(cfg)
+    try:
+        trainer.train()
+        (rollout,) = trainer.rollout.generate(["How does the cat handle the river?"], 1,
+                                              SamplingConfig(max_new_tokens=2))
+    finally:
+        trainer.shutdown()
+    assert "prompt formats differ: policy generates with 'Question: {prompt} Answer:'" in caplog.text
+    tokenizer = load_tokenizer(tmp_path / "run" / "model")
+    assert saved_prompt_format(tmp_path / "run" / "model") == custom
+    assert rollout.prompt_token_ids == encode_prompt(tokenizer, "How does the cat handle the river?")
+    assert tokenizer.decode(rollout.prompt_token_ids).endswith("Question: How does the cat handle the river? Answer:")

@@ -227,15 +227,17 @@ def engine_kwargs(cfg: RolloutConfig, kind: str, device: str, tokenizer_dir: str
 
 def make_rollout_pool(cfg: RolloutConfig, model_dir: str | os.PathLike, tokenizer_dir: str | None = None,
                       device: str | None = None, seed: int = 0, scheduling_strategies: Sequence | None = None,
-                      trust_remote_code: bool = False, allow_pickle: bool = False) -> RolloutPool:
+                      trust_remote_code: bool = False, allow_pickle: bool = False,
+                      prompt_format: str = "") -> RolloutPool:
     """``cfg.num_engines`` rollout actors (started in parallel), as one worker group; ``trust_remote_code`` and
-    ``allow_pickle`` are the policy's loading permissions (:func:`rad.models.loading.load_causal_lm`)."""
+    ``allow_pickle`` are the policy's loading permissions (:func:`rad.models.loading.load_causal_lm`),
+    ``prompt_format`` its prompt format ('' = the one saved with it, :mod:`rad.data.prompt_format`)."""
     from rad.runtime.worker_group import WorkerGroup
 
     device = device or cluster_device()
     kind = resolve_engine(cfg.engine, device)
     kwargs, gpus = engine_kwargs(cfg, kind, device, tokenizer_dir, seed)
-    kwargs.update(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    kwargs.update(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, prompt_format=prompt_format)
     group = WorkerGroup(RolloutActor, cfg.num_engines, kind, str(model_dir), kwargs, num_cpus=cfg.num_cpus_per_engine,
                         num_gpus=gpus, name="rollout", scheduling_strategies=scheduling_strategies)
     group.broadcast("info")  # surface start-up errors here

@@ -95,16 +95,18 @@ class HFEngine(RolloutEngine):
     def __init__(self, model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
                  dtype: str = "float32", device: str | None = None, micro_batch_size: int = 64,
                  trust_remote_code: bool = False, model: torch.nn.Module | None = None, tokenizer=None,
-                 allow_pickle: bool = False) -> None:
+                 allow_pickle: bool = False, prompt_format: str = "") -> None:
         """Load ``model_dir`` onto ``device`` (default: the accelerator Ray assigned, else the CPU), or, with
-        ``model`` and ``tokenizer``, generate with that module as it is (see :meth:`around`)."""
+        ``model`` and ``tokenizer``, generate with that module as it is (see :meth:`around`). Prompts are
+        built in ``prompt_format`` ('' = the format saved with the tokenizer)."""
         if micro_batch_size < 1:
             raise ConfigError(f"HFEngine: micro_batch_size must be >= 1, got {micro_batch_size}")
         from rad.runtime.distributed import role_device
 
         with Stopwatch() as sw:
             if model is None:
-                tokenizer = load_tokenizer(tokenizer_dir or model_dir, trust_remote_code=trust_remote_code)
+                tokenizer = load_tokenizer(tokenizer_dir or model_dir, trust_remote_code=trust_remote_code,
+                                           prompt_format=prompt_format, format_key="policy.prompt_format")
                 model = load_causal_lm(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
                                        allow_pickle=allow_pickle, tokenizer=tokenizer)
                 model = model.to(role_device(device or "auto")).eval().requires_grad_(False)

@@ -117,14 +117,16 @@ class VLLMEngine(RolloutEngine):
                  dtype: str | None = None, device: str | None = None, seed: int = 0,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.5,
                  kv_cache_gib: float = 0.25, tensor_parallel_size: int = 1,
-                 trust_remote_code: bool = False, sleep_level: int = 0, allow_pickle: bool = False) -> None:
+                 trust_remote_code: bool = False, sleep_level: int = 0, allow_pickle: bool = False,
+                 prompt_format: str = "") -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type
         if self.device == "cpu":
             for key, value in CPU_ENV.items():
                 os.environ.setdefault(key, value)
         vllm = require_vllm(self.device)
         self.model_dir = str(model_dir)
-        self.tokenizer = load_tokenizer(tokenizer_dir or model_dir, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(tokenizer_dir or model_dir, trust_remote_code=trust_remote_code,
+                                        prompt_format=prompt_format, format_key="policy.prompt_format")
         kwargs: dict[str, Any] = dict(
             model=self.model_dir, tokenizer=str(tokenizer_dir or model_dir), seed=seed,
             max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
