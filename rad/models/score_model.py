@@ -57,6 +57,8 @@ KINDS = ("reward", "cost")
 #: none = raw scores; scale = s / std (keeps the sign, so cost > 0 still means unsafe);
 #: standard = (s - mean) / std.
 NORMALIZE_MODES = ("none", "scale", "standard")
+#: ``template`` value meaning "the tokenizer's chat template over (user prompt, assistant response)".
+CHAT = "chat"
 
 
 @dataclass
@@ -79,8 +81,9 @@ class ScoreConfig:
         if not (math.isfinite(self.std) and self.std > 0 and math.isfinite(self.mean)):
             raise ConfigError(f"{where}: normalisation statistics must be finite with std > 0, "
                               f"got mean={self.mean}, std={self.std}")
-        if "{prompt}" not in self.template:
-            raise ConfigError(f"{where}: template {self.template!r} has no '{{prompt}}' placeholder")
+        if self.template != CHAT and "{prompt}" not in self.template:
+            raise ConfigError(f"{where}: template {self.template!r} is neither {CHAT!r} nor has a '{{prompt}}' "
+                              "placeholder")
 
 
 def _hidden_size(config: Any) -> int:
@@ -243,6 +246,8 @@ def encode_for_scoring(tokenizer, prompt: str, response: str, max_length: int, t
     """
     if not response or not response.strip():
         raise DataError("empty response: a score needs at least one response token")
+    if template == CHAT:
+        return _chat_for_scoring(tokenizer, prompt, response, max_length, truncate)
     prompt_ids = encode_prompt(tokenizer, format_prompt(prompt, template), template=False)
     response_ids = tokenizer(" " + response.strip(), add_special_tokens=False)["input_ids"]
     return _join_for_scoring(tokenizer, prompt_ids, response_ids, max_length, truncate)
@@ -256,6 +261,9 @@ def encode_many_for_scoring(tokenizer, prompts: Sequence[str], responses: Sequen
     for i, r in enumerate(responses):
         if not r or not r.strip():
             raise DataError(f"item {i}: empty response: a score needs at least one response token")
+    if template == CHAT:
+        return [_chat_for_scoring(tokenizer, p, r, max_length, truncate, where=f"item {i}: ")
+                for i, (p, r) in enumerate(zip(prompts, responses))]
     distinct = list(dict.fromkeys(prompts))
     encoded = tokenizer([format_prompt(p, template) for p in distinct], add_special_tokens=True)["input_ids"]
     by_prompt = dict(zip(distinct, encoded))
@@ -267,6 +275,24 @@ def encode_many_for_scoring(tokenizer, prompts: Sequence[str], responses: Sequen
         except DataError as exc:
             raise DataError(f"item {i}: {exc}") from None
     return out
+
+
+def _chat_for_scoring(tokenizer, prompt: str, response: str, max_length: int, truncate: bool,
+                      where: str = "") -> list[int]:
+    """Token ids of the tokenizer's chat template over (user ``prompt``, assistant ``response``); no EOS is added
+    (the template closes the assistant turn itself) and the score is read at the last id. Over-long texts keep
+    their last ``max_length`` tokens (``truncate``) or raise :class:`DataError`."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"template {CHAT!r}: the score model's tokenizer has no chat template; give a template "
+                          "string with {prompt} instead")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                          {"role": "assistant", "content": response.strip()}], tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) > max_length:
+        if not truncate:
+            raise DataError(f"{where}the chat-formatted pair is {len(ids)} tokens, over max_length={max_length}")
+        ids = ids[len(ids) - max_length:]
+    return list(ids)
 
 
 def _join_for_scoring(tokenizer, prompt_ids: list[int], response_ids: list[int], max_length: int,
@@ -298,8 +324,9 @@ def _join_for_scoring(tokenizer, prompt_ids: list[int], response_ids: list[int],
 # -- building and loading --------------------------------------------------------------
 
 
-def _load_backbone(path: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> nn.Module:
-    """``AutoModel`` of a checkpoint; missing trunk weights are logged, a dropped LM head is not.
+def _load_backbone(path: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool,
+                   auto_class: Any = None) -> nn.Module:
+    """``AutoModel`` (or ``auto_class``) of a checkpoint; missing trunk weights are logged, a dropped LM head is not.
 
     transformers' own load report is silenced for the call: loading a causal-LM
     checkpoint as a trunk always reports the LM head as unexpected, which is the point.
@@ -308,17 +335,18 @@ def _load_backbone(path: str, dtype: Any, trust_remote_code: bool, allow_pickle:
     from safetensors import SafetensorError
     from transformers import AutoModel
 
+    auto_class = auto_class or AutoModel
     name, is_local = _resolve(path, "score-model backbone")
     if is_local:
         _check_local_weights(name, allow_pickle)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        model, info = AutoModel.from_pretrained(name, dtype=_as_dtype(dtype), trust_remote_code=trust_remote_code,
+        model, info = auto_class.from_pretrained(name, dtype=_as_dtype(dtype), trust_remote_code=trust_remote_code,
                                                 use_safetensors=None if allow_pickle else True,
                                                 output_loading_info=True)
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: truncated or corrupt weights
-        raise ConfigError(f"score-model backbone: cannot load {name!r} with AutoModel: {exc}") from None
+        raise ConfigError(f"score-model backbone: cannot load {name!r} with {auto_class.__name__}: {exc}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
     if info.get("missing_keys"):
