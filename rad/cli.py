@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RadError as exc:
-        print(f"rad {args.command}: error: {exc}", file=sys.stderr)
+        # An error raised inside a Ray actor arrives as a RayTaskError that is also the original class; its
+        # message is the original's (the remote traceback is in the actor's log).
+        cause = getattr(exc, "cause", None)
+        print(f"rad {args.command}: error: {cause if isinstance(cause, RadError) else exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rad {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

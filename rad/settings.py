@@ -149,5 +149,36 @@ class ScorerConfig:
 
     def validate(self) -> None:
         if self.template and self.template != "chat" and "{prompt}" not in self.template:
-            raise ConfigError(f"template: {self.template!r} is neither 'chat' nor a string with a {{prompt}} "
+            raise ConfigError(f"template {self.template!r} is neither 'chat' nor a string with a {{prompt}} "
                               "placeholder")
+
+
+#: Help text of the ``reward_model`` / ``cost_model`` keys of every command that scores text.
+SCORE_MODEL_HELP = ("{kind} model: a directory (rad {cmd} train output, a transformers "
+                    "AutoModelForSequenceClassification with one label, or a safe-rlhf score model) or an "
+                    "http(s):// scorer URL; {kind}_scorer says how to read it")
+
+
+def score_model_field(kind: str):
+    """The ``reward_model`` / ``cost_model`` key (``kind`` = reward|cost)."""
+    return field("", help=SCORE_MODEL_HELP.format(kind=kind, cmd="rm" if kind == "reward" else "cm"))
+
+
+def scorer_field(kind: str):
+    """The ``reward_scorer`` / ``cost_scorer`` section (``kind`` = reward|cost)."""
+    return field(default_factory=ScorerConfig, help=f"how to read {kind}_model: format, sign, template, HTTP "
+                                                    "settings")
+
+
+def check_score_models(cfg) -> None:
+    """``cfg.reward_model`` and ``cfg.cost_model`` are given, and agree with the format of their scorer section."""
+    for kind in ("reward", "cost"):
+        path, source = getattr(cfg, f"{kind}_model"), getattr(cfg, f"{kind}_scorer")
+        if not path:
+            raise ConfigError(f"{kind}_model: a {kind} model is required (a score-model directory or an http(s):// "
+                              "scorer URL)")
+        url = path.startswith(("http://", "https://"))
+        if url and source.format not in ("auto", "http"):
+            raise ConfigError(f"{kind}_model: {path!r} is a URL but {kind}_scorer.format is {source.format!r}")
+        if source.format == "http" and not url:
+            raise ConfigError(f"{kind}_model: {kind}_scorer.format is 'http', so give an http(s):// URL, got {path!r}")

@@ -36,7 +36,7 @@ from rad.eval import arena, judges, plots
 from rad.eval.config import EvalConfig, resolve_model_dir
 from rad.eval.report import Report, mean_std, num, pct, write_csv
 from rad.eval.responses import OutputCache, Outputs, build_outputs, generate_record, score_record
-from rad.runtime.provenance import dir_fingerprint
+from rad.runtime.provenance import digest, dir_fingerprint
 
 log = logging.getLogger("rad.eval")
 
@@ -65,7 +65,8 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
     from rad.cache import cache_root
 
     cache = OutputCache(cfg.cache_dir or cache_root() / "eval")
-    reward_fp, cost_fp = dir_fingerprint(cfg.reward_model), dir_fingerprint(cfg.cost_model)
+    reward_fp, cost_fp = (f"{dir_fingerprint(getattr(cfg, f'{kind}_model'))}:"
+                          f"{digest(dataclasses.asdict(getattr(cfg, f'{kind}_scorer')))}" for kind in ("reward", "cost"))
     skey = cache.score_key(reward_fp, cost_fp, cfg.scoring)
     scorer = None
     fps: dict[str, str] = {}
@@ -97,7 +98,8 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
                     from rad.runtime.scorer import Scorer
 
                     scorer = Scorer(cfg.reward_model, cfg.cost_model, batch_size=cfg.scoring.batch_size,
-                                    max_length=cfg.scoring.max_length, device=cfg.scoring.device)
+                                    max_length=cfg.scoring.max_length, device=cfg.scoring.device,
+                                    reward_scorer=cfg.reward_scorer, cost_scorer=cfg.cost_scorer)
                 return score_record(scorer, prompts, gen)
 
             gen, generated = cache.generations(gkey, generate)
@@ -202,8 +204,9 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     model_dirs = {name: resolve_model_dir(name, p) for name, p in cfg.model_paths().items()}
     for key in ("reward_model", "cost_model"):
-        if not Path(getattr(cfg, key)).is_dir():
-            raise ConfigError(f"{key}: {getattr(cfg, key)} is not a directory")
+        path = getattr(cfg, key)
+        if not path.startswith(("http://", "https://")) and not Path(path).is_dir():
+            raise ConfigError(f"{key}: {path} is not a directory (nor an http(s):// scorer URL)")
     for sub in ("tables", "pairs", "responses", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -55,6 +55,9 @@ def export_seq_cls(model_dir: str | Path, out_dir: str | Path, overwrite: bool =
     returns what was written: path, architecture, offset and whether it was folded, template, pad_is_eos."""
     from transformers import AutoModelForSequenceClassification
 
+    if Path(out_dir).exists() and not overwrite:
+        raise ConfigError(f"export: {str(out_dir)!r} exists; choose another output directory or replace it "
+                          "(--overwrite)")
     model = load_score_model(model_dir)
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     trunk = model.plain_backbone()

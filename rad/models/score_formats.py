@@ -89,12 +89,14 @@ def detect_format(path: str, trust_remote_code: bool = False, key: str = "score 
                       "*ForScore; name the format in the scorer's format key if it is one of them")
 
 
-def open_score_model(path: str | Path, kind: str, source: ScorerConfig | None = None, dtype: Any = torch.float32,
+def open_score_model(path: str | Path, kind: str | None, source: ScorerConfig | None = None,
+                     dtype: Any = torch.float32,
                      trust_remote_code: bool = False, allow_pickle: bool = False,
                      key: str = "score model") -> ScoreModel:
     """The score model at ``path`` used as a ``kind`` (reward|cost) model, in rad's conventions (eval mode).
 
-    ``key`` names the config key in errors (e.g. ``cost_model``).
+    ``kind`` None: any kind (a critic initialised from a score model). ``key`` names the config key in errors
+    (e.g. ``cost_model``).
     """
     source = source or ScorerConfig()
     path = str(path)
@@ -110,7 +112,7 @@ def open_score_model(path: str | Path, kind: str, source: ScorerConfig | None = 
         model = _open_safe_rlhf(path, kind, dtype, trust_remote_code, allow_pickle, key)
     else:
         raise ConfigError(f"{key}: unknown score-model format {fmt!r}")
-    if model.kind != kind:
+    if kind is not None and model.kind != kind:
         if source.sign == 1:
             raise ConfigError(f"{key}: {path!r} holds a {model.kind} model, given as the {kind} model (set the "
                               f"scorer's sign to -1 if its negation is meant)")
@@ -147,7 +149,7 @@ def _default_template(tokenizer_dir: str) -> str:
     return CHAT if has_chat else PROMPT_TEMPLATE
 
 
-def _open_seq_cls(path: str, kind: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool,
+def _open_seq_cls(path: str, kind: str | None, dtype: Any, trust_remote_code: bool, allow_pickle: bool,
                   key: str) -> ScoreModel:
     from transformers import AutoModelForSequenceClassification
 
@@ -165,7 +167,7 @@ def _open_seq_cls(path: str, kind: str, dtype: Any, trust_remote_code: bool, all
     hidden = _hidden_size(backbone.config)
     bias = (head.bias.detach() if head.bias is not None else 0.0) + float(raw.get(OFFSET_KEY, 0.0))
     template = raw.get(TEMPLATE_KEY) or _default_template(path)
-    cfg = ScoreConfig(kind=kind, template=template, backbone_class=type(backbone).__name__)
+    cfg = ScoreConfig(kind=kind or "reward", template=template, backbone_class=type(backbone).__name__)
     return ScoreModel(backbone, cfg, head=_head(head.weight.detach(), bias, key, hidden))
 
 
@@ -194,7 +196,7 @@ def _safe_rlhf_tensors(path: str, prefixes: tuple[str, ...], allow_pickle: bool,
                                                                        "weights to read them)" if bins else ""))
 
 
-def _open_safe_rlhf(path: str, kind: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool,
+def _open_safe_rlhf(path: str, kind: str | None, dtype: Any, trust_remote_code: bool, allow_pickle: bool,
                     key: str) -> ScoreModel:
     _, raw = _architectures(path, trust_remote_code)
     if int(raw.get("score_dim", 1)) != 1:
@@ -208,7 +210,8 @@ def _open_safe_rlhf(path: str, kind: str, dtype: Any, trust_remote_code: bool, a
     hidden = _hidden_size(backbone.config)
     head = _head(tensors["score_head.weight"], tensors.get("score_head.bias", 0.0), key, hidden)
     score_type = raw.get("score_type", kind)
-    cfg = ScoreConfig(kind=score_type if score_type in ("reward", "cost") else kind, template=PROMPT_TEMPLATE,
+    cfg = ScoreConfig(kind=score_type if score_type in ("reward", "cost") else kind or "reward",
+                      template=PROMPT_TEMPLATE,
                       backbone_class=type(backbone).__name__)
     if raw.get("do_normalize") and "normalizer.mean" in tensors and "normalizer.var" in tensors:
         cfg.normalize = _SAFE_RLHF_NORMALIZE.get(score_type, "none")

@@ -157,3 +157,15 @@ def test_unknown_formats_are_named(tiny_model_dir, tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "three")
     with pytest.raises(ConfigError, match="reward_model: .* 3 labels"):
         Scorer(reward_dir=tmp_path / "three")
+
+
+def test_export_command(score_dirs, tmp_path, capsys):
+    from rad.cli import main
+
+    assert main(["cm", "export", "--model", score_dirs["cost"], "--out", str(tmp_path / "out")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "LlamaForSequenceClassification" and (tmp_path / "out" / "config.json").is_file()
+    assert main(["cm", "export", "--model", score_dirs["cost"], "--out", str(tmp_path / "out")]) == 2
+    assert "rad cm: error: export: " in capsys.readouterr().err  # exists: not replaced without --overwrite
+    assert main(["rm", "export", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 2
+    assert capsys.readouterr().err.startswith("rad rm: error: score model: ")

@@ -67,3 +67,20 @@ def test_unreachable_endpoint_and_deadline():
                         ScorerConfig(retries=5, backoff=0.2, deadline=0.3, timeout=1.0), key="reward_scorer")
     with pytest.raises(RadError, match=r"reward_scorer\.deadline \(0\.3 s\) passed before retry"):
         scorer.score(["a"], ["b"])
+
+
+def test_a_failing_endpoint_fails_the_scorer_actor_with_the_error(ray_cluster, score_server, score_dirs):
+    """What an RL step sees (its scorers are these actors): the batch's error, as the RadError it is."""
+    from rad.runtime.scorer import remote_scorer
+
+    cfg = ScorerConfig(retries=1, **FAST)
+    actor = remote_scorer().remote(score_dirs["reward"], url(score_server), cost_scorer=cfg, num_threads=1)
+    try:
+        out = ray_cluster.get(actor.score.remote(PROMPTS[:2], RESPONSES[:2]), timeout=300)
+        np.testing.assert_array_equal(out["costs"], [len(r) for r in RESPONSES[:2]])
+        with pytest.raises(RadError) as caught:
+            ray_cluster.get(actor.score.remote(["ok", "down"], ["x", "y"]), timeout=300)
+        assert "cost_scorer: the cost endpoint" in str(caught.value.cause) and "HTTP 503" in str(caught.value.cause)
+        assert ray_cluster.get(actor.info.remote())["costs"]["failed_batches"] == 1
+    finally:
+        ray_cluster.kill(actor)
