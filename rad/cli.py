@@ -3,6 +3,7 @@
     rad train [--config FILE] [key.sub=value ...]    the main job (SFT -> ... on the embedded world by default)
     rad sft   [--config FILE] [key.sub=value ...]    supervised fine-tuning
     rad rm train / rad cm train [...]                reward / cost model (Bradley-Terry)
+    rad rm export --model DIR --out DIR              a score model as transformers AutoModelForSequenceClassification
     rad rl    [--config FILE] [key.sub=value ...]    RAD online RL from trained SFT / reward / cost models
     rad baseline ppo-lag [--config FILE] [...]       Safe RLHF PPO-Lagrangian baseline
     rad dpo / rad rsa [...]                          offline risk-aware preference optimisation

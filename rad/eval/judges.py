@@ -21,7 +21,7 @@ Judges:
   would fail the same way. ``deadline`` bounds the judge's total time: once it
   has passed, pairs not yet judged are not sent (or not retried) and count as
   ``error`` (:func:`tally`'s ``deadline``), so a hung endpoint costs minutes,
-  not hours.
+  not hours. The requests, retries and deadline are :mod:`rad.http_client`'s (shared with remote scorers).
 """
 
 from __future__ import annotations

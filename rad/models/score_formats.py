@@ -33,7 +33,7 @@ from torch import nn
 
 from rad.data.template import PROMPT_TEMPLATE
 from rad.errors import ConfigError
-from rad.models.loading import _resolve, load_config
+from rad.models.loading import _resolve, load_config, load_tokenizer
 from rad.models.score_model import (
     CHAT,
     SCORE_CONFIG_FILE,
@@ -141,12 +141,10 @@ def _head(weight: torch.Tensor, bias: torch.Tensor | float, where: str, hidden: 
     return head
 
 
-def _default_template(tokenizer_dir: str) -> str:
-    """'chat' when the directory's tokenizer has a chat template, else the Safe RLHF template."""
-    cfg_file = Path(tokenizer_dir) / "tokenizer_config.json"
-    has_chat = (Path(tokenizer_dir) / "chat_template.jinja").is_file() or (
-        cfg_file.is_file() and bool(json.loads(cfg_file.read_text()).get("chat_template")))
-    return CHAT if has_chat else PROMPT_TEMPLATE
+def _default_template(path: str, trust_remote_code: bool) -> str:
+    """'chat' when the model's tokenizer has a chat template, else the Safe RLHF template."""
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return CHAT if getattr(tokenizer, "chat_template", None) else PROMPT_TEMPLATE
 
 
 def _open_seq_cls(path: str, kind: str | None, dtype: Any, trust_remote_code: bool, allow_pickle: bool,
@@ -166,7 +164,7 @@ def _open_seq_cls(path: str, kind: str | None, dtype: Any, trust_remote_code: bo
     backbone = getattr(model, model.base_model_prefix)
     hidden = _hidden_size(backbone.config)
     bias = (head.bias.detach() if head.bias is not None else 0.0) + float(raw.get(OFFSET_KEY, 0.0))
-    template = raw.get(TEMPLATE_KEY) or _default_template(path)
+    template = raw.get(TEMPLATE_KEY) or _default_template(path, trust_remote_code)
     cfg = ScoreConfig(kind=kind or "reward", template=template, backbone_class=type(backbone).__name__)
     return ScoreModel(backbone, cfg, head=_head(head.weight.detach(), bias, key, hidden))
 
