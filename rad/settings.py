@@ -170,10 +170,13 @@ def scorer_field(kind: str):
                                                     "settings")
 
 
-def check_score_models(cfg) -> None:
-    """``cfg.reward_model`` and ``cfg.cost_model`` are given, and agree with the format of their scorer section."""
+def check_score_models(cfg, required: bool = True) -> None:
+    """``cfg.reward_model`` and ``cfg.cost_model`` are given (unless not ``required``), and agree with the format
+    of their scorer section."""
     for kind in ("reward", "cost"):
         path, source = getattr(cfg, f"{kind}_model"), getattr(cfg, f"{kind}_scorer")
+        if not path and not required:
+            continue
         if not path:
             raise ConfigError(f"{kind}_model: a {kind} model is required (a score-model directory or an http(s):// "
                               "scorer URL)")
