@@ -23,7 +23,6 @@ recorded in the returned model's ``score_config.template``.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,6 @@ from rad.models.score_model import (
 )
 from rad.settings import ScorerConfig
 
-log = logging.getLogger("rad.models")
 
 #: The ``config.json`` key :func:`rad.models.score_export.export_seq_cls` writes when a constant could not be
 #: folded into the exported weights: plain transformers scores + this = rad's scores.
