@@ -147,6 +147,11 @@ class ScorerConfig:
     concurrency: int = field(4, min=1, help="http: requests in flight at once")
     api_key_env: str = field("", help="http: environment variable holding a bearer token ('' = none)")
 
+    def identity(self) -> dict[str, object]:
+        """The keys the scores depend on (caches of scores record them); the HTTP settings only decide how
+        they are fetched."""
+        return {"format": self.format, "sign": self.sign, "template": self.template}
+
     def validate(self) -> None:
         if self.template and self.template != "chat" and "{prompt}" not in self.template:
             raise ConfigError(f"template {self.template!r} is neither 'chat' nor a string with a {{prompt}} "

@@ -38,8 +38,8 @@ def reference_sample_inputs(cfg: Any, reference_dir: str, prompts: list[str], n:
     from rad.runtime.provenance import digest, dir_fingerprint
 
     return {"reference": dir_fingerprint(reference_dir), "reward_model": dir_fingerprint(cfg.reward_model),
-            "cost_model": dir_fingerprint(cfg.cost_model), "reward_scorer": to_dict(cfg.reward_scorer),
-            "cost_scorer": to_dict(cfg.cost_scorer), "prompts": digest(prompts), "samples_per_prompt": n,
+            "cost_model": dir_fingerprint(cfg.cost_model), "reward_scorer": cfg.reward_scorer.identity(),
+            "cost_scorer": cfg.cost_scorer.identity(), "prompts": digest(prompts), "samples_per_prompt": n,
             "seed": cfg.seed + seed, "engine": cfg.rollout.engine, "dtype": cfg.policy.dtype,
             "scorer_dtype": cfg.resources.scorer_dtype,
             "sampling": {k: v for k, v in to_dict(cfg.rollout.sampling).items() if k != "seed"}}

@@ -65,8 +65,9 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
     from rad.cache import cache_root
 
     cache = OutputCache(cfg.cache_dir or cache_root() / "eval")
-    reward_fp, cost_fp = (f"{dir_fingerprint(getattr(cfg, f'{kind}_model'))}:"
-                          f"{digest(dataclasses.asdict(getattr(cfg, f'{kind}_scorer')))}" for kind in ("reward", "cost"))
+    # a score model's files (a URL by its name) and how it is read (format, sign, template)
+    reward_fp = f"{dir_fingerprint(cfg.reward_model)}:{digest(cfg.reward_scorer.identity())}"
+    cost_fp = f"{dir_fingerprint(cfg.cost_model)}:{digest(cfg.cost_scorer.identity())}"
     skey = cache.score_key(reward_fp, cost_fp, cfg.scoring)
     scorer = None
     fps: dict[str, str] = {}
