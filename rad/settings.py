@@ -114,6 +114,11 @@ class LearnerResources:
                               f"got {self.gpus_per_learner}")
 
 
+def is_url(path: object) -> bool:
+    """Whether a ``reward_model`` / ``cost_model`` value names a remote (http) scorer."""
+    return str(path).startswith(("http://", "https://"))
+
+
 #: Score-model formats ``reward_model`` / ``cost_model`` may hold (see :mod:`rad.models.score_formats`).
 SCORER_FORMATS = ("auto", "rad", "hf_seq_cls", "safe_rlhf", "http")
 
@@ -185,7 +190,7 @@ def check_score_models(cfg, required: bool = True) -> None:
         if not path:
             raise ConfigError(f"{kind}_model: a {kind} model is required (a score-model directory or an http(s):// "
                               "scorer URL)")
-        url = path.startswith(("http://", "https://"))
+        url = is_url(path)
         if url and source.format not in ("auto", "http"):
             raise ConfigError(f"{kind}_model: {path!r} is a URL but {kind}_scorer.format is {source.format!r}")
         if source.format == "http" and not url:

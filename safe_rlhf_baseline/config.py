@@ -23,7 +23,7 @@ from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.rollout.config import RolloutConfig
 from rad.settings import (LearnerConfig, LoggingConfig, ModelConfig, ScorerConfig, WorldConfig, check_score_models,
-                          score_model_field, scorer_field)
+                          is_url, score_model_field, scorer_field)
 
 
 @dataclass
@@ -102,8 +102,7 @@ class PPOLagConfig(PPOLagStage):
     def validate(self) -> None:
         check_score_models(self)
         for kind in ("reward", "cost"):
-            if getattr(self, f"{kind}_model").startswith(("http://", "https://")) and not getattr(
-                    self, f"{kind}_critic_model"):
+            if is_url(getattr(self, f"{kind}_model")) and not getattr(self, f"{kind}_critic_model"):
                 raise ConfigError(f"{kind}_critic_model: {kind}_model is a remote scorer, so the {kind} critic "
                                   "needs a model directory to start from")
         algo, n = self.algo, self.resources.num_learners

@@ -28,6 +28,7 @@ import torch
 from rad.config import to_dict
 from rad.errors import ConfigError
 from rad.runtime.roles import RLRoles, TrainedRole
+from rad.settings import is_url
 
 log = logging.getLogger("rad.algos")
 
@@ -104,7 +105,7 @@ class OnlineRLTrainer:
     def check_model_dirs(self) -> None:
         for key in self.model_dir_keys():
             path = getattr(self.cfg, key)
-            if path.startswith(("http://", "https://")) and key in ("reward_model", "cost_model"):
+            if is_url(path) and key in ("reward_model", "cost_model"):
                 continue  # a remote scorer (rad.runtime.http_scorer)
             if path and not (Path(path) / "config.json").is_file():
                 what = "is not a directory" if not Path(path).is_dir() else "has no config.json"

@@ -37,6 +37,7 @@ from rad.eval.config import EvalConfig, resolve_model_dir
 from rad.eval.report import Report, mean_std, num, pct, write_csv
 from rad.eval.responses import OutputCache, Outputs, build_outputs, generate_record, score_record
 from rad.runtime.provenance import digest, dir_fingerprint
+from rad.settings import is_url
 
 log = logging.getLogger("rad.eval")
 
@@ -206,7 +207,7 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     model_dirs = {name: resolve_model_dir(name, p) for name, p in cfg.model_paths().items()}
     for key in ("reward_model", "cost_model"):
         path = getattr(cfg, key)
-        if not path.startswith(("http://", "https://")) and not Path(path).is_dir():
+        if not is_url(path) and not Path(path).is_dir():
             raise ConfigError(f"{key}: {path} is not a directory (nor an http(s):// scorer URL)")
     for sub in ("tables", "pairs", "responses", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from rad.models.score_model import (
     _load_backbone,
     load_score_model,
 )
-from rad.settings import ScorerConfig
+from rad.settings import ScorerConfig, is_url
 
 
 #: The ``config.json`` key :func:`rad.models.score_export.export_seq_cls` writes when a constant could not be
@@ -52,10 +52,6 @@ OFFSET_KEY = "rad_score_offset"
 TEMPLATE_KEY = "rad_prompt_template"
 #: safe-rlhf's normalisation per ``score_type``, in rad's names.
 _SAFE_RLHF_NORMALIZE = {"reward": "standard", "cost": "scale", "critic": "none"}
-
-
-def is_url(path: str) -> bool:
-    return str(path).startswith(("http://", "https://"))
 
 
 def _architectures(path: str, trust_remote_code: bool) -> tuple[list[str], dict]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from rad.errors import ConfigError, RadError
 from rad.http_client import Deadline, Rejected, Retryable, post_json, with_retries
-from rad.settings import ScorerConfig
+from rad.settings import ScorerConfig, is_url
 
 
 class HTTPScorer:
@@ -37,7 +37,7 @@ class HTTPScorer:
 
     def __init__(self, url: str, kind: str, cfg: ScorerConfig | None = None, key: str = "scorer"):
         cfg = cfg or ScorerConfig()
-        if not url.startswith(("http://", "https://")):
+        if not is_url(url):
             raise ConfigError(f"{key}: {url!r} is not an http(s):// URL")
         self.url, self.kind, self.cfg, self.key = url, kind, cfg, key
         self.api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None

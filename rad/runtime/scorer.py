@@ -33,10 +33,10 @@ import torch
 
 from rad.errors import ConfigError, DataError, RadError
 from rad.models.loading import load_tokenizer
-from rad.models.score_formats import is_url, open_score_model
+from rad.models.score_formats import open_score_model
 from rad.models.score_model import ScoreModel, encode_many_for_scoring
 from rad.runtime.http_scorer import HTTPScorer
-from rad.settings import ScorerConfig
+from rad.settings import ScorerConfig, is_url
 
 
 #: What an empty response is scored as when ``empty_response="placeholder"``.
