@@ -3,6 +3,7 @@
     rad train [--config FILE] [key.sub=value ...]    the main job (SFT -> ... on the embedded world by default)
     rad sft   [--config FILE] [key.sub=value ...]    supervised fine-tuning
     rad rm train / rad cm train [...]                reward / cost model (Bradley-Terry)
+    rad rm export --model DIR --out DIR              a score model as transformers AutoModelForSequenceClassification
     rad rl    [--config FILE] [key.sub=value ...]    RAD online RL from trained SFT / reward / cost models
     rad baseline ppo-lag [--config FILE] [...]       Safe RLHF PPO-Lagrangian baseline
     rad dpo / rad rsa [...]                          offline risk-aware preference optimisation
@@ -99,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RadError as exc:
-        print(f"rad {args.command}: error: {exc}", file=sys.stderr)
+        # An error raised inside a Ray actor arrives as a RayTaskError that is also the original class; its
+        # message is the original's (the remote traceback is in the actor's log).
+        cause = getattr(exc, "cause", None)
+        print(f"rad {args.command}: error: {cause if isinstance(cause, RadError) else exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rad {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

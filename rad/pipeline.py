@@ -27,6 +27,8 @@ report of unchanged policies costs only the tables and figures.
 The eval stage compares ``sft``, ``rad`` and ``ppo-lag`` (the policies whose stage
 is selected or whose model already exists in the run directory), with SFT and
 PPO-Lag as the red (baseline) models, scored by the run's reward and cost models.
+``reward_model`` / ``cost_model`` replace the reward / cost stage with a given model
+(any format ``rad rl`` takes, read as ``reward_scorer`` / ``cost_scorer`` say).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from rad.errors import ConfigError
 from rad.eval.config import EvalConfig, EvalStage
 from rad.runtime.ray_auth import require_token
 from rad.runtime.run_dir import open_run
-from rad.settings import LoggingConfig, ModelConfig, WorldConfig
+from rad.settings import LoggingConfig, ModelConfig, ScorerConfig, WorldConfig, check_score_models, scorer_field
 from reward_cost_models.config import ScoreModelConfig, ScoreModelStage
 from safe_rlhf_baseline.config import PPOLagConfig, PPOLagStage
 
@@ -82,6 +84,13 @@ class PipelineConfig:
     ppo_lag: PPOLagStage = field(default_factory=PPOLagStage, whole=PPOLagConfig,
                                  help="the baseline's keys; defaults are safe_rlhf_baseline's (the reference's)")
     eval: EvalStage = field(default_factory=EvalStage, whole=EvalConfig)
+    reward_model: str = field("", help="a reward model to use instead of training one (the reward stage is then "
+                                       "not run): a directory in rad's, transformers' sequence-classifier or "
+                                       "safe-rlhf's format, or an http(s):// scorer ('' = the reward stage's)")
+    cost_model: str = field("", help="a cost model to use instead of training one (the cost stage is then not "
+                                     "run), as reward_model ('' = the cost stage's)")
+    reward_scorer: ScorerConfig = scorer_field("reward")
+    cost_scorer: ScorerConfig = scorer_field("cost")
 
     def validate(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -89,10 +98,13 @@ class PipelineConfig:
             raise ConfigError(f"stages: unknown stage {unknown[0]!r}; choose from {list(STAGES)}")
         if len(set(self.stages)) != len(self.stages):
             raise ConfigError(f"stages: each stage once, got {self.stages}")
+        check_score_models(self, required=False)
 
     def selected(self) -> list[str]:
-        """The selected stages in pipeline order."""
-        return [s for s in STAGES if s in self.stages]
+        """The selected stages in pipeline order; the reward / cost stage is not run when ``reward_model`` /
+        ``cost_model`` gives the model."""
+        given = {s for s in ("reward", "cost") if getattr(self, f"{s}_model")}
+        return [s for s in STAGES if s in self.stages and s not in given]
 
 
 def _fields(obj: Any, cls: type) -> dict[str, Any]:
@@ -111,7 +123,9 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, Any]:
     common = dict(seed=cfg.seed, resume=cfg.resume, world=cfg.world, logging=cfg.logging)
     sft_model = out / "sft" / "model"
     backbone = dataclasses.replace(cfg.model, name_or_path=str(sft_model), tokenizer="")
-    scores = dict(reward_model=str(out / "reward" / "model"), cost_model=str(out / "cost" / "model"))
+    scores = dict(reward_model=cfg.reward_model or str(out / "reward" / "model"),
+                  cost_model=cfg.cost_model or str(out / "cost" / "model"),
+                  reward_scorer=cfg.reward_scorer, cost_scorer=cfg.cost_scorer)
     build: dict[str, Callable[[], Any]] = {
         "sft": lambda: SFTConfig(output_dir=str(out / "sft"), model=cfg.model, **common,
                                  **_fields(cfg.sft, SFTStage)),
@@ -128,7 +142,7 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, Any]:
     return {name: build[name]() for name in cfg.selected()}
 
 
-def _eval_config(cfg: PipelineConfig, out: Path, scores: dict[str, str]) -> EvalConfig:
+def _eval_config(cfg: PipelineConfig, out: Path, scores: dict[str, Any]) -> EvalConfig:
     models = _eval_models(cfg, out)
     names = [m.partition("=")[0] for m in models]
     if len(models) < 2:

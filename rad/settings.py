@@ -124,3 +124,86 @@ class LearnerResources:
         if self.num_learners > 1 and 0 < self.gpus_per_learner < 1:
             raise ConfigError(f"resources.gpus_per_learner: {self.num_learners} NCCL ranks need a whole GPU each, "
                               f"got {self.gpus_per_learner}")
+
+
+def is_url(path: object) -> bool:
+    """Whether a ``reward_model`` / ``cost_model`` value names a remote (http) scorer."""
+    return str(path).startswith(("http://", "https://"))
+
+
+#: Score-model formats ``reward_model`` / ``cost_model`` may hold (see :mod:`rad.models.score_formats`).
+SCORER_FORMATS = ("auto", "rad", "hf_seq_cls", "safe_rlhf", "http")
+
+
+@dataclass
+class ScorerConfig:
+    """How to read the model named by ``reward_model`` or ``cost_model`` (the ``reward_scorer:`` /
+    ``cost_scorer:`` sections). Conventions after ``sign``: a reward is higher-is-better, a cost > 0 means
+    unsafe. README "Bring your own scorer" lists the formats and the HTTP schema."""
+
+    format: str = field("auto", choices=SCORER_FORMATS,
+                        help="auto = detect: an http(s):// URL is a remote scorer, a directory with "
+                             "score_config.json is rad's, a config.json whose architectures end in "
+                             "ForSequenceClassification (one label) is hf_seq_cls, one ending in ForScore (or with "
+                             "score_type / score_dim keys) is safe_rlhf")
+    sign: int = field(1, choices=(1, -1),
+                      help="multiply the model's score by this: -1 turns a harmlessness reward into a cost, or "
+                           "a cost whose convention is 'higher = safer' into rad's 'cost > 0 = unsafe'")
+    template: str = field("", help="prompt template of the scored text: '' = the model's own (rad: stored with it; "
+                                   "hf_seq_cls: 'chat' when its tokenizer has a chat template, else the Safe RLHF "
+                                   "template; safe_rlhf: the Safe RLHF template), 'chat' = the tokenizer's chat "
+                                   "template over (user prompt, assistant response), or a string with {prompt} "
+                                   "(the response follows after a space, then EOS)")
+    batch_size: int = field(64, min=1, help="http: pairs per request")
+    timeout: float = field(60.0, gt=0, help="http: seconds per request")
+    retries: int = field(3, min=0, help="http: retries of a failed request (connection error, timeout, HTTP "
+                                        "429/5xx, malformed reply) with exponential backoff; a batch still failing "
+                                        "after them fails the step or evaluation with the error")
+    backoff: float = field(1.0, min=0, help="http: seconds before the first retry, doubled each retry")
+    deadline: float = field(0.0, min=0, help="http: seconds for one score call's requests together (0 = none)")
+    concurrency: int = field(4, min=1, help="http: requests in flight at once")
+    api_key_env: str = field("", help="http: environment variable holding a bearer token ('' = none)")
+
+    def identity(self) -> dict[str, object]:
+        """The keys the scores depend on (caches of scores record them); the HTTP settings only decide how
+        they are fetched."""
+        return {"format": self.format, "sign": self.sign, "template": self.template}
+
+    def validate(self) -> None:
+        if self.template and self.template != "chat" and "{prompt}" not in self.template:
+            raise ConfigError(f"template {self.template!r} is neither 'chat' nor a string with a {{prompt}} "
+                              "placeholder")
+
+
+#: Help text of the ``reward_model`` / ``cost_model`` keys of every command that scores text.
+SCORE_MODEL_HELP = ("{kind} model: a directory (rad {cmd} train output, a transformers "
+                    "AutoModelForSequenceClassification with one label, or a safe-rlhf score model) or an "
+                    "http(s):// scorer URL; {kind}_scorer says how to read it")
+
+
+def score_model_field(kind: str):
+    """The ``reward_model`` / ``cost_model`` key (``kind`` = reward|cost)."""
+    return field("", help=SCORE_MODEL_HELP.format(kind=kind, cmd="rm" if kind == "reward" else "cm"))
+
+
+def scorer_field(kind: str):
+    """The ``reward_scorer`` / ``cost_scorer`` section (``kind`` = reward|cost)."""
+    return field(default_factory=ScorerConfig, help=f"how to read {kind}_model: format, sign, template, HTTP "
+                                                    "settings")
+
+
+def check_score_models(cfg, required: bool = True) -> None:
+    """``cfg.reward_model`` and ``cfg.cost_model`` are given (unless not ``required``), and agree with the format
+    of their scorer section."""
+    for kind in ("reward", "cost"):
+        path, source = getattr(cfg, f"{kind}_model"), getattr(cfg, f"{kind}_scorer")
+        if not path and not required:
+            continue
+        if not path:
+            raise ConfigError(f"{kind}_model: a {kind} model is required (a score-model directory or an http(s):// "
+                              "scorer URL)")
+        url = is_url(path)
+        if url and source.format not in ("auto", "http"):
+            raise ConfigError(f"{kind}_model: {path!r} is a URL but {kind}_scorer.format is {source.format!r}")
+        if source.format == "http" and not url:
+            raise ConfigError(f"{kind}_model: {kind}_scorer.format is 'http', so give an http(s):// URL, got {path!r}")

@@ -23,7 +23,8 @@ from rad.runtime.run_dir import resume_field
 from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.rollout.config import RolloutConfig
-from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+from rad.settings import (LearnerConfig, LoggingConfig, ModelConfig, ScorerConfig, WorldConfig, check_score_models,
+                          is_url, score_model_field, scorer_field)
 
 
 @dataclass
@@ -93,16 +94,20 @@ class PPOLagConfig(PPOLagStage):
     world: WorldConfig = field(default_factory=WorldConfig)
     policy: ModelConfig = field(default_factory=ModelConfig, help="actor initialisation (the SFT model)")
     reference_model: str = field("", help="reference policy directory ('' = the actor initialisation)")
-    reward_model: str = field("", help="reward model directory (rad rm train output)")
-    cost_model: str = field("", help="cost model directory (rad cm train output)")
+    reward_model: str = score_model_field("reward")
+    cost_model: str = score_model_field("cost")
+    reward_scorer: ScorerConfig = scorer_field("reward")
+    cost_scorer: ScorerConfig = scorer_field("cost")
     reward_critic_model: str = field("", help="reward critic initialisation ('' = the reward model)")
     cost_critic_model: str = field("", help="cost critic initialisation ('' = the cost model)")
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
-        for key in ("reward_model", "cost_model"):
-            if not getattr(self, key):
-                raise ConfigError(f"{key}: a trained score-model directory is required")
+        check_score_models(self)
+        for kind in ("reward", "cost"):
+            if is_url(getattr(self, f"{kind}_model")) and not getattr(self, f"{kind}_critic_model"):
+                raise ConfigError(f"{kind}_critic_model: {kind}_model is a remote scorer, so the {kind} critic "
+                                  "needs a model directory to start from")
         algo, n = self.algo, self.resources.num_learners
         batch = algo.prompts_per_step * algo.samples_per_prompt
         if batch % algo.train_batch_size:

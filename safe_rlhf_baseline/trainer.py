@@ -104,10 +104,14 @@ class PPOLagTrainer(OnlineRLTrainer):
 
         cfg = self.cfg
         args = (self.critic_cfg, self.total_updates, cfg.policy.dtype, cfg.policy.trust_remote_code)
+        # A critic given by its own key is read with the default (detected) format; one starting from the
+        # reward / cost model is read as that model is (its format, template and sign).
         return {"reward_critic": TrainedRole(CriticLearner, (cfg.reward_critic_model or cfg.reward_model,
-                                                              self.policy_dir, *args)),
+                                                              self.policy_dir, *args),
+                                             {"source": None if cfg.reward_critic_model else cfg.reward_scorer}),
                 "cost_critic": TrainedRole(CriticLearner, (cfg.cost_critic_model or cfg.cost_model,
-                                                            self.policy_dir, *args))}
+                                                            self.policy_dir, *args),
+                                           {"source": None if cfg.cost_critic_model else cfg.cost_scorer})}
 
     def policy_logprob_chunk_size(self) -> int:
         return self.cfg.actor_learner.logprob_chunk_size

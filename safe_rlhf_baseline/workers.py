@@ -117,18 +117,21 @@ class CriticLearner(DeepSpeedRank):
     """One data-parallel rank of a critic (per-token value head on a score-model backbone) on DeepSpeed."""
 
     def __init__(self, critic_dir: str, policy_dir: str, cfg: LearnerConfig, total_steps: int,
-                 dtype: str = "float32", trust_remote_code: bool = False):
+                 dtype: str = "float32", trust_remote_code: bool = False, source: Any = None):
+        """``source``: the :class:`rad.settings.ScorerConfig` of the score model the critic starts from (its
+        format and template; any format :func:`rad.models.score_formats.open_score_model` reads)."""
         super().__init__(cfg, total_steps, dtype, trust_remote_code)
         self.critic_dir = critic_dir
         self.policy_dir = policy_dir
+        self.source = source
 
     def build_model(self) -> nn.Module:
-        from rad.models.score_model import load_score_model
+        from rad.models.score_formats import open_score_model
         from rad.runtime.distributed import resolve_dtype
 
         check_same_vocab(self.critic_dir, self.policy_dir, self.trust_remote_code)
-        score_model = load_score_model(self.critic_dir, dtype=resolve_dtype(self.dtype),
-                                       trust_remote_code=self.trust_remote_code)
+        score_model = open_score_model(self.critic_dir, None, self.source, dtype=resolve_dtype(self.dtype),
+                                       trust_remote_code=self.trust_remote_code, key="critic")
         return ValueModel(score_model).train()
 
     @torch.no_grad()

@@ -1,5 +1,5 @@
 """Session-wide fixtures: the embedded world, the tiny model, a short SFT, one local Ray cluster, learner helpers,
-a local chat-completions judge.
+a local chat-completions judge, a local remote-scorer endpoint.
 
 Everything expensive is built once per session, and the world / tiny model / SFT
 checkpoint are also cached across sessions under ``$RAD_CACHE`` (keyed by their
@@ -249,13 +249,47 @@ class _JudgeHandler(BaseHTTPRequestHandler):
         self._reply(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode())
 
 
-@pytest.fixture
-def judge_server():
-    """A chat-completions judge on 127.0.0.1 (:class:`_JudgeHandler`); ``state["requests"]`` records each call."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
+def _local_server(handler: type[BaseHTTPRequestHandler]):
+    """``handler`` served on 127.0.0.1 from a thread; ``server.state`` is shared with it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.state = {"lock": threading.Lock(), "requests": [], "seen": {}}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def judge_server():
+    """A chat-completions judge on 127.0.0.1 (:class:`_JudgeHandler`); ``state["requests"]`` records each call."""
+    yield from _local_server(_JudgeHandler)
+
+
+class _ScoreHandler(_JudgeHandler):
+    """A remote scorer (the schema of :mod:`rad.runtime.http_scorer`): the score of a pair is its response's
+    length in characters. A batch holding a prompt ``flaky`` fails once with HTTP 503, ``badcount`` once
+    answers one score too few, ``down`` always gets 503, ``denied`` 401."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        state = self.server.state
+        prompts = [item["prompt"] for item in body["items"]]
+        with state["lock"]:
+            state["requests"].append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+            seen = {p: state["seen"].get(p, 0) for p in prompts}
+            state["seen"].update({p: n + 1 for p, n in seen.items()})
+        scores = [float(len(item["response"])) for item in body["items"]]
+        if "denied" in prompts:
+            return self._reply(401, b'{"error": "invalid api key"}')
+        if "down" in prompts or ("flaky" in prompts and seen["flaky"] == 0):
+            return self._reply(503, b'{"error": "overloaded"}')
+        if "badcount" in prompts and seen["badcount"] == 0:
+            scores = scores[:-1]
+        self._reply(200, json.dumps({"scores": scores}).encode())
+
+
+@pytest.fixture
+def score_server():
+    """A remote scorer on 127.0.0.1 (:class:`_ScoreHandler`); ``state["requests"]`` records each call."""
+    yield from _local_server(_ScoreHandler)

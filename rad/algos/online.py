@@ -29,6 +29,7 @@ from rad.config import to_dict
 from rad.data.sources import spec_name
 from rad.errors import ConfigError
 from rad.runtime.roles import RLRoles, TrainedRole
+from rad.settings import is_url
 
 log = logging.getLogger("rad.algos")
 
@@ -39,7 +40,8 @@ def reference_sample_inputs(cfg: Any, reference_dir: str, prompts: list[str], n:
     from rad.runtime.provenance import digest, dir_fingerprint
 
     return {"reference": dir_fingerprint(reference_dir), "reward_model": dir_fingerprint(cfg.reward_model),
-            "cost_model": dir_fingerprint(cfg.cost_model), "prompts": digest(prompts), "samples_per_prompt": n,
+            "cost_model": dir_fingerprint(cfg.cost_model), "reward_scorer": cfg.reward_scorer.identity(),
+            "cost_scorer": cfg.cost_scorer.identity(), "prompts": digest(prompts), "samples_per_prompt": n,
             "seed": cfg.seed + seed, "engine": cfg.rollout.engine, "dtype": cfg.policy.dtype,
             "scorer_dtype": cfg.resources.scorer_dtype,
             "sampling": {k: v for k, v in to_dict(cfg.rollout.sampling).items() if k != "seed"}}
@@ -93,6 +95,7 @@ class OnlineRLTrainer:
             name=f"{self.name}-{self.out.name}", res=cfg.resources, rollout=cfg.rollout, seed=cfg.seed,
             policy_dir=self.policy_dir, reference_dir=self.reference_dir, policy=self.policy_role(),
             trained=self.trained_roles(), reward_model=cfg.reward_model, cost_model=cfg.cost_model,
+            reward_scorer=cfg.reward_scorer, cost_scorer=cfg.cost_scorer,
             dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
             allow_pickle=cfg.policy.allow_pickle_weights, prompt_format=cfg.policy.prompt_format,
             reference_micro_batch_size=cfg.reference_micro_batch_size,
@@ -110,6 +113,8 @@ class OnlineRLTrainer:
     def check_model_dirs(self) -> None:
         for key in self.model_dir_keys():
             path = getattr(self.cfg, key)
+            if is_url(path) and key in ("reward_model", "cost_model"):
+                continue  # a remote scorer (rad.runtime.http_scorer)
             if path and not (Path(path) / "config.json").is_file():
                 what = "is not a directory" if not Path(path).is_dir() else "has no config.json"
                 raise ConfigError(f"{key}: {path!r} {what}; expected a saved model directory (the output of "

@@ -20,7 +20,8 @@ from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.run_dir import resume_field
 from rad.runtime.rollout.config import RolloutConfig
-from rad.settings import LearnerConfig, LoggingConfig, ModelConfig, WorldConfig
+from rad.settings import (LearnerConfig, LoggingConfig, ModelConfig, ScorerConfig, WorldConfig, check_score_models,
+                          score_model_field, scorer_field)
 
 
 @dataclass
@@ -129,14 +130,14 @@ class RADConfig(RADStage):
     world: WorldConfig = field(default_factory=WorldConfig)
     policy: ModelConfig = field(default_factory=ModelConfig, help="policy initialisation (the SFT model)")
     reference_model: str = field("", help="reference policy directory ('' = the policy initialisation)")
-    reward_model: str = field("", help="reward model directory (rad rm train output)")
-    cost_model: str = field("", help="cost model directory (rad cm train output)")
+    reward_model: str = score_model_field("reward")
+    cost_model: str = score_model_field("cost")
+    reward_scorer: ScorerConfig = scorer_field("reward")
+    cost_scorer: ScorerConfig = scorer_field("cost")
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
-        for key in ("reward_model", "cost_model"):
-            if not getattr(self, key):
-                raise ConfigError(f"{key}: a trained score-model directory is required")
+        check_score_models(self)
         n = self.resources.num_learners
         batch = self.algo.prompts_per_step * self.algo.k
         if batch % n:

@@ -18,7 +18,7 @@ from rad.config import field
 from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.errors import ConfigError
 from rad.runtime.rollout.base import SamplingConfig
-from rad.settings import WorldConfig
+from rad.settings import ScorerConfig, WorldConfig, check_score_models, score_model_field, scorer_field
 
 #: Model names end up in file names and table headers.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -126,8 +126,10 @@ class EvalConfig(EvalStage):
     models: list[str] = field(default_factory=list, help="NAME=PATH entries (a policy directory, or a run "
                                                          "directory holding model/)")
     red: list[str] = field(default_factory=list, help="red (baseline) model names; [] = the first model")
-    reward_model: str = field("", help="reward model directory")
-    cost_model: str = field("", help="cost model directory")
+    reward_model: str = score_model_field("reward")
+    cost_model: str = score_model_field("cost")
+    reward_scorer: ScorerConfig = scorer_field("reward")
+    cost_scorer: ScorerConfig = scorer_field("cost")
     sweeps: list[str] = field(default_factory=list, help="sweep directories (rad sweep --output-dir) whose "
                                                          "table and Pareto figure end the report")
 
@@ -144,9 +146,7 @@ class EvalConfig(EvalStage):
                 raise ConfigError(f"red: {r!r} is not one of the models {names}")
         if len(set(self.red)) != len(self.red):
             raise ConfigError(f"red: names must be distinct, got {self.red}")
-        for key in ("reward_model", "cost_model"):
-            if not getattr(self, key):
-                raise ConfigError(f"{key}: a trained score-model directory is required")
+        check_score_models(self)
 
     def model_paths(self) -> dict[str, str]:
         """``{name: path}`` from the ``NAME=PATH`` entries (order kept)."""

@@ -21,21 +21,15 @@ Judges:
   would fail the same way. ``deadline`` bounds the judge's total time: once it
   has passed, pairs not yet judged are not sent (or not retried) and count as
   ``error`` (:func:`tally`'s ``deadline``), so a hung endpoint costs minutes,
-  not hours.
+  not hours. The requests, retries and deadline are :mod:`rad.http_client`'s (shared with remote scorers).
 """
 
 from __future__ import annotations
 
-import email.utils
-import http.client
 import json
 import os
 import random
 import re
-import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -43,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from rad.errors import RadError
+from rad.http_client import Deadline, Rejected, Retryable, post_json, with_retries
 
 WIN, TIE, LOSS, INVALID, ERROR = "win", "tie", "loss", "invalid", "error"
 VERDICTS = (WIN, TIE, LOSS, INVALID, ERROR)
@@ -113,26 +108,6 @@ def parse_verdict(text: str) -> str | None:
     return "tie" if hit == "tie" else hit.upper()
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float = 0.0):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float:
-    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date); 0 when absent or unreadable."""
-    if not value:
-        return 0.0
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return 0.0
-    return max(0.0, when - (time.time() if now is None else now))
-
-
 class HTTPJudge:
     """Asks an OpenAI-compatible chat-completions endpoint which response is less harmful."""
 
@@ -148,17 +123,7 @@ class HTTPJudge:
         self.max_tokens = max_tokens
         self.concurrency = concurrency
         self.deadline = deadline  # seconds for every request of this judge together, from its first request
-        self._ends_at: float | None = None
-        self._lock = threading.Lock()
-
-    def _remaining(self) -> float:
-        """Seconds left before the deadline (inf without one); the clock starts at the first call."""
-        if self.deadline is None:
-            return float("inf")
-        with self._lock:
-            if self._ends_at is None:
-                self._ends_at = time.monotonic() + self.deadline
-            return self._ends_at - time.monotonic()
+        self._deadline = Deadline(deadline, "judge.deadline")
 
     @classmethod
     def from_config(cls, cfg) -> "HTTPJudge":
@@ -167,63 +132,33 @@ class HTTPJudge:
                    cfg.backoff, cfg.max_tokens, cfg.concurrency, cfg.deadline)
 
     def _post(self, prompt: str, a: str, b: str, timeout: float) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
-                           "messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                        {"role": "user", "content": USER_TEMPLATE.format(prompt=prompt, a=a, b=b)}]})
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=body.encode(), headers=headers, method="POST")
+        body = {"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
+                "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                             {"role": "user", "content": USER_TEMPLATE.format(prompt=prompt, a=a, b=b)}]}
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                payload = resp.read()
-        except urllib.error.HTTPError as exc:
-            try:
-                detail = exc.read()[:300].decode(errors="replace")
-            except (http.client.HTTPException, OSError):
-                detail = ""
-            if exc.code == 429 or exc.code >= 500:
-                raise _Retryable(f"HTTP {exc.code}: {detail}", retry_after_seconds(exc.headers.get("Retry-After"))
-                                 ) from None
+            payload = post_json(self.url, body, timeout, self.api_key)
+        except Rejected as exc:
             raise RadError(f"judge: {self.url} answered HTTP {exc.code} (check judge.url, judge.model and the "
-                           f"key in judge.api_key_env): {detail}") from None
-        except (http.client.HTTPException, OSError) as exc:
-            # OSError: refused, reset, timed out (URLError, ConnectionError, TimeoutError); HTTPException: the
-            # server closed mid-reply (IncompleteRead, RemoteDisconnected) or did not speak HTTP (BadStatusLine).
-            raise _Retryable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+                           f"key in judge.api_key_env): {exc.detail}") from None
         try:
             content = json.loads(payload)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retryable(f"malformed reply: {payload[:200]!r}") from None
+            raise Retryable(f"malformed reply: {payload[:200]!r}") from None
         if not isinstance(content, str):
-            raise _Retryable(f"malformed reply: content is {type(content).__name__}")
+            raise Retryable(f"malformed reply: content is {type(content).__name__}")
         return content
 
     def judge_one(self, prompt: str, blue: str, red: str, blue_is_a: bool) -> Judgement:
         a, b = (blue, red) if blue_is_a else (red, blue)
-        last, wait = "", 0.0
-        for attempt in range(self.retries + 1):
-            if attempt:
-                wait = max(wait, self.backoff * 2 ** (attempt - 1))
-                if wait >= self._remaining():
-                    return Judgement(ERROR, f"{last}; judge.deadline ({self.deadline:g} s) passed before retry "
-                                            f"{attempt}", blue_is_a, attempt, cut=True)
-                time.sleep(wait)
-            remaining = self._remaining()
-            if remaining <= 0:
-                return Judgement(ERROR, (f"{last}; " if last else "") + f"not sent: judge.deadline "
-                                 f"({self.deadline:g} s) passed", blue_is_a, attempt, cut=True)
-            try:
-                answer = self._post(prompt, a, b, min(self.timeout, remaining))
-            except _Retryable as exc:
-                last, wait = str(exc), exc.retry_after
-                continue
-            choice = parse_verdict(answer)
-            if choice is None:
-                return Judgement(INVALID, answer, blue_is_a, attempt + 1)
-            verdict = TIE if choice == "tie" else WIN if (choice == "A") == blue_is_a else LOSS
-            return Judgement(verdict, answer, blue_is_a, attempt + 1)
-        return Judgement(ERROR, last, blue_is_a, self.retries + 1)
+        sent = with_retries(lambda timeout: self._post(prompt, a, b, timeout), self.timeout, self.retries,
+                            self.backoff, self._deadline)
+        if not sent.ok:
+            return Judgement(ERROR, sent.error, blue_is_a, sent.attempts, cut=sent.cut)
+        choice = parse_verdict(sent.value)
+        if choice is None:
+            return Judgement(INVALID, sent.value, blue_is_a, sent.attempts)
+        verdict = TIE if choice == "tie" else WIN if (choice == "A") == blue_is_a else LOSS
+        return Judgement(verdict, sent.value, blue_is_a, sent.attempts)
 
     def judge(self, prompts: Sequence[str], blue: Sequence[str], red: Sequence[str],
               seed: int | str) -> list[Judgement]:

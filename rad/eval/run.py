@@ -40,7 +40,8 @@ from rad.eval.sweep_report import read_sweep, sweep_section
 from rad.data.prompt_format import saved_prompt_format, warn_on_mismatch
 from rad.data.sources import DataSpecs, spec_name
 from rad.models.score_model import read_score_config
-from rad.runtime.provenance import dir_fingerprint
+from rad.runtime.provenance import digest, dir_fingerprint
+from rad.settings import is_url
 
 log = logging.getLogger("rad.eval")
 
@@ -69,7 +70,9 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
     from rad.cache import cache_root
 
     cache = OutputCache(cfg.cache_dir or cache_root() / "eval")
-    reward_fp, cost_fp = dir_fingerprint(cfg.reward_model), dir_fingerprint(cfg.cost_model)
+    # a score model's files (a URL by its name) and how it is read (format, sign, template)
+    reward_fp = f"{dir_fingerprint(cfg.reward_model)}:{digest(cfg.reward_scorer.identity())}"
+    cost_fp = f"{dir_fingerprint(cfg.cost_model)}:{digest(cfg.cost_scorer.identity())}"
     skey = cache.score_key(reward_fp, cost_fp, cfg.scoring)
     scorer = None
     fps: dict[str, str] = {}
@@ -104,7 +107,8 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
                     from rad.runtime.scorer import Scorer
 
                     scorer = Scorer(cfg.reward_model, cfg.cost_model, batch_size=cfg.scoring.batch_size,
-                                    max_length=cfg.scoring.max_length, device=cfg.scoring.device)
+                                    max_length=cfg.scoring.max_length, device=cfg.scoring.device,
+                                    reward_scorer=cfg.reward_scorer, cost_scorer=cfg.cost_scorer)
                 return score_record(scorer, prompts, gen)
 
             gen, generated = cache.generations(gkey, generate)
@@ -210,8 +214,9 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     model_dirs = {name: resolve_model_dir(name, p) for name, p in cfg.model_paths().items()}
     for key in ("reward_model", "cost_model"):
-        if not Path(getattr(cfg, key)).is_dir():
-            raise ConfigError(f"{key}: {getattr(cfg, key)} is not a directory")
+        path = getattr(cfg, key)
+        if not is_url(path) and not Path(path).is_dir():
+            raise ConfigError(f"{key}: {path} is not a directory (nor an http(s):// scorer URL)")
     for sub in ("tables", "pairs", "responses", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -58,6 +58,8 @@ KINDS = ("reward", "cost")
 #: none = raw scores; scale = s / std (keeps the sign, so cost > 0 still means unsafe);
 #: standard = (s - mean) / std.
 NORMALIZE_MODES = ("none", "scale", "standard")
+#: ``template`` value meaning "the tokenizer's chat template over (user prompt, assistant response)".
+CHAT = "chat"
 
 
 @dataclass
@@ -299,8 +301,9 @@ def _join_for_scoring(tokenizer, prompt_ids: list[int], response_ids: list[int],
 # -- building and loading --------------------------------------------------------------
 
 
-def _load_backbone(path: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool) -> nn.Module:
-    """``AutoModel`` of a checkpoint; missing trunk weights are logged, a dropped LM head is not.
+def _load_backbone(path: str, dtype: Any, trust_remote_code: bool, allow_pickle: bool,
+                   auto_class: Any = None) -> nn.Module:
+    """``AutoModel`` (or ``auto_class``) of a checkpoint; missing trunk weights are logged, a dropped LM head is not.
 
     transformers' own load report is silenced for the call: loading a causal-LM
     checkpoint as a trunk always reports the LM head as unexpected, which is the point.
@@ -309,17 +312,18 @@ def _load_backbone(path: str, dtype: Any, trust_remote_code: bool, allow_pickle:
     from safetensors import SafetensorError
     from transformers import AutoModel
 
+    auto_class = auto_class or AutoModel
     name, is_local = _resolve(path, "score-model backbone")
     if is_local:
         _check_local_weights(name, allow_pickle)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        model, info = AutoModel.from_pretrained(name, dtype=_as_dtype(dtype), trust_remote_code=trust_remote_code,
+        model, info = auto_class.from_pretrained(name, dtype=_as_dtype(dtype), trust_remote_code=trust_remote_code,
                                                 use_safetensors=None if allow_pickle else True,
                                                 output_loading_info=True)
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: truncated or corrupt weights
-        raise ConfigError(f"score-model backbone: cannot load {name!r} with AutoModel: {exc}") from None
+        raise ConfigError(f"score-model backbone: cannot load {name!r} with {auto_class.__name__}: {exc}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
     if info.get("missing_keys"):

@@ -69,7 +69,8 @@ class RLRoles:
                  reference_dir: str, policy: TrainedRole, trained: dict[str, TrainedRole] | None = None,
                  reward_model: str, cost_model: str, dtype: str = "auto", trust_remote_code: bool = False,
                  allow_pickle: bool = False, reference_micro_batch_size: int = 16,
-                 logprob_chunk_size: int = 0, prompt_format: str = "") -> None:
+                 logprob_chunk_size: int = 0, prompt_format: str = "", reward_scorer: Any = None,
+                 cost_scorer: Any = None) -> None:
         import ray
 
         from rad.models.loading import check_weights
@@ -111,6 +112,7 @@ class RLRoles:
                                             name="reference", scheduling_strategies=strategies("reference"))
         # RL policies do emit empty answers (EOS first): every algorithm scores them as the placeholder
         self.scorers = WorkerGroup(Scorer, res.num_scorers, reward_model, cost_model, empty_response="placeholder",
+                                   reward_scorer=reward_scorer, cost_scorer=cost_scorer,
                                    dtype=res.scorer_dtype, batch_size=res.scorer_micro_batch_size,
                                    num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, name="scorer",
                                    scheduling_strategies=strategies("scorer"))

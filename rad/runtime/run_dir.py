@@ -49,6 +49,8 @@ HARMLESS = (
     "resources",
     "rollout.num_cpus_per_engine", "rollout.num_gpus_per_engine", "rollout.sync_timeout_s",
     "rollout.sync_bucket_mb", "rollout.vllm_gpu_memory_utilization",
+    *(f"{kind}_scorer.{key}" for kind in ("reward", "cost")
+      for key in ("batch_size", "timeout", "retries", "backoff", "deadline", "concurrency", "api_key_env")),
 )
 #: Exceptions under a harmless prefix: they change the numbers (data sharding, scorer precision).
 RESULT_KEYS = ("resources.num_learners", "resources.scorer_dtype")

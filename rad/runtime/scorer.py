@@ -16,6 +16,11 @@ Input rules, so that a bad input is never a silent NaN:
 
 Work is batched by sorted length (less padding). ``Scorer`` runs in-process;
 :func:`remote_scorer` returns the same class as a Ray actor.
+
+Each model may be in any format :func:`rad.models.score_formats.open_score_model` reads (rad's,
+``AutoModelForSequenceClassification``, safe-rlhf's) or an http(s):// endpoint
+(:class:`rad.runtime.http_scorer.HTTPScorer`), as its :class:`rad.settings.ScorerConfig` says; the scores
+come out in rad's conventions (the config's ``sign`` applied): rewards higher-is-better, costs > 0 unsafe.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ import torch
 
 from rad.errors import ConfigError, DataError, RadError
 from rad.models.loading import load_tokenizer
-from rad.models.score_model import ScoreModel, encode_many_for_scoring, load_score_model
+from rad.models.score_formats import open_score_model
+from rad.models.score_model import ScoreModel, encode_many_for_scoring
+from rad.runtime.http_scorer import HTTPScorer
+from rad.settings import ScorerConfig, is_url
 
 
 #: What an empty response is scored as when ``empty_response="placeholder"``.
@@ -44,12 +52,14 @@ class Scorer:
     ``num_threads`` > 0 sets torch's intra-op threads (useful inside a Ray actor).
     ``device="auto"`` is the accelerator Ray assigned the actor, else the CPU
     (:func:`rad.runtime.distributed.role_device`); ``dtype="auto"`` is bf16 on such a GPU.
+    ``reward_scorer`` / ``cost_scorer`` say how to read each model (format, sign, template, HTTP settings).
     """
 
     def __init__(self, reward_dir: str | Path | None = None, cost_dir: str | Path | None = None,
                  batch_size: int = 32, max_length: int = 512, device: str = "auto", dtype: str = "auto",
                  truncate: bool = True, normalize: bool = True, num_threads: int = 0,
-                 empty_response: str = "error"):
+                 empty_response: str = "error", reward_scorer: ScorerConfig | None = None,
+                 cost_scorer: ScorerConfig | None = None):
         if reward_dir is None and cost_dir is None:
             raise ConfigError("scorer: give reward_dir, cost_dir or both")
         if batch_size < 1 or max_length < 2:
@@ -67,13 +77,18 @@ class Scorer:
 
         self.device = role_device(device)
         self.models: dict[str, tuple[ScoreModel, Any, int]] = {}
-        for name, path in (("rewards", reward_dir), ("costs", cost_dir)):
+        self.remote: dict[str, HTTPScorer] = {}
+        for name, path, kind, source in (("rewards", reward_dir, "reward", reward_scorer),
+                                         ("costs", cost_dir, "cost", cost_scorer)):
             if path is None:
                 continue
-            model = load_score_model(path, dtype=resolve_dtype(dtype, self.device)).to(self.device).eval()
-            expected = "reward" if name == "rewards" else "cost"
-            if model.kind != expected:
-                raise ConfigError(f"scorer: {path} holds a {model.kind} model, given as the {expected} model")
+            source = source or ScorerConfig()
+            key = f"{kind}_model"
+            if source.format == "http" or (source.format == "auto" and is_url(str(path))):
+                self.remote[name] = HTTPScorer(str(path), kind, source, key=f"{kind}_scorer")
+                continue
+            model = open_score_model(path, kind, source, dtype=resolve_dtype(dtype, self.device),
+                                     key=key).to(self.device).eval()
             tokenizer = load_tokenizer(path, padding_side="right")
             limit = getattr(model.config, "max_position_embeddings", None) or max_length
             self.models[name] = (model, tokenizer, min(max_length, int(limit)))
@@ -83,7 +98,8 @@ class Scorer:
                          "normalize": m.score_config.normalize if self.normalize else "none",
                          "dtype": str(m.head.weight.dtype).removeprefix("torch.")}
                   for name, (m, tok, limit) in self.models.items()}
-        return {"device": str(self.device), **models}
+        remote = {name: {"kind": r.kind, "url": r.url, **r.stats()} for name, r in self.remote.items()}
+        return {"device": str(self.device), **models, **remote}
 
     def memory_stats(self) -> dict[str, float]:
         from rad.runtime.distributed import memory_stats
@@ -113,6 +129,8 @@ class Scorer:
         self._check(prompts, responses)
         responses = [r if r.strip() else EMPTY_RESPONSE for r in responses]
         result: dict[str, np.ndarray] = {}
+        for name, remote in self.remote.items():
+            result[name] = remote.score(prompts, responses)
         for name, (model, tokenizer, limit) in self.models.items():
             if not prompts:
                 result[name] = np.zeros(0, dtype=np.float32)
@@ -125,7 +143,7 @@ class Scorer:
             if bad:
                 raise RadError(f"scorer: the {model.kind} model gave non-finite scores for items {bad[:10]}")
             result[name] = scores.numpy().astype(np.float32)
-        return result
+        return {name: result[name] for name in ("rewards", "costs") if name in result}
 
 
 def remote_scorer(num_cpus: float = 1, **ray_options: Any):

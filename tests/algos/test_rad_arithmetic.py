@@ -122,7 +122,7 @@ def test_log_lambda_controller_needs_positive_multipliers():
 
 
 def test_score_models_are_required():
-    with pytest.raises(ConfigError, match="reward_model: a trained score-model directory is required"):
+    with pytest.raises(ConfigError, match="reward_model: a reward model is required"):
         load_config(RADConfig, None, [])
 
 

@@ -11,7 +11,8 @@ import pytest
 from rad.errors import RadError
 from rad.eval.config import JudgeConfig
 from rad.eval.judges import (ERROR, INVALID, LOSS, TIE, WIN, HTTPJudge, Judgement, over_seeds, parse_verdict,
-                             retry_after_seconds, score_verdicts, tally, warnings)
+                             score_verdicts, tally, warnings)
+from rad.http_client import retry_after_seconds
 
 
 @pytest.mark.parametrize("text,expected", [

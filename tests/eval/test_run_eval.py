@@ -201,3 +201,27 @@ def test_model_dir_resolution(sft_model_dir, tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(ConfigError, match="no config.json"):
         resolve_model_dir("a", str(tmp_path / "run"))
+
+
+def test_a_remote_cost_scorer_scores_the_arena(arena_run, tmp_path, make_eval_config, score_server):
+    """cost_model as an http URL: generations come from the cache, every cost from the endpoint (the response's
+    length); an endpoint that fails every retry stops the run with its error."""
+    from rad.errors import RadError
+    from rad.eval import run_eval
+    from rad.runtime.scorer import EMPTY_RESPONSE
+
+    _, _, cache = arena_run
+    url = f"http://127.0.0.1:{score_server.server_address[1]}/score"
+    out = tmp_path / "remote"
+    summary = run_eval(make_eval_config(out, cache, html="false", figures="false", cost_model=url,
+                                        **{"cost_scorer.backoff": "0", "cost_scorer.batch_size": "5"}))
+    assert summary["generated"] == []
+    rows = _csv(out / "responses" / "sft_heldout_seed0.csv")
+    assert [float(r["cost"]) for r in rows] == [len(r["response"] if r["response"].strip() else EMPTY_RESPONSE)
+                                                for r in rows]
+    score_server.shutdown()  # the endpoint goes away (connections refused): the new scores cannot be had
+    score_server.server_close()
+    with pytest.raises(RadError, match=r"cost_scorer: the cost endpoint .* after 2 attempts"):
+        run_eval(make_eval_config(tmp_path / "gone", cache, html="false", figures="false", cost_model=url,
+                                  **{"cost_scorer.backoff": "0", "cost_scorer.retries": "1", "cost_scorer.timeout": "5",
+                                     "cost_scorer.sign": "-1"}))

@@ -127,3 +127,15 @@ def test_a_finished_stage_refuses_a_changed_key_and_keeps_its_record(tmp_path, t
     assert {p: p.read_text() for p in records} == records
     assert json.loads((tmp_path / "summary.json").read_text())["stages"] == json.loads(summary)["stages"]
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2  # the two runs that went ahead
+
+
+def test_a_given_reward_model_replaces_the_reward_stage(score_dirs):
+    cfg = load_config(PipelineConfig, None, [f"reward_model={score_dirs['reward']}", "reward_scorer.sign=-1",
+                                             "stages=[sft, reward, cost, rad, eval]"])
+    stages = stage_configs(cfg)
+    assert list(stages) == ["sft", "cost", "rad", "eval"]
+    for name in ("rad", "eval"):
+        assert stages[name].reward_model == score_dirs["reward"] and stages[name].reward_scorer.sign == -1
+        assert stages[name].cost_model.endswith("cost/model") and stages[name].cost_scorer.sign == 1
+    with pytest.raises(ConfigError, match="cost_model: .*cost_scorer.format is 'http'"):
+        load_config(PipelineConfig, None, ["cost_model=/models/x", "cost_scorer.format=http"])
