@@ -85,11 +85,11 @@ class OnlineRLTrainer:
         self.tokenizer = load_tokenizer(self.policy_dir, trust_remote_code=cfg.policy.trust_remote_code,
                                         prompt_format=cfg.policy.prompt_format, format_key="policy.prompt_format")
         from rad.data.prompt_format import tokenizer_prompt_format, warn_on_mismatch
-        from rad.models.score_model import read_score_config
+        from rad.models.score_formats import stated_templates
 
         warn_on_mismatch(tokenizer_prompt_format(self.tokenizer).spec,
-                         {name: read_score_config(path).template
-                          for name, path in (("reward", cfg.reward_model), ("cost", cfg.cost_model)) if path})
+                         stated_templates({"reward": (cfg.reward_model, getattr(cfg, "reward_scorer", None)),
+                                           "cost": (cfg.cost_model, getattr(cfg, "cost_scorer", None))}))
         self.pad_id = self.tokenizer.pad_token_id
         self.roles = RLRoles(
             name=f"{self.name}-{self.out.name}", res=cfg.resources, rollout=cfg.rollout, seed=cfg.seed,

@@ -39,7 +39,7 @@ from rad.eval.responses import OutputCache, Outputs, build_outputs, generate_rec
 from rad.eval.sweep_report import read_sweep, sweep_section
 from rad.data.prompt_format import saved_prompt_format, warn_on_mismatch
 from rad.data.sources import DataSpecs, spec_name
-from rad.models.score_model import read_score_config
+from rad.models.score_formats import stated_templates
 from rad.runtime.provenance import digest, dir_fingerprint
 from rad.settings import is_url
 
@@ -77,8 +77,8 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
     scorer = None
     fps: dict[str, str] = {}
     out: dict[tuple[str, str, int], Outputs] = {}
-    scorer_formats = {kind: read_score_config(path).template
-                      for kind, path in (("reward", cfg.reward_model), ("cost", cfg.cost_model)) if path}
+    scorer_formats = stated_templates({"reward": (cfg.reward_model, cfg.reward_scorer),
+                                       "cost": (cfg.cost_model, cfg.cost_scorer)})
     for name, path in model_dirs.items():
         fps[name] = dir_fingerprint(path)
         warn_on_mismatch(saved_prompt_format(path), scorer_formats, name)

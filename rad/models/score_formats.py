@@ -41,6 +41,7 @@ from rad.models.score_model import (
     _hidden_size,
     _load_backbone,
     load_score_model,
+    read_score_config,
 )
 from rad.settings import ScorerConfig, is_url
 
@@ -121,6 +122,21 @@ def open_score_model(path: str | Path, kind: str | None, source: ScorerConfig | 
             if model.score_config.normalize == "standard":
                 model.score_config.mean = -model.score_config.mean
     return model.eval()
+
+
+def stated_templates(scorers: dict[str, tuple[str, ScorerConfig | None]]) -> dict[str, str]:
+    """The prompt format each scorer reads, where it is known without loading a model: the scorer config's
+    ``template`` if set, else the one a rad score model saved. A remote scorer or a foreign checkpoint
+    without a stated template is left out (``{name: (model path or URL, scorer config)}``)."""
+    out = {}
+    for name, (path, source) in scorers.items():
+        if not path:
+            continue
+        if source is not None and source.template:
+            out[name] = source.template
+        elif not is_url(path) and (Path(path) / SCORE_CONFIG_FILE).is_file():
+            out[name] = read_score_config(path).template
+    return out
 
 
 def _head(weight: torch.Tensor, bias: torch.Tensor | float, where: str, hidden: int) -> nn.Linear:

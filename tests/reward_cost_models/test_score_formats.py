@@ -169,3 +169,19 @@ def test_export_command(score_dirs, tmp_path, capsys):
     assert "rad cm: error: export: " in capsys.readouterr().err  # exists: not replaced without --overwrite
     assert main(["rm", "export", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 2
     assert capsys.readouterr().err.startswith("rad rm: error: score model: ")
+
+
+def test_stated_templates_skip_what_cannot_be_known_without_loading(tmp_path, score_dirs):
+    """The prompt-format check before RL and eval reads only what is stated: a rad score model's saved template or a
+    scorer config's; a URL or a foreign checkpoint without one is skipped, not opened."""
+    from rad.models.score_formats import stated_templates
+    from rad.models.score_model import read_score_config
+    from rad.settings import ScorerConfig
+
+    foreign = tmp_path / "hf-classifier"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"architectures": ["LlamaForSequenceClassification"]}')
+    got = stated_templates({"reward": (score_dirs["reward"], None), "cost": ("http://127.0.0.1:9/score", None),
+                            "judge": (str(foreign), None), "chatty": (str(foreign), ScorerConfig(template="chat")),
+                            "none": ("", None)})
+    assert got == {"reward": read_score_config(score_dirs["reward"]).template, "chatty": "chat"}
