@@ -15,15 +15,12 @@ from typing import Any, Callable
 def config_command(cfg_cls: type, runner: Callable[[Any], dict]):
     def run(args: argparse.Namespace) -> int:
         from rad.config import describe, load_config
-        from rad.output_dir import check_output_dir
 
         if args.help_config:
             print("\n".join(describe(cfg_cls)))
             return 0
         cfg = load_config(cfg_cls, args.config, args.overrides)
-        if getattr(cfg, "output_dir", ""):
-            check_output_dir(cfg.output_dir)  # before any work: not an OSError traceback after it
-        result = runner(cfg)
+        result = runner(cfg)  # every runner first takes its output_dir (rad.runtime.run_dir.run_lock)
         print(json.dumps(result, indent=2, default=str))
         return 0
 

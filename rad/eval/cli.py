@@ -53,10 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.help_config:
         print("\n".join(describe(EvalConfig)))
         return 0
-    from rad.output_dir import check_output_dir
-
     cfg = load_eval_config(args)
-    check_output_dir(cfg.output_dir)
     print(json.dumps(run_eval(cfg), indent=2, default=str))
     return 0
 

@@ -1,7 +1,8 @@
 """A run directory, as every command (``rad train``, ``sft``, ``rm``/``cm train``, ``rl``, ``baseline ppo-lag``,
 ``dpo``, ``rsa``) opens it: one run at a time, the record of what was run, and reruns that continue it.
 
-* **Lock** (``.rad.lock``, :func:`run_lock`): an ``flock`` held for the whole command. A second command
+* **Lock** (``.rad.lock``, :func:`run_lock`): an ``flock`` held for the whole command, taken first, after
+  checking that the directory can be written (:func:`check_writable`). A second command
   into the same directory stops at once with an error naming the holder (pid, host, start time, command
   line). The kernel drops the lock when its process dies, so a lock left by a killed run is taken over
   (with a warning naming the dead holder).
@@ -25,6 +26,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -90,15 +92,31 @@ def _describe(holder: dict[str, Any]) -> str:
             f"{holder.get('command')!r}")
 
 
+def check_writable(path: str | os.PathLike, key: str = "output_dir") -> Path:
+    """Create ``path`` (with its parents) and write and remove a probe file in it; the path. A read-only
+    directory or a path through a file is one :class:`ConfigError` naming ``key`` and the directory, before
+    any work, instead of an ``OSError`` traceback from whichever write comes first."""
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".rad-write-check-"):
+            pass
+    except OSError as exc:
+        where = exc.filename or out
+        raise ConfigError(f"{key}: cannot write to {str(where)!r} ({exc.strerror or exc}); give a writable "
+                          "directory") from None
+    return out
+
+
 @contextmanager
 def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the block; a held lock is a :class:`ConfigError` naming its holder."""
-    run_dir = Path(run_dir)
+    run_dir = check_writable(run_dir)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise ConfigError(f"output_dir: cannot write {run_dir}: {exc.strerror}") from None
+        raise ConfigError(f"output_dir: cannot write to {str(run_dir / LOCK)!r} ({exc.strerror or exc}); give a "
+                          "writable directory") from None
     with os.fdopen(fd, "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
