@@ -1,4 +1,4 @@
-"""An output directory that cannot be written is one line from the CLI, before any work starts (the run lock checks it)."""
+"""An output directory that cannot be written is one line from the CLI, before any work (the run lock checks it)."""
 
 from __future__ import annotations
 
