@@ -1,7 +1,11 @@
 """``rad sweep``: one ``rad train`` config over seeds x settings, resumable, aggregated.
 
     rad sweep --config launch/configs/tiny_compare.yaml --seeds 0-4 \\
-        --grid rad.algo.delta=0.25,0.5,1.0 [--grid KEY=V1,V2 ...] [--output-dir D] [key=value ...]
+        --grid rad.algo.delta=0.25,0.5,1.0 [--grid KEY=V1,V2 ...] [--zip] [--output-dir D] [key=value ...]
+
+Several ``--grid`` keys make their product, or with ``--zip`` move together (one
+setting per position: ``--grid rad.algo.delta=0.25,0.5 --grid ppo_lag.algo.threshold=-3,-3.3
+--zip`` is two settings, each running both algorithms at one constraint level).
 
 Each *cell* (one seed, one value of every ``--grid`` key) is a run of the
 config's pipeline with ``seed=<seed>``, the cell's grid values and the trailing
@@ -121,11 +125,22 @@ def parse_grid(texts: list[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
-def expand(seeds: list[int], grid: list[tuple[str, list[str]]]) -> list[Cell]:
-    """Every (setting, seed) cell, settings in grid order, seeds innermost."""
+def expand(seeds: list[int], grid: list[tuple[str, list[str]]], paired: bool = False) -> list[Cell]:
+    """Every (setting, seed) cell, settings in grid order, seeds innermost.
+
+    ``paired`` (``--zip``): the grid keys move together, the i-th value of every key in the
+    i-th setting (e.g. RAD's delta and PPO-Lag's threshold, one constraint level per setting),
+    instead of their product.
+    """
     keys = [k for k, _ in grid]
-    return [Cell(seed, tuple(zip(keys, combo)))
-            for combo in itertools.product(*(values for _, values in grid)) for seed in seeds]
+    if paired:
+        lengths = {key: len(values) for key, values in grid}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f"--zip: every --grid needs the same number of values, got {lengths}")
+        combos = list(zip(*(values for _, values in grid)))
+    else:
+        combos = list(itertools.product(*(values for _, values in grid)))
+    return [Cell(seed, tuple(zip(keys, combo))) for combo in combos for seed in seeds]
 
 
 def _overrides(pairs) -> list[str]:
@@ -144,6 +159,7 @@ class Sweep:
     overrides: list[str]
     output_dir: Path
     upstream: str = "shared"
+    paired: bool = False
 
     def load(self, extra: list[str]) -> PipelineConfig:
         return load_config(PipelineConfig, self.config, [*self.overrides, *extra])
@@ -180,7 +196,7 @@ class Sweep:
         from rad.eval.sweep_report import cell_metrics, write_sweep_report  # matplotlib, scipy: only when run
 
         base = self.validate()
-        cells = expand(self.seeds, self.grid)
+        cells = expand(self.seeds, self.grid, self.paired)
         shared = self.shared_stages(base)
         selected = base.selected()
         records, ran, skipped = [], [], []
@@ -202,7 +218,8 @@ class Sweep:
                             "assignment": dict(cell.assignment), "dir": str(cell_dir),
                             "metrics": cell_metrics(summary)})
         spec = {"config": self.config, "seeds": self.seeds, "grid": {k: v for k, v in self.grid},
-                "overrides": self.overrides, "upstream": self.upstream, "ran": ran, "skipped": skipped}
+                "overrides": self.overrides, "upstream": self.upstream,
+                "paired": self.paired, "ran": ran, "skipped": skipped}
         result = write_sweep_report(self.output_dir, spec, records)
         return {"output_dir": str(self.output_dir), "cells": len(cells), "ran": ran, "skipped": skipped,
                 "settings": len(result["settings"]), "figure": result["figure"],
@@ -242,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--seeds: expected N, A-B or N,M,... (e.g. --seeds 0-4)")
     out = Path(args.output_dir or f"runs/sweep-{Path(args.config).stem}")
     sweep = Sweep(config=args.config, seeds=parse_seeds(args.seeds), grid=parse_grid(args.grid or []),
-                  overrides=list(args.overrides), output_dir=out, upstream=args.upstream)
+                  overrides=list(args.overrides), output_dir=out, upstream=args.upstream, paired=args.zip)
     print(json.dumps(sweep.run(), indent=2, default=str))
     return 0
 
@@ -256,6 +273,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", help="seeds: N, A-B (inclusive) or N,M,...")
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a swept key and its values; repeat for a "
                                                                          "product")
+    p.add_argument("--zip", action="store_true",
+                   help="pair the --grid keys (the i-th value of each in the i-th setting) instead of their product")
     p.add_argument("--output-dir", help="sweep directory (default runs/sweep-<config name>)")
     p.add_argument("--upstream", default="shared", choices=UPSTREAM_MODES,
                    help="SFT/reward/cost: shared across seeds (default), per seed, or none (every cell trains all)")

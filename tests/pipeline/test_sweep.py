@@ -59,6 +59,16 @@ def test_cells_and_upstream_groups(tmp_path):
     assert d == tmp_path / "upstream" / "base-seed1" and extra == ["seed=1"]
 
 
+def test_zipped_grids_pair_their_values_and_refuse_unequal_lengths():
+    grid = parse_grid(["rad.algo.delta=0.25,1.0", "ppo_lag.algo.threshold=-3,-3.3"])
+    cells = expand([0, 1], grid, paired=True)
+    assert [c.setting for c in cells[::2]] == ["rad.algo.delta=0.25,ppo_lag.algo.threshold=-3",
+                                               "rad.algo.delta=1.0,ppo_lag.algo.threshold=-3.3"]
+    assert [c.seed for c in cells] == [0, 1, 0, 1]
+    with pytest.raises(ConfigError, match=r"--zip: every --grid needs the same number of values"):
+        expand([0], parse_grid(["rad.algo.delta=0.25,1.0", "ppo_lag.algo.threshold=-3"]), paired=True)
+
+
 def test_a_grid_value_the_config_refuses_is_one_line_naming_it(tmp_path, capsys):
     rc = main(["sweep", "--config", str(SMOKE), "--seeds", "0", "--grid", "rad.algo.delta=0.5,-1",
                "--output-dir", str(tmp_path)])
