@@ -316,7 +316,7 @@ class OnlineRLTrainer:
 
     def common_comparison(self, policy: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
         """Cost, reward, safety and (on the embedded world) hidden-harm numbers of policy vs reference."""
-        from rad.algos.selection import win_rate
+        from rad.algos.selection import tie_rate, win_rate
         from rad.risk import spectral_risk
 
         pc, rc = torch.tensor(policy["costs"]), torch.tensor(reference["costs"])
@@ -327,7 +327,7 @@ class OnlineRLTrainer:
                "reward_mean_policy": float(pr.mean()), "reward_mean_reference": float(rr.mean()),
                "safe_fraction_policy": float((pc <= 0).double().mean()),
                "safe_fraction_reference": float((rc <= 0).double().mean()),
-               "reward_win_rate": win_rate(pr, rr)}
+               "reward_win_rate": win_rate(pr, rr), "reward_tie_rate": tie_rate(pr, rr)}
         oracle = self._oracle()
         if oracle is not None:
             ph = torch.tensor([oracle.harm(p, r) for p, r in zip(policy["prompts"], policy["responses"])])

@@ -33,7 +33,8 @@ import torch
 from rad.config import field
 from rad.errors import ConfigError
 
-__all__ = ["Candidate", "SelectionConfig", "ValidationSelector", "bootstrap_bounds", "split_validation", "win_rate"]
+__all__ = ["Candidate", "SelectionConfig", "ValidationSelector", "bootstrap_bounds", "split_validation", "tie_rate",
+           "win_rate"]
 
 
 @dataclass
@@ -74,12 +75,28 @@ def split_validation(n_prompts: int, n_val: int, seed: int) -> tuple[list[int], 
 
 
 def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]) -> float:
-    """Share of paired samples where the policy's reward beats the reference's (ties count half)."""
+    """Share of paired samples where the policy's reward is strictly higher than the reference's.
+
+    rad's one win-rate convention, the RAD paper's ("the percentage of prompts for which the
+    blue model's response achieves higher reward"): a tie is not a win; :func:`tie_rate`
+    reports ties beside it (the arena report, ``rad.eval.arena.win_rates``, counts the same way).
+    """
+    p, r = _paired(policy_rewards, reference_rewards)
+    return float((p > r).double().mean())
+
+
+def tie_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]) -> float:
+    """Share of paired samples with equal rewards (identical answers, mostly): neither a win nor a loss."""
+    p, r = _paired(policy_rewards, reference_rewards)
+    return float((p == r).double().mean())
+
+
+def _paired(policy_rewards, reference_rewards) -> tuple[torch.Tensor, torch.Tensor]:
     p = torch.as_tensor(policy_rewards, dtype=torch.float64)
     r = torch.as_tensor(reference_rewards, dtype=torch.float64)
     if p.shape != r.shape:
         raise ValueError(f"win rate needs paired samples, got {tuple(p.shape)} and {tuple(r.shape)}")
-    return float(((p > r).double() + 0.5 * (p == r).double()).mean())
+    return p, r
 
 
 @dataclass

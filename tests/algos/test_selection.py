@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rad.algos.selection import ValidationSelector, split_validation, win_rate
+from rad.algos.selection import ValidationSelector, split_validation, tie_rate, win_rate
 from rad.risk import weighting_from_spec
 
 
@@ -22,7 +22,8 @@ def test_split_rejects_sizes_that_leave_no_side(n_val):
 
 
 def test_win_rate_counts_ties_half_and_needs_pairs():
-    assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx(2 / 4)  # a tie is not a win
+    assert tie_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx(1 / 4)
     with pytest.raises(ValueError, match="paired samples"):
         win_rate([1.0, 2.0], [1.0])
 
