@@ -25,9 +25,14 @@ links to the group's model and its summary records the group's stage summary
 with ``upstream`` naming the directory). ``--upstream none`` trains every stage
 in every cell.
 
-Cells run one after another in this process (Ray actors of the RL stages on the
-local or configured cluster); a cell whose ``summary.json`` records every
-selected stage is skipped, so re-running the command resumes the sweep.
+Cells run one after another in this process (``--executor local``, the default;
+Ray actors of the RL stages on the local or configured cluster), or as Ray tasks
+on that cluster, ``--max-parallel`` at a time (``--executor ray``; see
+:func:`run_cells_on_ray`: parallel cells need ``<stage>.resources.placement`` so
+each reserves its roles at once, and a cell whose placement group waits longer
+than ``placement_timeout_s`` fails). Upstream groups train first, in this process.
+A cell whose ``summary.json`` records every selected stage is skipped, so
+re-running the command resumes the sweep.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from rad.config import load_config
-from rad.errors import ConfigError
-from rad.pipeline import PipelineConfig, run_pipeline
+from rad.errors import ConfigError, RadError
+from rad.pipeline import PipelineConfig, run_pipeline, stage_configs
 
 log = logging.getLogger("rad")
 
@@ -53,6 +58,10 @@ DOWNSTREAM_PREFIXES = ("rad.", "ppo_lag.", "eval.", "logging.")
 #: Keys the sweep sets itself.
 RESERVED = ("seed", "output_dir", "resume", "stages")
 UPSTREAM_MODES = ("shared", "per-seed", "none")
+#: Where cells run: one after another in this process, or as Ray tasks (``--max-parallel`` at a time).
+EXECUTORS = ("local", "ray")
+#: Logical CPUs a local Ray cluster gets per parallel cell when the sweep starts it (roles of one RL stage).
+CPUS_PER_CELL = 6
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,8 @@ class Sweep:
     output_dir: Path
     upstream: str = "shared"
     paired: bool = False
+    executor: str = "local"
+    max_parallel: int = 2
 
     def load(self, extra: list[str]) -> PipelineConfig:
         return load_config(PipelineConfig, self.config, [*self.overrides, *extra])
@@ -168,6 +179,10 @@ class Sweep:
         """The base config; every grid value is loaded once so a bad one fails before any work, named."""
         if self.upstream not in UPSTREAM_MODES:
             raise ConfigError(f"--upstream {self.upstream!r}: choose from {list(UPSTREAM_MODES)}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"--executor {self.executor!r}: choose from {list(EXECUTORS)}")
+        if self.max_parallel < 1:
+            raise ConfigError(f"--max-parallel {self.max_parallel}: expected a positive number of cells")
         base = self.load([])
         for key, values in self.grid:
             for value in values:
@@ -177,6 +192,13 @@ class Sweep:
                     raise ConfigError(f"--grid {key}={value}: {exc}") from None
         if not any(s not in UPSTREAM_STAGES for s in base.selected()):
             raise ConfigError(f"stages: a sweep needs a stage after {list(UPSTREAM_STAGES)}, got {base.stages}")
+        if self.executor == "ray" and self.max_parallel > 1:
+            # Cells in parallel must reserve their roles all at once, or two half-placed cells wait on each other.
+            for name, stage_cfg in stage_configs(base).items():
+                if getattr(getattr(stage_cfg, "resources", None), "placement", None) == "none":
+                    raise ConfigError(f"--executor ray --max-parallel {self.max_parallel}: {name}.resources.placement "
+                                      f"is none; set it to pack (each cell reserves its roles at once) or run "
+                                      f"--max-parallel 1")
         return base
 
     def shared_stages(self, base: PipelineConfig) -> list[str]:
@@ -199,27 +221,33 @@ class Sweep:
         cells = expand(self.seeds, self.grid, self.paired)
         shared = self.shared_stages(base)
         selected = base.selected()
-        records, ran, skipped = [], [], []
-        for i, cell in enumerate(cells):
+        stages = "[" + ",".join(selected) + "]"
+        summaries: dict[str, dict[str, Any]] = {}
+        todo: list[tuple[Cell, PipelineConfig]] = []
+        for cell in cells:
             cell_dir = self.output_dir / "cells" / cell.name
             summary = _read_summary(cell_dir)
-            if summary is None or not set(selected) <= set(summary.get("stages", {})):
-                log.info("sweep cell %d/%d: %s", i + 1, len(cells), cell.name)
-                if shared:
-                    self._link_upstream(cell, cell_dir, shared)
-                stages = "[" + ",".join(selected) + "]"
-                cfg = self.load([*_overrides(cell.assignment), f"seed={cell.seed}", f"output_dir={cell_dir}",
-                                 "resume=true", f"stages={stages}"])
-                summary = run_pipeline(cfg)
-                ran.append(cell.name)
-            else:
-                skipped.append(cell.name)
-            records.append({"name": cell.name, "setting": cell.setting, "seed": cell.seed,
-                            "assignment": dict(cell.assignment), "dir": str(cell_dir),
-                            "metrics": cell_metrics(summary)})
+            if summary is not None and set(selected) <= set(summary.get("stages", {})):
+                summaries[cell.name] = summary
+                continue
+            if shared:  # each upstream group trains once, here, before any cell runs
+                self._link_upstream(cell, cell_dir, shared)
+            todo.append((cell, self.load([*_overrides(cell.assignment), f"seed={cell.seed}",
+                                          f"output_dir={cell_dir}", "resume=true", f"stages={stages}"])))
+        ran = [cell.name for cell, _ in todo]
+        skipped = [cell.name for cell in cells if cell.name in summaries]
+        if self.executor == "ray":
+            summaries.update(run_cells_on_ray(todo, self.max_parallel, _ray_resources(base)))
+        else:
+            for i, (cell, cfg) in enumerate(todo):
+                log.info("sweep cell %d/%d: %s", i + 1, len(todo), cell.name)
+                summaries[cell.name] = run_pipeline(cfg)
+        records = [{"name": cell.name, "setting": cell.setting, "seed": cell.seed,
+                    "assignment": dict(cell.assignment), "dir": str(self.output_dir / "cells" / cell.name),
+                    "metrics": cell_metrics(summaries[cell.name])} for cell in cells]
         spec = {"config": self.config, "seeds": self.seeds, "grid": {k: v for k, v in self.grid},
-                "overrides": self.overrides, "upstream": self.upstream,
-                "paired": self.paired, "ran": ran, "skipped": skipped}
+                "overrides": self.overrides, "upstream": self.upstream, "paired": self.paired,
+                "executor": self.executor, "ran": ran, "skipped": skipped}
         result = write_sweep_report(self.output_dir, spec, records)
         return {"output_dir": str(self.output_dir), "cells": len(cells), "ran": ran, "skipped": skipped,
                 "settings": len(result["settings"]), "figure": result["figure"],
@@ -238,6 +266,57 @@ class Sweep:
                 link.symlink_to((up_dir / stage / "model").resolve(), target_is_directory=True)
             summary["stages"][stage] = {**up["stages"][stage], "upstream": str(up_dir)}
         (cell_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _ray_resources(base: PipelineConfig) -> Any:
+    """The ``resources`` of the first selected stage that has them (the cluster the cells' RL stages use)."""
+    for stage_cfg in stage_configs(base).values():
+        if hasattr(stage_cfg, "resources") and hasattr(stage_cfg.resources, "ray_address"):
+            return stage_cfg.resources
+    raise ConfigError(f"--executor ray: none of the stages {base.stages} runs on Ray")
+
+
+def run_cells_on_ray(todo: list[tuple[Cell, PipelineConfig]], max_parallel: int,
+                     resources: Any) -> dict[str, dict[str, Any]]:
+    """Run each cell's pipeline as a Ray task, at most ``max_parallel`` at once; their summaries by cell name.
+
+    A cell task holds no CPU of its own (``num_cpus=0``): it is the driver of its cell, and
+    its stages' actors reserve what they use through their placement groups, so cells that
+    do not fit wait for resources instead of oversubscribing them. The cells' run
+    directories must be on storage every node sees. When a cell fails, the cells in flight
+    finish (their results are kept; re-running the sweep skips them) and the first failure
+    is raised, naming its cell.
+    """
+    import ray
+
+    from rad.runtime.local_ray import ensure_ray
+
+    started = ensure_ray(resources, needed_cpus=CPUS_PER_CELL * max_parallel)
+    task = ray.remote(num_cpus=0)(run_pipeline)
+    queue, pending, results, failures = list(todo), {}, {}, []
+    try:
+        while queue or pending:
+            while queue and not failures and len(pending) < max_parallel:
+                cell, cfg = queue.pop(0)
+                log.info("sweep cell %s: submitted as a Ray task", cell.name)
+                pending[task.remote(cfg)] = cell
+            if not pending:
+                break
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(ref)
+            try:
+                results[cell.name] = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                failures.append((cell, getattr(exc, "cause", None) or exc))
+    finally:
+        if started:
+            ray.shutdown()
+    if failures:
+        cell, cause = failures[0]
+        if isinstance(cause, RadError):
+            raise type(cause)(f"sweep cell {cell.name}: {cause}") from None
+        raise cause
+    return results
 
 
 def _read_summary(cell_dir: Path) -> dict[str, Any] | None:
@@ -259,7 +338,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--seeds: expected N, A-B or N,M,... (e.g. --seeds 0-4)")
     out = Path(args.output_dir or f"runs/sweep-{Path(args.config).stem}")
     sweep = Sweep(config=args.config, seeds=parse_seeds(args.seeds), grid=parse_grid(args.grid or []),
-                  overrides=list(args.overrides), output_dir=out, upstream=args.upstream, paired=args.zip)
+                  overrides=list(args.overrides), output_dir=out, upstream=args.upstream, paired=args.zip,
+                  executor=args.executor, max_parallel=args.max_parallel)
     print(json.dumps(sweep.run(), indent=2, default=str))
     return 0
 
@@ -275,6 +355,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                                                                          "product")
     p.add_argument("--zip", action="store_true",
                    help="pair the --grid keys (the i-th value of each in the i-th setting) instead of their product")
+    p.add_argument("--executor", default="local", choices=EXECUTORS,
+                   help="run cells one after another here (local, default) or as Ray tasks on the local or "
+                        "configured cluster (ray)")
+    p.add_argument("--max-parallel", type=int, default=2, help="with --executor ray: cells running at once")
     p.add_argument("--output-dir", help="sweep directory (default runs/sweep-<config name>)")
     p.add_argument("--upstream", default="shared", choices=UPSTREAM_MODES,
                    help="SFT/reward/cost: shared across seeds (default), per seed, or none (every cell trains all)")

@@ -20,6 +20,7 @@ sync. Every role uses the accelerator Ray gave it, or the CPU: there is no GPU-o
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +142,7 @@ class RLRoles:
 
         roles = role_resources(res, self.rollout_cfg, list(trained), gpu=cluster_device() == "cuda")
         return place_roles(roles, strategy=res.placement.upper(), timeout_s=res.placement_timeout_s,
-                           name=f"rad-{name}")
+                           name=f"rad-{name}-{uuid.uuid4().hex[:8]}")  # unique: runs share a cluster
 
     # -- what every algorithm does with the roles ---------------------------------------------------
     def sample(self, prompts: list[str], n: int, sampling):

@@ -59,6 +59,15 @@ def test_cells_and_upstream_groups(tmp_path):
     assert d == tmp_path / "upstream" / "base-seed1" and extra == ["seed=1"]
 
 
+def test_parallel_ray_cells_need_placement_naming_the_key(tmp_path):
+    sweep = Sweep(str(SMOKE), [0], parse_grid(["rad.algo.delta=0.25,1.0"]), ["stages=[sft,reward,cost,rad]"],
+                  tmp_path, executor="ray", max_parallel=2)
+    with pytest.raises(ConfigError, match=r"--max-parallel 2: rad.resources.placement is none; set it to pack"):
+        sweep.validate()
+    sweep.overrides.append("rad.resources.placement=pack")
+    assert sweep.validate().rad.resources.placement == "pack"
+
+
 def test_zipped_grids_pair_their_values_and_refuse_unequal_lengths():
     grid = parse_grid(["rad.algo.delta=0.25,1.0", "ppo_lag.algo.threshold=-3,-3.3"])
     cells = expand([0, 1], grid, paired=True)
@@ -97,8 +106,12 @@ def test_sweep_runs_cells_on_shared_upstream_aggregates_and_resumes(ray_cluster,
     (up / "summary.json").write_text(json.dumps({"stages": {s: {"fixture": s} for s in ("sft", "reward", "cost")}}))
 
     argv = ["sweep", "--config", str(SMOKE), "--seeds", "0-1", "--grid", "rad.algo.delta=0.25,1.0",
-            "--output-dir", str(out), *RL]
-    assert main(argv) == 0
+            "--output-dir", str(out), *RL, "rad.resources.placement=pack"]
+    # Seed 0's cells one after another here; then seed 1's as two Ray tasks at once, seed 0's skipped.
+    assert main([*argv[:4], "0", *argv[5:]]) == 0
+    first = json.loads((out / "sweep.json").read_text())
+    assert first["ran"] == ["rad.algo.delta=0.25-seed0", "rad.algo.delta=1.0-seed0"] and first["executor"] == "local"
+    assert main([*argv, "--executor", "ray", "--max-parallel", "2"]) == 0
     cells = sorted(p.name for p in (out / "cells").iterdir())
     assert cells == ["rad.algo.delta=0.25-seed0", "rad.algo.delta=0.25-seed1", "rad.algo.delta=1.0-seed0",
                      "rad.algo.delta=1.0-seed1"]
@@ -112,7 +125,8 @@ def test_sweep_runs_cells_on_shared_upstream_aggregates_and_resumes(ray_cluster,
         cfg = (cell / "rad" / "config.yaml").read_text()
         assert f"seed: {seed}" in cfg and f"delta: {delta}" in cfg
     sweep = json.loads((out / "sweep.json").read_text())
-    assert sweep["ran"] == [c["name"] for c in sweep["cells"]] and sweep["skipped"] == []
+    assert sweep["ran"] == ["rad.algo.delta=0.25-seed1", "rad.algo.delta=1.0-seed1"] and sweep["executor"] == "ray"
+    assert sweep["skipped"] == first["ran"]
     assert [s["setting"] for s in sweep["settings"]] == ["rad.algo.delta=0.25", "rad.algo.delta=1.0"]
     for setting in sweep["settings"]:
         win = setting["metrics"]["rad/reward_win_rate"]
@@ -127,6 +141,6 @@ def test_sweep_runs_cells_on_shared_upstream_aggregates_and_resumes(ray_cluster,
     stamps = {c: (out / "cells" / c / "summary.json").stat().st_mtime_ns for c in cells}
     assert main(argv) == 0  # resumed: every cell is finished
     again = json.loads((out / "sweep.json").read_text())
-    assert again["ran"] == [] and again["skipped"] == sweep["ran"]
+    assert again["ran"] == [] and again["skipped"] == [c["name"] for c in sweep["cells"]]
     assert {c: (out / "cells" / c / "summary.json").stat().st_mtime_ns for c in cells} == stamps
     assert again["settings"] == sweep["settings"]
