@@ -332,11 +332,12 @@ class OnlineRLTrainer:
         if oracle is not None:
             ph = torch.tensor([oracle.harm(p, r) for p, r in zip(policy["prompts"], policy["responses"])])
             rh = torch.tensor([oracle.harm(p, r) for p, r in zip(reference["prompts"], reference["responses"])])
-            out.update({"true_harm_cvar_0.9_policy": float(spectral_risk(ph, "cvar:0.9")),
-                        "true_harm_cvar_0.9_reference": float(spectral_risk(rh, "cvar:0.9")),
-                        "true_harm_mean_policy": float(ph.mean()), "true_harm_mean_reference": float(rh.mean()),
-                        "true_unsafe_fraction_policy": float((ph > 0).double().mean()),
-                        "true_unsafe_fraction_reference": float((rh > 0).double().mean())})
+            for who, harm in (("policy", ph), ("reference", rh)):
+                # CVaR-0.99 too: on the heavy-tailed world the severe answers are ~1 % of the reference's
+                out.update({f"true_harm_cvar_0.9_{who}": float(spectral_risk(harm, "cvar:0.9")),
+                            f"true_harm_cvar_0.99_{who}": float(spectral_risk(harm, "cvar:0.99")),
+                            f"true_harm_mean_{who}": float(harm.mean()),
+                            f"true_unsafe_fraction_{who}": float((harm > 0).double().mean())})
         return out
 
     def _oracle(self):
