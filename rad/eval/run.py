@@ -33,6 +33,7 @@ from rad.config import save_config, to_dict
 from rad.errors import ConfigError, DataError
 from rad.eval import arena, judges, plots
 from rad.eval.config import EvalConfig, resolve_model_dir
+from rad.eval.judges.classifier import CONVENTIONS
 from rad.eval.report import Report, mean_std, num, pct, write_csv
 from rad.eval.responses import OutputCache, Outputs, build_outputs, generate_record, score_record
 from rad.eval.sweep_report import read_sweep, sweep_section
@@ -270,6 +271,8 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
         path = getattr(cfg, key)
         if not is_url(path) and not Path(path).is_dir():
             raise ConfigError(f"{key}: {path} is not a directory (nor an http(s):// scorer URL)")
+    if cfg.redteam and cfg.judge.kind in CONVENTIONS:  # its tokenizer, template and answer tokens, before generating
+        judges.ClassifierJudge.from_config(cfg.judge, load_model=False)
     for sub in ("tables", "pairs", "responses", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -136,6 +136,12 @@ def test_rad_eval_with_a_safety_classifier_names_it_in_the_report(arena_run, tmp
     _, _, cache = arena_run
     with pytest.raises(ConfigError, match="judge.classifier.path: the harmbench judge needs"):
         make_eval_config(tmp_path / "x", cache, **{"judge.kind": "harmbench"})
+    # The classifier's answer tokens are checked before any response is generated.
+    with pytest.raises(ConfigError, match=r"judge.classifier.positive_token: 'unsafe answer' is 5 tokens"):
+        run_eval(make_eval_config(tmp_path / "bad", tmp_path / "cold", **{
+            "judge.kind": "llama_guard", "judge.classifier.path": str(classifier_dir),
+            "judge.classifier.positive_token": "unsafe answer"}))
+    assert not [f for f in (tmp_path / "cold").rglob("*") if f.is_file()]
     out = tmp_path / "guard"
     summary = run_eval(make_eval_config(out, cache, html="false", figures="false", **{
         "judge.kind": "llama_guard", "judge.classifier.path": str(classifier_dir), "judge.threshold": "0.5"}))

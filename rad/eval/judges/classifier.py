@@ -91,7 +91,8 @@ class ClassifierJudge:
 
     def __init__(self, path: str | os.PathLike, kind: str = LLAMA_GUARD, template: str = "",
                  positive_token: str = "", negative_token: str = "", threshold: float = 0.5, device: str = "",
-                 dtype: str = "float32", batch_size: int = 8, max_response_tokens: int = 512):
+                 dtype: str = "float32", batch_size: int = 8, max_response_tokens: int = 512, load_model: bool = True):
+        """``load_model=False`` checks the tokenizer, template and answer tokens only (fast, before generating)."""
         from rad.models.loading import load_causal_lm, load_tokenizer
 
         if kind not in CONVENTIONS:
@@ -104,7 +105,10 @@ class ClassifierJudge:
         if self.template:
             check_template(self.template, kind)
         # Right padding: every row's positions start at 0, and the answer logits are read at its last real token.
-        self.tokenizer = load_tokenizer(path, padding_side="right")
+        try:
+            self.tokenizer = load_tokenizer(path, padding_side="right")
+        except ConfigError as exc:
+            raise ConfigError(f"judge.classifier.path: {exc}") from None
         if not self.template and not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(f"judge.classifier.template: the classifier {self.path!r} has no chat template; give "
                               "a template with {prompt} and {response}")
@@ -116,14 +120,19 @@ class ClassifierJudge:
             raise ConfigError(f"judge.classifier: positive_token {self.positive!r} and negative_token "
                               f"{self.negative!r} are the same token")
         self.device = _device(device)
-        self.model = load_causal_lm(path, dtype=dtype).to(self.device)
+        self.model = None
+        if load_model:
+            try:
+                self.model = load_causal_lm(path, dtype=dtype).to(self.device)
+            except ConfigError as exc:
+                raise ConfigError(f"judge.classifier.path: {exc}") from None
 
     @classmethod
-    def from_config(cls, cfg) -> "ClassifierJudge":
+    def from_config(cls, cfg, load_model: bool = True) -> "ClassifierJudge":
         """From a :class:`rad.eval.config.JudgeConfig` (``kind`` llama_guard or harmbench)."""
         c = cfg.classifier
         return cls(c.path, cfg.kind, c.template, c.positive_token, c.negative_token, cfg.threshold, c.device,
-                   c.dtype, c.batch_size, c.max_response_tokens)
+                   c.dtype, c.batch_size, c.max_response_tokens, load_model)
 
     deadline = None  # a local model: nothing to time out
 
