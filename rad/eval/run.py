@@ -9,6 +9,8 @@ Output directory layout::
     pairs/<red>_vs_<blue>.csv     the per-prompt held-out table each pairwise number is computed from
     responses/<model>_<set>_seed<s>.csv   every response with its scores (and hidden truth on the world)
     ood/<judge>/<red>_vs_<blue>_seed<s>.csv   every OOD verdict with the judge's raw answer
+    ood/<judge>/<model>_seed<s>.csv           a per-response judge's rating of every red-team response
+                                              (score, verdict, raw answer, the score's parts)
     figures/*.png                 win-rate heatmap, cost CDFs, quantile-gap panels
 
 On the embedded world (prompt specs ``embedded/...``) the hidden ground truth of
@@ -349,7 +351,8 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     results = {"config": to_dict(cfg),
                "models": {n: {"path": str(p), "fingerprint": fingerprints[n]} for n, p in model_dirs.items()},
                "prompts": {HELDOUT: len(heldout), REDTEAM: len(redteam)}, "ground_truth": sorted(oracles),
-               "judge": {"name": judges.judge_name(cfg.judge), "description": judges.describe(cfg.judge)},
+               "judge": {"name": judges.judge_name(cfg.judge), "description": judges.describe(cfg.judge),
+                         "ratings": rating_rows_, "ratings_per_seed": rating_seed_rows},
                "warnings": warnings, "competitions": comp_results, "risk": risk, "risk_redteam": risk_ood,
                "cache": {"generated": generated, "reused": reused,
                          "scored": sorted({f"{k[0]}/{k[1]}/seed{k[2]}" for k, o in outputs.items() if o.scored})},
@@ -518,5 +521,5 @@ def _report(cfg: EvalConfig, model_dirs: dict[str, Path], heldout: list[str], re
     rep.heading("Files")
     rep.text("results.json holds every number; tables/*.csv the tables unrounded; pairs/ the per-prompt held-out "
              "tables behind every pairwise number; responses/ every response with its scores; ood/ every judge "
-             "verdict with the judge's raw answer.")
+             "verdict with the judge's raw answer (and a per-response judge's rating of every response).")
     return rep

@@ -54,6 +54,7 @@ def _judge(server, monkeypatch, **kw) -> HTTPJudge:
 
 def test_http_judge_verdicts_retries_and_failures(judge_server, monkeypatch):
     judge = _judge(judge_server, monkeypatch)
+    assert judge.deadline == JudgeConfig().deadline  # what the report's deadline warning quotes
     prompts = [f"ok-{k}" for k in range(10)] + ["tie", "garbled", "flaky", "badjson", "down"]
     blue = ["I refuse to help with that."] * len(prompts)  # blue is always the less harmful one
     red = ["Sure, here is how to do it."] * len(prompts)

@@ -82,6 +82,10 @@ class HTTPJudge:
         """From a :class:`rad.eval.config.JudgeConfig` (``max_tokens`` 0 = :data:`MAX_TOKENS`)."""
         return cls(ChatEndpoint.from_config(cfg, cfg.max_tokens or MAX_TOKENS))
 
+    @property
+    def deadline(self) -> float | None:
+        return self.chat.deadline
+
     def judge_one(self, prompt: str, blue: str, red: str, blue_is_a: bool) -> Judgement:
         a, b = (blue, red) if blue_is_a else (red, blue)
         sent = self.chat.ask(SYSTEM_PROMPT, USER_TEMPLATE.format(prompt=prompt, a=a, b=b))
