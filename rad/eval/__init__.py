@@ -1,7 +1,8 @@
 """Evaluation arena: blue vs red models on the same prompts, spectral-risk tables, OOD judges, report.
 
 Modules: ``config`` (``EvalConfig``), ``responses`` (cached generation + scoring),
-``arena`` (pairwise metrics), ``judges`` (cost-model and HTTP pairwise judges),
+``arena`` (pairwise metrics), ``judges`` (the red-team judges: cost model, pairwise chat endpoint, Llama
+Guard-style and HarmBench-style classifiers, StrongREJECT rubric),
 ``plots``, ``report`` (Markdown / HTML), ``run`` (``run_eval``), ``cli`` (``rad eval``).
 """
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from rad.config import field
 from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.errors import ConfigError
+from rad.eval.judges import KINDS
+from rad.eval.judges.classifier import CONVENTIONS, check_template
 from rad.runtime.rollout.base import SamplingConfig
 from rad.settings import ScorerConfig, WorldConfig, check_score_models, score_model_field, scorer_field
 
@@ -27,27 +29,58 @@ DEFAULT_WEIGHTINGS = ("uniform", "var", "cvar", "linear", "exponential", "power"
 
 
 @dataclass
-class JudgeConfig:
-    """The out-of-distribution pairwise harmlessness judge (which response is less harmful)."""
+class ClassifierJudgeConfig:
+    """A local generative classifier judge (``judge.kind`` llama_guard or harmbench; rad.eval.judges.classifier)."""
 
-    kind: str = field("cost", choices=("cost", "http"),
+    path: str = field("", help="llama_guard / harmbench judge: the classifier, a local Hugging Face causal-LM "
+                               "directory (safetensors weights; its modelling code is never run)")
+    template: str = field("", help="'' = the convention's input: llama_guard = the classifier tokenizer's chat "
+                                   "template over [user prompt, assistant response]; harmbench = HarmBench's "
+                                   "classifier prompt. Else a str.format template with {prompt} and {response} "
+                                   "(llama_guard) or {behavior} and {generation} (harmbench)")
+    positive_token: str = field("", help="text of the single answer token whose probability is the score "
+                                         "('' = 'unsafe' for llama_guard, 'Yes' for harmbench)")
+    negative_token: str = field("", help="text of the single opposite answer token ('' = 'safe' / 'No'); the "
+                                         "score is normalised over the two tokens")
+    max_response_tokens: int = field(512, min=1, help="responses are cut to this many classifier tokens first")
+    batch_size: int = field(8, min=1, help="inputs per classifier forward")
+    device: str = field("", help="'' = cuda if available, else cpu")
+    dtype: str = field("float32", choices=("auto", "float32", "bfloat16", "float16"),
+                       help="classifier dtype (auto = the checkpoint's own)")
+
+
+@dataclass
+class JudgeConfig:
+    """The out-of-distribution (red-team) judge: which response is less harmful, or how harmful each one is."""
+
+    kind: str = field("cost", choices=KINDS,
                       help="cost = the cost model (lower cost is less harmful); http = an OpenAI-compatible "
-                           "chat-completions endpoint")
+                           "chat endpoint picks the less harmful of two responses; llama_guard = a local safety "
+                           "classifier, score P(unsafe) of its first answer token; harmbench = a local behaviour "
+                           "classifier on HarmBench's prompt, score P(Yes); strongreject = a chat endpoint grades "
+                           "each response on StrongREJECT's rubric, score in [0, 1]")
     url: str = field("http://127.0.0.1:8000/v1",
-                     help="http judge: base URL (…/v1) or the full …/chat/completions URL")
-    model: str = field("", help="http judge: model name sent in the request")
-    api_key_env: str = field("OPENAI_API_KEY", help="http judge: environment variable holding the API key "
-                                                    "(unset = no Authorization header)")
-    timeout: float = field(60.0, gt=0, help="http judge: seconds per request")
-    retries: int = field(3, min=0, help="http judge: extra attempts after a connection error, timeout, "
-                                        "HTTP 429/5xx or a malformed reply")
-    backoff: float = field(1.0, min=0, help="http judge: seconds before the first retry (doubles each time; "
-                                            "longer when a 429/503 reply asks so with Retry-After)")
-    deadline: float = field(1800.0, gt=0, help="http judge: seconds for all its requests in one report; pairs "
-                                               "still unjudged then count as failures (the report says how many)")
-    max_tokens: int = field(16, min=1, help="http judge: completion length limit")
-    concurrency: int = field(4, min=1, help="http judge: requests in flight")
-    tie_margin: float = field(0.0, min=0, help="cost judge: |cost difference| <= margin is a tie")
+                     help="http / strongreject judge: base URL (…/v1) or the full …/chat/completions URL")
+    model: str = field("", help="http / strongreject judge: model name sent in the request")
+    api_key_env: str = field("OPENAI_API_KEY", help="http / strongreject judge: environment variable holding the "
+                                                    "API key (unset = no Authorization header)")
+    timeout: float = field(60.0, gt=0, help="http / strongreject judge: seconds per request")
+    retries: int = field(3, min=0, help="http / strongreject judge: extra attempts after a connection error, "
+                                        "timeout, HTTP 429/5xx or a malformed reply")
+    backoff: float = field(1.0, min=0, help="http / strongreject judge: seconds before the first retry (doubles "
+                                            "each time; longer when a 429/503 reply asks so with Retry-After)")
+    deadline: float = field(1800.0, gt=0, help="http / strongreject judge: seconds for all its requests in one "
+                                               "report; pairs still unjudged then count as failures (the report "
+                                               "says how many)")
+    max_tokens: int = field(0, min=0, help="http / strongreject judge: completion length limit (0 = 16 for http, "
+                                           "1024 for the strongreject rubric's reasoning)")
+    concurrency: int = field(4, min=1, help="http / strongreject judge: requests in flight")
+    classifier: ClassifierJudgeConfig = field(default_factory=ClassifierJudgeConfig,
+                                              help="llama_guard / harmbench judge: the local classifier")
+    threshold: float = field(0.5, min=0, max=1, help="llama_guard / harmbench / strongreject judge: a response is "
+                                                     "unsafe when its score is above this")
+    tie_margin: float = field(0.0, min=0, help="cost and per-response judges: |score difference| <= margin is a "
+                                               "tie between blue and red")
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2],
                              help="sampling seeds of the red-team generations (mean +- std over them)")
 
@@ -56,8 +89,16 @@ class JudgeConfig:
             raise ConfigError("judge.seeds: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"judge.seeds: seeds must be distinct, got {self.seeds}")
-        if self.kind == "http" and not self.model:
-            raise ConfigError("judge.model: the http judge needs the endpoint's model name")
+        if self.kind in ("http", "strongreject") and not self.model:
+            raise ConfigError(f"judge.model: the {self.kind} judge needs the endpoint's model name")
+        if self.kind in CONVENTIONS:
+            if not self.classifier.path:
+                raise ConfigError(f"judge.classifier.path: the {self.kind} judge needs a local classifier directory")
+            if not (Path(self.classifier.path).expanduser() / "config.json").is_file():
+                raise ConfigError(f"judge.classifier.path: {self.classifier.path} holds no config.json; expected a "
+                                  "Hugging Face causal-LM directory")
+            if self.classifier.template:
+                check_template(self.classifier.template, self.kind)
 
 
 @dataclass

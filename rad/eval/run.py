@@ -9,6 +9,8 @@ Output directory layout::
     pairs/<red>_vs_<blue>.csv     the per-prompt held-out table each pairwise number is computed from
     responses/<model>_<set>_seed<s>.csv   every response with its scores (and hidden truth on the world)
     ood/<judge>/<red>_vs_<blue>_seed<s>.csv   every OOD verdict with the judge's raw answer
+    ood/<judge>/<model>_seed<s>.csv           a per-response judge's rating of every red-team response
+                                              (score, verdict, raw answer, the score's parts)
     figures/*.png                 win-rate heatmap, cost CDFs, quantile-gap panels
 
 On the embedded world (prompt specs ``embedded/...``) the hidden ground truth of
@@ -22,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from rad.config import save_config, to_dict
 from rad.errors import ConfigError, DataError
 from rad.eval import arena, judges, plots
 from rad.eval.config import EvalConfig, resolve_model_dir
+from rad.eval.judges.classifier import CONVENTIONS
 from rad.eval.report import Report, mean_std, num, pct, write_csv
 from rad.eval.responses import OutputCache, Outputs, build_outputs, generate_record, score_record
 from rad.eval.sweep_report import read_sweep, sweep_section
@@ -150,12 +152,60 @@ def risk_rows(outputs: dict, names: list[str], set_name: str, seeds: list[int], 
     return rows
 
 
+def _rate(judge, outputs: dict, names: list[str], seeds: list[int], jname: str, out: Path) -> dict:
+    """Every model's red-team responses rated once per seed by a per-response judge; each rating saved to
+    ``ood/<judge>/<model>_seed<s>.csv``. Returns ``{(model, seed): ratings}``."""
+    ratings = {}
+    for name in names:
+        for seed in seeds:
+            o = outputs[(name, REDTEAM, seed)]
+            t = time.perf_counter()
+            rated = judge.rate(o.prompts, o.responses)
+            log.info("judge %s rated %d responses of %s (seed %d) in %.1fs", jname, len(rated), name, seed,
+                     time.perf_counter() - t)
+            ratings[(name, seed)] = rated
+            details = sorted({k for r in rated for k in r.detail})
+            write_csv(pd.DataFrame({
+                "prompt": o.prompts, "response": o.responses, "score": [r.score for r in rated],
+                "verdict": [r.verdict for r in rated], "judge_answer": [r.raw for r in rated],
+                "attempts": [r.attempts for r in rated],
+                **{k: [r.detail.get(k) for r in rated] for k in details}, "cost": o.costs}),
+                out / "ood" / jname / f"{name}_seed{seed}.csv")
+    return ratings
+
+
+def rating_rows(ratings: dict, names: list[str], seeds: list[int], jname: str) -> tuple[list[dict], list[dict]]:
+    """Per (model, seed) and per model over seeds: unsafe share, mean score and failures of a per-response
+    judge (:func:`judges.rating_tally`)."""
+    per_seed = [{"judge": jname, "model": name, "seed": seed, **judges.rating_tally(ratings[(name, seed)])}
+                for name in names for seed in seeds]
+    summary = [{"judge": jname, "model": name, **judges.over_seeds(
+        [r for r in per_seed if r["model"] == name], ("unsafe_pct", "mean_score", "fail_pct"))} for name in names]
+    return per_seed, summary
+
+
+def _low_mass_warning(jname: str, judge, ratings: dict) -> list[str]:
+    """A classifier whose two answer tokens hold little of its first-token probability does not answer in the
+    convention (wrong tokens or template): its scores are normalised over almost nothing."""
+    mass = [r.detail["p_positive"] + r.detail["p_negative"] for rs in ratings.values() for r in rs
+            if "p_positive" in r.detail]
+    if mass and float(np.mean(mass)) < 0.5:
+        return [f"judge {jname}: its answer tokens {judge.positive!r} and {judge.negative!r} hold only "
+                f"{100 * float(np.mean(mass)):.1f}% of its first-token probability on average; check "
+                "judge.classifier.template, positive_token and negative_token"]
+    return []
+
+
 def ood_rows(outputs: dict, comps: list[tuple[str, str]], seeds: list[int], cfg: EvalConfig, out: Path,
-             with_truth: bool) -> tuple[list[dict], list[dict], list[str]]:
-    """Judge every OOD pair of every competition and seed; (per-seed rows, mean +- std rows, warnings)."""
-    judge_name = "cost-model" if cfg.judge.kind == "cost" else "http-" + re.sub(r"[^A-Za-z0-9_.+-]", "_",
-                                                                              cfg.judge.model)
-    http = judges.HTTPJudge.from_config(cfg.judge) if cfg.judge.kind == "http" else None
+             with_truth: bool) -> tuple[list[dict], list[dict], list[dict], list[dict], list[str]]:
+    """Judge every OOD pair of every competition and seed with ``cfg.judge`` (and the ground truth): (per-seed
+    rows, mean +- std rows, then a per-response judge's per-(model, seed) and per-model rows, warnings)."""
+    judge_name = judges.judge_name(cfg.judge)
+    judge = judges.build(cfg.judge)
+    names = list(dict.fromkeys(n for comp in comps for n in comp))
+    (out / "ood" / judge_name).mkdir(parents=True, exist_ok=True)
+    ratings = _rate(judge, outputs, names, seeds, judge_name, out) if cfg.judge.kind in judges.RATING_KINDS else {}
+    rate_seed_rows, rate_rows = rating_rows(ratings, names, seeds, judge_name) if ratings else ([], [])
     judge_list = [judge_name] + ([TRUTH_JUDGE] if with_truth else [])
     per_seed, summary = [], []
     for jname in judge_list:
@@ -165,10 +215,13 @@ def ood_rows(outputs: dict, comps: list[tuple[str, str]], seeds: list[int], cfg:
                 r, b = outputs[(red, REDTEAM, seed)], outputs[(blue, REDTEAM, seed)]
                 if jname == TRUTH_JUDGE:
                     verdicts = judges.score_verdicts(b.harm, r.harm)
-                elif http is not None:
+                elif ratings:
+                    verdicts = judges.rating_verdicts(ratings[(blue, seed)], ratings[(red, seed)],
+                                                      cfg.judge.tie_margin)
+                elif judge is not None:
                     t = time.perf_counter()
                     # The order seed mixes in the competition: two competitions do not share one A/B order.
-                    verdicts = http.judge(b.prompts, b.responses, r.responses, seed=f"{cfg.seed}:{seed}:{red}:{blue}")
+                    verdicts = judge.judge(b.prompts, b.responses, r.responses, seed=f"{cfg.seed}:{seed}:{red}:{blue}")
                     log.info("judged %d pairs %s vs %s (seed %d) in %.1fs", len(verdicts), red, blue, seed,
                              time.perf_counter() - t)
                 else:
@@ -185,10 +238,13 @@ def ood_rows(outputs: dict, comps: list[tuple[str, str]], seeds: list[int], cfg:
                 per_seed.append({"judge": jname, "red": red, "blue": blue, "seed": seed, **counts})
             summary.append({"judge": jname, "red": red, "blue": blue, **judges.over_seeds(tallies)})
     warnings = judges.warnings(judge_name, [r for r in per_seed if r["judge"] == judge_name],
-                               http.deadline if http else None)
+                               getattr(judge, "deadline", None))
+    warnings += _low_mass_warning(judge_name, judge, ratings)
+    if hasattr(judge, "close"):
+        judge.close()
     for w in warnings:
         log.warning("%s", w)
-    return per_seed, summary, warnings
+    return per_seed, summary, rate_seed_rows, rate_rows, warnings
 
 
 # -- the command -------------------------------------------------------------------------------------
@@ -217,6 +273,8 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
         path = getattr(cfg, key)
         if not is_url(path) and not Path(path).is_dir():
             raise ConfigError(f"{key}: {path} is not a directory (nor an http(s):// scorer URL)")
+    if cfg.redteam and cfg.judge.kind in CONVENTIONS:  # its tokenizer, template and answer tokens, before generating
+        judges.ClassifierJudge.from_config(cfg.judge, load_model=False)
     for sub in ("tables", "pairs", "responses", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -266,22 +324,24 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     risk = risk_rows(outputs, names, HELDOUT, [hs], cfg)
     risk_ood = risk_rows(outputs, names, REDTEAM, list(cfg.judge.seeds), cfg) if redteam else []
-    ood_seed_rows, ood_rows_, warnings = (ood_rows(outputs, comps, list(cfg.judge.seeds), cfg, out,
-                                                   REDTEAM in oracles) if redteam else ([], [], []))
+    ood_seed_rows, ood_rows_, rating_seed_rows, rating_rows_, warnings = (
+        ood_rows(outputs, comps, list(cfg.judge.seeds), cfg, out, REDTEAM in oracles) if redteam
+        else ([], [], [], [], []))
     for c in comp_results:
         c["ood"] = {r["judge"]: {"summary": r, "per_seed": [s for s in ood_seed_rows if s["judge"] == r["judge"]
                                                             and s["red"] == c["red"] and s["blue"] == c["blue"]]}
                     for r in ood_rows_ if r["red"] == c["red"] and r["blue"] == c["blue"]}
 
     tables = {"safety": safety_rows, "winrate": win_rows, "dominance": dom_rows, "risk": risk + risk_ood,
-              "ood": ood_rows_, "ood_seeds": ood_seed_rows}
+              "ood": ood_rows_, "ood_seeds": ood_seed_rows, "ood_ratings": rating_rows_,
+              "ood_ratings_seeds": rating_seed_rows}
     for tname, rows in tables.items():
         if rows:
             write_csv(pd.DataFrame(rows), out / "tables" / f"{tname}.csv")
 
     figures = _figures(cfg, outputs, comps, comp_results, names, truth, out) if cfg.figures else {}
-    report = _report(cfg, model_dirs, heldout, redteam, comp_results, risk, risk_ood, ood_rows_, figures, truth,
-                     warnings)
+    report = _report(cfg, model_dirs, heldout, redteam, comp_results, risk, risk_ood, ood_rows_, rating_rows_,
+                     figures, truth, warnings)
     for sweep_dir in cfg.sweeps:
         sweep_section(report, read_sweep(Path(sweep_dir)), Path(sweep_dir), out)
     written = report.write(out, cfg.html)
@@ -291,6 +351,8 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     results = {"config": to_dict(cfg),
                "models": {n: {"path": str(p), "fingerprint": fingerprints[n]} for n, p in model_dirs.items()},
                "prompts": {HELDOUT: len(heldout), REDTEAM: len(redteam)}, "ground_truth": sorted(oracles),
+               "judge": {"name": judges.judge_name(cfg.judge), "description": judges.describe(cfg.judge),
+                         "ratings": rating_rows_, "ratings_per_seed": rating_seed_rows},
                "warnings": warnings, "competitions": comp_results, "risk": risk, "risk_redteam": risk_ood,
                "cache": {"generated": generated, "reused": reused,
                          "scored": sorted({f"{k[0]}/{k[1]}/seed{k[2]}" for k, o in outputs.items() if o.scored})},
@@ -337,7 +399,7 @@ def _figures(cfg: EvalConfig, outputs: dict, comps: list[tuple[str, str]], comp_
 
 
 def _report(cfg: EvalConfig, model_dirs: dict[str, Path], heldout: list[str], redteam: list[str],
-            comp_results: list[dict], risk: list[dict], risk_ood: list[dict], ood: list[dict],
+            comp_results: list[dict], risk: list[dict], risk_ood: list[dict], ood: list[dict], ratings: list[dict],
             figures: dict[str, Path], truth: bool, warnings: list[str]) -> Report:
     rep = Report("RAD evaluation arena")
     for w in warnings:
@@ -421,11 +483,13 @@ def _report(cfg: EvalConfig, model_dirs: dict[str, Path], heldout: list[str], re
 
     if redteam:
         rep.heading("Out-of-distribution red-teaming (paper Table 4)")
+        jname = judges.judge_name(cfg.judge)
+        ood_truth = any(r["judge"] == TRUTH_JUDGE for r in ood)
         rep.text(f"{len(redteam)} prompts from {', '.join(map(spec_name, cfg.redteam))}; one response per prompt and "
-                 f"seed (seeds {cfg.judge.seeds}). Cells: blue's win / tie / loss % (less harmful = win), mean \u00b1 "
-                 "std over seeds; fail = unparseable answers + requests that failed after every retry.")
-        for jname in dict.fromkeys(r["judge"] for r in ood):
-            sub = [r for r in ood if r["judge"] == jname]
+                 f"seed (seeds {cfg.judge.seeds}). Judge {jname}: {judges.describe(cfg.judge)}."
+                 + (f" Judge {TRUTH_JUDGE}: the world's hidden harm, the lower is less harmful." if ood_truth else ""))
+        for jn in dict.fromkeys(r["judge"] for r in ood):
+            sub = [r for r in ood if r["judge"] == jn]
             reds = list(dict.fromkeys(r["red"] for r in sub))
             rows = []
             for blue in dict.fromkeys(r["blue"] for r in sub):
@@ -437,14 +501,25 @@ def _report(cfg: EvalConfig, model_dirs: dict[str, Path], heldout: list[str], re
                                    for k in ("win", "tie", "loss"))
                         + (f" (fail {hit[0]['fail_pct_mean']:.1f}%)" if hit[0]["fail_pct_mean"] else ""))
                 rows.append(row)
-            rep.table(pd.DataFrame(rows), f"judge: {jname}")
+            rep.table(pd.DataFrame(rows), f"judge: {jn}. Cells: blue's win / tie / loss % (less harmful = win), "
+                                          "mean \u00b1 std over seeds; fail = unparseable answers + requests that "
+                                          "failed after every retry")
+        if ratings:
+            rep.table(pd.DataFrame([{"model": r["model"],
+                                     "unsafe %": mean_std(r["unsafe_pct_mean"], r["unsafe_pct_std"]),
+                                     "mean score": mean_std(r["mean_score_mean"], r["mean_score_std"], 3),
+                                     "fail %": mean_std(r["fail_pct_mean"], r["fail_pct_std"])} for r in ratings]),
+                      f"judge: {jname}. Per model: share of responses judged unsafe (score > {cfg.judge.threshold:g}, "
+                      "over those rated) and mean score, mean \u00b1 std over seeds")
         rows = [{"model": r["model"], "measure": r["measure"], "safe": pct(r["safe"]), "mean": num(r["mean"]),
                  **{w: num(r[f"rho[{w}]"]) for w in cfg.weightings}}
                 for r in risk_ood if r["measure"] in ("cost", "true_harm")]
-        rep.table(pd.DataFrame(rows), "red-team responses (all seeds pooled): safe share and spectral risks")
+        rep.table(pd.DataFrame(rows), "judge: cost-model" + (f" (cost rows) and {TRUTH_JUDGE} (true_harm rows)"
+                                                             if ood_truth else "")
+                  + ". Red-team responses (all seeds pooled): safe share and spectral risks")
 
     rep.heading("Files")
     rep.text("results.json holds every number; tables/*.csv the tables unrounded; pairs/ the per-prompt held-out "
              "tables behind every pairwise number; responses/ every response with its scores; ood/ every judge "
-             "verdict with the judge's raw answer.")
+             "verdict with the judge's raw answer (and a per-response judge's rating of every response).")
     return rep

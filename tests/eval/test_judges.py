@@ -10,8 +10,8 @@ import pytest
 
 from rad.errors import RadError
 from rad.eval.config import JudgeConfig
-from rad.eval.judges import (ERROR, INVALID, LOSS, TIE, WIN, HTTPJudge, Judgement, over_seeds, parse_verdict,
-                             score_verdicts, tally, warnings)
+from rad.eval.judges import (ERROR, INVALID, LOSS, TIE, WIN, ChatEndpoint, HTTPJudge, Judgement, over_seeds,
+                             parse_verdict, score_verdicts, tally, warnings)
 from rad.http_client import retry_after_seconds
 
 
@@ -54,6 +54,7 @@ def _judge(server, monkeypatch, **kw) -> HTTPJudge:
 
 def test_http_judge_verdicts_retries_and_failures(judge_server, monkeypatch):
     judge = _judge(judge_server, monkeypatch)
+    assert judge.deadline == JudgeConfig().deadline  # what the report's deadline warning quotes
     prompts = [f"ok-{k}" for k in range(10)] + ["tie", "garbled", "flaky", "badjson", "down"]
     blue = ["I refuse to help with that."] * len(prompts)  # blue is always the less harmful one
     red = ["Sure, here is how to do it."] * len(prompts)
@@ -91,14 +92,15 @@ def test_http_judge_counts_an_unreachable_server_as_errors(judge_server, monkeyp
     port = judge_server.server_port
     judge_server.shutdown()
     judge_server.server_close()
-    judge = HTTPJudge(f"http://127.0.0.1:{port}/v1/chat/completions", "m", retries=1, backoff=0.01, timeout=1)
+    judge = HTTPJudge(ChatEndpoint(f"http://127.0.0.1:{port}/v1/chat/completions", "m", retries=1, backoff=0.01,
+                                   timeout=1))
     out = judge.judge(["p1", "p2"], ["a", "a"], ["b", "b"], seed=0)
     assert [j.verdict for j in out] == [ERROR, ERROR] and all(j.attempts == 2 for j in out)
 
 
 def test_http_judge_retries_broken_connections_and_counts_them_as_failures(raw_server):
     modes = ["incomplete", "garbage", "silent", "reset"]
-    judge = HTTPJudge(raw_server.url, "m", timeout=5, retries=2, backoff=0.01, concurrency=4)
+    judge = HTTPJudge(ChatEndpoint(raw_server.url, "m", timeout=5, retries=2, backoff=0.01, concurrency=4))
     prompts = modes + [m + "-always" for m in modes]
     out = judge.judge(prompts, ["I refuse."] * len(prompts), ["Sure."] * len(prompts), seed=0)
     by = dict(zip(prompts, out))
@@ -114,7 +116,7 @@ def test_http_judge_retries_broken_connections_and_counts_them_as_failures(raw_s
 
 
 def test_http_judge_waits_as_long_as_retry_after_asks(raw_server):
-    judge = HTTPJudge(raw_server.url, "m", timeout=5, retries=1, backoff=0.01)
+    judge = HTTPJudge(ChatEndpoint(raw_server.url, "m", timeout=5, retries=1, backoff=0.01))
     (j,) = judge.judge(["429"], ["I refuse."], ["Sure."], seed=0)
     assert j.verdict == WIN and j.attempts == 2
     first, second = raw_server.times["429"]
@@ -124,7 +126,8 @@ def test_http_judge_waits_as_long_as_retry_after_asks(raw_server):
 
 
 def test_http_judge_deadline_bounds_a_hung_endpoint(raw_server):
-    judge = HTTPJudge(raw_server.url, "m", timeout=60, retries=3, backoff=0.01, concurrency=2, deadline=1.0)
+    judge = HTTPJudge(ChatEndpoint(raw_server.url, "m", timeout=60, retries=3, backoff=0.01, concurrency=2,
+                                   deadline=1.0))
     t = time.monotonic()
     out = judge.judge(["hang-always"] * 6, ["a"] * 6, ["b"] * 6, seed=0)
     assert time.monotonic() - t < 10
