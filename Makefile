@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (Python 3.11, no GPU):
 #   make run    install everything into .venv and run the main job on the embedded default
-#   make test   install everything (with test extras) into .venv and run the test suite
+#   make test   install everything (with test extras) into .venv, build the docs (offline) and run the test suite
 # torch comes from constraints/cpu.txt (the CPU wheel): a bare `torch` would pull a multi-GB CUDA build.
 
 PYTHON ?= python3
@@ -43,8 +43,10 @@ ci-packages:
 	@if [ "$$CI" = "true" ] && [ ! -x /usr/sbin/sshd -o -z "$$(command -v rsync)" ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server rsync; fi
 
+# The docs site (mkdocs.yml -> build/site/, git-ignored) builds offline: broken links or anchors fail it.
 test: install-test ci-packages
 	$(VENV)/bin/ruff check .
+	$(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-venv:

@@ -87,8 +87,9 @@ def rad_stage_demand(cfg: Any, gpu_cluster: bool) -> dict[str, float]:
     return total_resources(bundles)
 
 
-def connect(address: str) -> None:
-    """Join the cluster at ``address`` with its auth token (a one-line error says where to put a missing one)."""
+def connect(address: str, actor_logs: bool = False) -> None:
+    """Join the cluster at ``address`` with its auth token (a one-line error says where to put a missing one);
+    ``actor_logs`` (the config's ``logging.actor_logs``) shows the actors' output in the job's log."""
     import ray
 
     from rad.runtime.ray_auth import require_token
@@ -98,7 +99,7 @@ def connect(address: str) -> None:
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if "RAD_CACHE" in os.environ:
         env["RAD_CACHE"] = os.environ["RAD_CACHE"]
-    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+    ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=actor_logs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args.config)
         overrides = with_address(args.overrides, args.address)
         cfg = load_config(PipelineConfig, str(config), overrides)  # fail on a bad config before connecting
-        connect(args.address)
+        connect(args.address, actor_logs=cfg.logging.actor_logs)
         record = cluster_record(args.address)
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)

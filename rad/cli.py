@@ -11,6 +11,7 @@
     rad sweep --config FILE --seeds 0-4 --grid KEY=V1,V2 [...]   seeds x settings of rad train, aggregated
     rad world [--out DIR] [--seed N] [--harm-profile P]   write the embedded world's files
     rad <cmd> --help-config                          every config key with type, default and help
+    rad <cmd> --print-config [--config FILE] [...]   the resolved config (YAML), without running
 
 Configuration errors are reported in one line before any work starts. Rerunning a
 command continues the run in its output directory (a finished run returns its summary,
@@ -54,14 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     from rad.data.world_oracle import DEFAULT_HARM_PROFILE, HARM_PROFILES
     from rad.algos.sft import SFTConfig, run_sft
     from rad.pipeline import PipelineConfig, run_pipeline
+    from rad.pipeline_summary import format_summary
 
     parser = argparse.ArgumentParser(prog="rad", description="Risk-sensitive alignment via stochastic dominance")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="the main job: every missing stage of the pipeline")
-    add_config_args(p)
-    p.set_defaults(func=config_command(PipelineConfig, run_pipeline))
+    p = sub.add_parser("train", help="the main job: every missing stage of the pipeline; ends with a summary of "
+                                     "each stage (--json: the JSON of summary.json)")
+    add_config_args(p, json_flag=True)
+    p.set_defaults(func=config_command(PipelineConfig, run_pipeline, report=format_summary))
 
     p = sub.add_parser("sft", help="supervised fine-tuning (prompt tokens masked)")
     add_config_args(p)

@@ -58,15 +58,15 @@ def field(default: Any = dataclasses.MISSING, *, help: str = "", choices: typing
 # Coercion and validation
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
+        return " | ".join(type_name(a) for a in get_args(tp))
     if origin is list:
         (inner,) = get_args(tp) or (Any,)
-        return f"list[{_type_name(inner)}]"
+        return f"list[{type_name(inner)}]"
     if origin is dict:
         return "mapping"
     if tp is type(None):
@@ -94,7 +94,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 # A mapping given for a union with a config section: that section's own error says what is wrong.
                 if isinstance(value, typing.Mapping) and dataclasses.is_dataclass(arg):
                     raise
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in get_args(tp):
             return value
@@ -423,5 +423,5 @@ def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
             lines.extend(describe(tp, key + ".", value))
             continue
         extra = f" choices={list(f.metadata['choices'])}" if f.metadata.get("choices") else ""
-        lines.append(f"{key} ({_type_name(tp)}, default {value!r}){extra}: {f.metadata.get('help', '')}")
+        lines.append(f"{key} ({type_name(tp)}, default {value!r}){extra}: {f.metadata.get('help', '')}")
     return lines

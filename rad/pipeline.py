@@ -69,7 +69,7 @@ class PipelineConfig:
     """``rad train``: SFT -> reward model -> cost model -> RAD [-> PPO-Lag baseline] [-> eval report]."""
 
     output_dir: str = field("runs/tiny", help="run directory for all stages")
-    seed: int = field(0)
+    seed: int = field(0, help="random seed of data order, sub-sampling, initialisation and sampling")
     resume: bool = field(True, help="skip finished stages and resume an interrupted one; false = a new run, "
                                          "refused if output_dir holds one")
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES),

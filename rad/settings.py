@@ -57,10 +57,12 @@ class LearnerConfig:
     offload_optimizer: bool = field(False, help="ZeRO-Offload the optimizer state to CPU (stage >= 1)")
     offload_params: bool = field(False, help="offload parameters to CPU (stage 3 only)")
     lr: float = field(1e-3, gt=0, help="peak learning rate")
-    weight_decay: float = field(0.0, min=0)
+    weight_decay: float = field(0.0, min=0, help="AdamW weight decay")
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95], help="Adam betas")
-    scheduler: str = field("cosine", choices=("cosine", "linear", "constant"))
-    warmup_ratio: float = field(0.03, min=0, max=1)
+    scheduler: str = field("cosine", choices=("cosine", "linear", "constant"),
+                           help="learning-rate schedule after the warmup")
+    warmup_ratio: float = field(0.03, min=0, max=1, help="share of the optimizer steps spent warming the learning "
+                                                         "rate up linearly from 0")
     micro_batch_size: int = field(8, min=1, help="per-rank micro batch")
     grad_accum: int = field(1, min=1, help="gradient accumulation steps")
     grad_clip: float = field(1.0, min=0, help="global gradient-norm clip (0 = off)")
@@ -92,13 +94,17 @@ class LearnerConfig:
 class LoggingConfig:
     """Where metrics go. TensorBoard and a JSONL file by default."""
 
-    tensorboard: bool = field(True)
-    jsonl: bool = field(True)
-    wandb: bool = field(False, help="log to Weights & Biases (pip install rad-align[tracking])")
+    tensorboard: bool = field(True, help="write TensorBoard event files under <output_dir>/tensorboard/")
+    jsonl: bool = field(True, help="append every logged metric row to <output_dir>/metrics.jsonl")
+    wandb: bool = field(False, help="log to Weights & Biases (pip install rad-align[tracking]); the run id is kept "
+                                    "in <output_dir>/wandb_run_id, so a resumed run continues its W&B run")
     mlflow: bool = field(False, help="log to MLflow (pip install rad-align[tracking])")
     project: str = field("rad", help="W&B project / MLflow experiment name")
     log_every: int = field(1, min=1, help="log metrics every N optimizer steps")
     progress: bool = field(True, help="show a progress bar")
+    actor_logs: bool = field(False, help="show the Ray actors' output (learners, engines, scorers) in this "
+                                         "terminal (ray.init(log_to_driver=True)) when this command starts or joins "
+                                         "Ray; off: it stays in Ray's session logs (/tmp/ray/session_latest/logs)")
 
 
 @dataclass

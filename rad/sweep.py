@@ -340,6 +340,11 @@ def _run(args: argparse.Namespace) -> int:
     sweep = Sweep(config=args.config, seeds=parse_seeds(args.seeds), grid=parse_grid(args.grid or []),
                   overrides=list(args.overrides), output_dir=out, upstream=args.upstream, paired=args.zip,
                   executor=args.executor, max_parallel=args.max_parallel)
+    if args.print_config:  # the config every cell starts from (each cell then sets its seed and grid values)
+        from rad.commands import resolved_yaml
+
+        print(resolved_yaml(sweep.validate()), end="")
+        return 0
     print(json.dumps(sweep.run(), indent=2, default=str))
     return 0
 
@@ -350,6 +355,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                                             "(mean and 95%% CI), with a Pareto figure")
     p.add_argument("--config", help="the rad train YAML config every cell runs")
     p.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config every cell starts from (YAML) and exit")
     p.add_argument("--seeds", help="seeds: N, A-B (inclusive) or N,M,...")
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a swept key and its values; repeat for a "
                                                                          "product")
@@ -363,4 +370,4 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--upstream", default="shared", choices=UPSTREAM_MODES,
                    help="SFT/reward/cost: shared across seeds (default), per seed, or none (every cell trains all)")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every cell, e.g. rad.algo.steps=30")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, config_class=PipelineConfig)

@@ -37,7 +37,7 @@ def _add_train(group: argparse._SubParsersAction, cfg_cls: type, help_text: str,
         args.overrides = [*args.overrides, f"kind={args.kind}"]
         return run(args)
 
-    p.set_defaults(func=with_kind)
+    p.set_defaults(func=with_kind, config_class=cfg_cls)
     return p
 
 

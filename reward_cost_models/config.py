@@ -34,10 +34,10 @@ class ScoreDataConfig:
 class LoraSettings:
     """LoRA adapters on the backbone (``peft``); merged into the backbone when the model is saved."""
 
-    enabled: bool = field(False)
+    enabled: bool = field(False, help="train LoRA adapters (and the score head) instead of the whole backbone")
     r: int = field(8, min=1, help="adapter rank")
     alpha: float = field(16.0, gt=0, help="scaling numerator (scale = alpha / r)")
-    dropout: float = field(0.0, min=0, max=1)
+    dropout: float = field(0.0, min=0, max=1, help="dropout on the adapters' input")
     target_modules: list[str] = field(default_factory=list, help="module names to adapt ([] = every linear layer)")
 
 
@@ -64,7 +64,7 @@ class ScoreModelConfig(ScoreModelStage):
     kind: str = field("reward", choices=KINDS, help="reward: Bradley-Terry on better_response_id; "
                                                      "cost: Bradley-Terry on safer_response_id + safe/unsafe signs")
     output_dir: str = field("", help="run directory ('' = runs/<kind>_model)")
-    seed: int = field(0)
+    seed: int = field(0, help="random seed of data order, sub-sampling, initialisation and sampling")
     resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

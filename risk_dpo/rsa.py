@@ -49,7 +49,7 @@ class RSAConfig:
     """``rad rsa``: helpfulness stage, safety stage (beta / lambda), and the RSA(P) weight average."""
 
     output_dir: str = field("runs/rsa", help="run directory: stage1/, stage2/, rsa_p/, summary.json")
-    seed: int = field(0)
+    seed: int = field(0, help="random seed of data order, sub-sampling, initialisation and sampling")
     resume: bool = field(True, help="skip finished stages and continue an interrupted one; false = a new run, "
                                           "refused if output_dir holds one")
     world: WorldConfig = field(default_factory=WorldConfig)

@@ -83,7 +83,7 @@ class DPOConfig:
     """``rad dpo``: offline (risk-aware) preference optimisation from a policy init against a frozen reference."""
 
     output_dir: str = field("runs/dpo", help="run directory (config, checkpoints, metrics, model/)")
-    seed: int = field(0)
+    seed: int = field(0, help="random seed of data order, sub-sampling, initialisation and sampling")
     resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig, help="the policy's initialisation (e.g. the SFT model)")

@@ -99,7 +99,7 @@ class OnlineRLTrainer:
             dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
             allow_pickle=cfg.policy.allow_pickle_weights, prompt_format=cfg.policy.prompt_format,
             reference_micro_batch_size=cfg.reference_micro_batch_size,
-            logprob_chunk_size=self.policy_logprob_chunk_size())
+            logprob_chunk_size=self.policy_logprob_chunk_size(), actor_logs=cfg.logging.actor_logs)
         self.startup_seconds = self.roles.startup_seconds
         self.step = 0
         self._logger = None

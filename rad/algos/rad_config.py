@@ -112,7 +112,7 @@ class RADStage:
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(num_gpus_per_engine=0.0))
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     save_every: int = field(10, min=0, help="checkpoint every N steps (0 = only at the end)")
-    keep_checkpoints: int = field(2, min=0)
+    keep_checkpoints: int = field(2, min=0, help="newest checkpoints kept (0 = all)")
     eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
     reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
                                                             "log-probs (it takes learner.logprob_chunk_size too)")
@@ -125,7 +125,7 @@ class RADConfig(RADStage):
     MOVED = {"reference": "reference_model"}
 
     output_dir: str = field("runs/rad", help="run directory")
-    seed: int = field(0)
+    seed: int = field(0, help="random seed of data order, sub-sampling, initialisation and sampling")
     resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     policy: ModelConfig = field(default_factory=ModelConfig, help="policy initialisation (the SFT model)")

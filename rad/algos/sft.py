@@ -48,7 +48,7 @@ class SFTStage:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=2))
     resources: LearnerResources = field(default_factory=LearnerResources)
     num_samples: int = field(6, min=0, help="held-out prompts answered in samples.jsonl at the end")
-    max_new_tokens: int = field(64, min=1)
+    max_new_tokens: int = field(64, min=1, help="tokens generated per answer in samples.jsonl")
 
 
 @dataclass
@@ -56,7 +56,7 @@ class SFTConfig(SFTStage):
     """``rad sft``: supervised fine-tuning with prompt tokens masked out of the loss."""
 
     output_dir: str = field("runs/sft", help="run directory (config, checkpoints, metrics, model/)")
-    seed: int = field(0)
+    seed: int = field(0, help="random seed of data order, sub-sampling, initialisation and sampling")
     resume: bool = resume_field()
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

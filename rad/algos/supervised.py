@@ -54,7 +54,7 @@ class ScheduleConfig:
     eval_every: int = field(0, min=0, help="evaluate every N optimizer steps (0 = at the end of each epoch)")
     save_every: int = field(0, min=0, help="checkpoint every N optimizer steps (0 = at the end of each epoch)")
     keep_checkpoints: int = field(2, min=0, help="newest checkpoints kept (0 = all)")
-    eval_batch_size: int = field(32, min=1)
+    eval_batch_size: int = field(32, min=1, help="rows per forward pass of the held-out evaluation")
 
 
 def run_supervised(program: Callable[[Any], dict[str, Any]], cfg: Any, name: str) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def run_supervised(program: Callable[[Any], dict[str, Any]], cfg: Any, name: str
     with open_run(cfg) as finished:
         if finished is not None:
             return finished
-        return run_on_learners(program, cfg, resources=cfg.resources, name=name)
+        return run_on_learners(program, cfg, resources=cfg.resources, name=name, actor_logs=cfg.logging.actor_logs)
 
 
 class SupervisedTrainer:

@@ -54,6 +54,11 @@ def _run(args: argparse.Namespace) -> int:
         print("\n".join(describe(EvalConfig)))
         return 0
     cfg = load_eval_config(args)
+    if args.print_config:
+        from rad.commands import resolved_yaml
+
+        print(resolved_yaml(cfg), end="")
+        return 0
     print(json.dumps(run_eval(cfg), indent=2, default=str))
     return 0
 
@@ -61,10 +66,11 @@ def _run(args: argparse.Namespace) -> int:
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``rad eval``."""
     from rad.commands import add_config_args
+    from rad.eval.config import EvalConfig
 
     p = subparsers.add_parser("eval", help="blue-vs-red arena: safety, dominance, win rates, OOD judge, report")
     add_config_args(p)
     p.add_argument("--models", nargs="+", metavar="NAME=PATH",
                    help="models to compare: a saved policy directory or a run directory holding model/")
     p.add_argument("--red", metavar="A,B", help="comma-separated red (baseline) model names (default: the first)")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, config_class=EvalConfig)

@@ -43,15 +43,16 @@ def worker_env(threads: int = 1) -> dict[str, str]:
     return env
 
 
-def ensure_ray(res: RayResources, needed_cpus: float, threads: int = 1) -> bool:
+def ensure_ray(res: RayResources, needed_cpus: float, threads: int = 1, actor_logs: bool = False) -> bool:
     """Connect to ``res.ray_address`` or start a local cluster, unless Ray is already up.
 
     Joining a cluster needs its auth token (:func:`rad.runtime.ray_auth.require_token`).
 
     A local cluster gets ``res.ray_num_cpus`` logical CPUs, or enough for ``needed_cpus``
     (at least 2); every actor gets ``OMP_NUM_THREADS=threads``, so roles sharing a machine
-    do not oversubscribe its cores. Returns True when this call started or joined Ray (the
-    caller then owns ``ray.shutdown()``).
+    do not oversubscribe its cores. ``actor_logs`` (``logging.actor_logs``) prints the actors'
+    stdout and stderr in this process (``log_to_driver``); otherwise they stay in Ray's session
+    logs. Returns True when this call started or joined Ray (the caller then owns ``ray.shutdown()``).
     """
     import ray
 
@@ -60,10 +61,10 @@ def ensure_ray(res: RayResources, needed_cpus: float, threads: int = 1) -> bool:
     runtime_env = {"env_vars": worker_env(threads)}
     if res.ray_address:
         require_token(res.ray_address)
-        ray.init(address=res.ray_address, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(address=res.ray_address, runtime_env=runtime_env, log_to_driver=actor_logs)
     else:
         init_local_ray(num_cpus=res.ray_num_cpus or max(2, int(math.ceil(needed_cpus))), include_dashboard=False,
-                       runtime_env=runtime_env, log_to_driver=False)
+                       runtime_env=runtime_env, log_to_driver=actor_logs)
     return True
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -60,7 +61,9 @@ class MetricsLogger:
                 import wandb
             except ImportError as exc:
                 raise ImportError("logging.wandb=true needs wandb: pip install 'rad-align[tracking]'") from exc
-            self._wandb = wandb.init(project=self.cfg.project, dir=str(self.run_dir), config=dict(config or {}))
+            # A resumed run (same run directory) logs into the W&B run it started, not a new one.
+            self._wandb = wandb.init(project=self.cfg.project, dir=str(self.run_dir), config=dict(config or {}),
+                                     id=wandb_run_id(self.run_dir), resume="allow")
         self._mlflow = None
         if self.cfg.mlflow:
             try:
@@ -113,6 +116,24 @@ class MetricsLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: The file in a run directory that holds the run's W&B run id.
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def wandb_run_id(run_dir: str | Path) -> str:
+    """The W&B run id of the run in ``run_dir``: the one recorded in ``run_dir/wandb_run_id``, else a new one,
+    recorded there (8 lowercase hex digits, the shape of W&B's own ids)."""
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(run_id + "\n")
+    tmp.replace(path)
+    return run_id
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:

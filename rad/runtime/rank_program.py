@@ -61,8 +61,10 @@ def in_process(res: LearnerResources) -> bool:
     return res.num_learners == 1 and not res.ray_address
 
 
-def run_on_learners(program: Callable[..., T], *args: Any, resources: LearnerResources, name: str) -> T:
-    """``program(*args)`` on ``resources.num_learners`` ranks; rank 0's result.
+def run_on_learners(program: Callable[..., T], *args: Any, resources: LearnerResources, name: str,
+                    actor_logs: bool = False) -> T:
+    """``program(*args)`` on ``resources.num_learners`` ranks; rank 0's result (``actor_logs``: the ranks'
+    output in this terminal, :func:`rad.runtime.local_ray.ensure_ray`).
 
     ``program`` must be importable by module and name (a top-level function) so Ray
     workers can load it. A local Ray cluster started here is shut down at the end.
@@ -75,7 +77,7 @@ def run_on_learners(program: Callable[..., T], *args: Any, resources: LearnerRes
     from rad.runtime.worker_group import WorkerGroup
 
     n = resources.num_learners
-    started = ensure_ray(resources, n * resources.cpus_per_learner)
+    started = ensure_ray(resources, n * resources.cpus_per_learner, actor_logs=actor_logs)
     group = None
     try:
         group = WorkerGroup(RankProgram, n, num_cpus=resources.cpus_per_learner,

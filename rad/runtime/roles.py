@@ -71,7 +71,7 @@ class RLRoles:
                  reward_model: str, cost_model: str, dtype: str = "auto", trust_remote_code: bool = False,
                  allow_pickle: bool = False, reference_micro_batch_size: int = 16,
                  logprob_chunk_size: int = 0, prompt_format: str = "", reward_scorer: Any = None,
-                 cost_scorer: Any = None) -> None:
+                 cost_scorer: Any = None, actor_logs: bool = False) -> None:
         import ray
 
         from rad.models.loading import check_weights
@@ -91,7 +91,7 @@ class RLRoles:
         engines = 0 if rollout.hybrid else rollout.num_engines
         needed = ((1 + len(trained)) * n * res.cpus_per_learner + res.cpus_per_reference
                   + res.num_scorers * res.cpus_per_scorer + engines * rollout.num_cpus_per_engine + 1)
-        ensure_ray(res, needed, threads=res.threads_per_actor)
+        ensure_ray(res, needed, threads=res.threads_per_actor, actor_logs=actor_logs)
         start = time.perf_counter()
         self.placement = self._place(name, trained)
         strategies = (lambda role: self.placement.strategies(role)) if self.placement else (lambda role: None)

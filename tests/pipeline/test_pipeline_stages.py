@@ -114,6 +114,15 @@ def test_a_finished_stage_refuses_a_changed_key_and_keeps_its_record(tmp_path, t
     assert main(command) == 0
     records = {p: p.read_text() for p in (tmp_path / "config.yaml", tmp_path / "sft" / "config.yaml")}
     summary = (tmp_path / "summary.json").read_text()
+    # The job ends with a readable summary: each stage, its key numbers, where its outputs are.
+    lines = capsys.readouterr().out.splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("rad train: ")):]  # after DeepSpeed's
+    assert lines[0].startswith(f"rad train: 1 stage(s) in {tmp_path}, ")
+    sft = json.loads(summary)["stages"]["sft"]
+    assert lines[1].startswith(f"  sft  steps 2, eval loss {sft['initial_eval_loss']:.3f} -> "
+                               f"{sft['final_eval_loss']:.3f} [")
+    assert lines[2] == f"       -> {tmp_path / 'sft' / 'model'}"
+    assert lines[-1] == f"Every number and path: {tmp_path}/summary.json (or rad train --json)"
     assert yaml.safe_load(records[tmp_path / "config.yaml"])["sft"]["learner"]["lr"] == 0.003
 
     capsys.readouterr()
@@ -123,7 +132,9 @@ def test_a_finished_stage_refuses_a_changed_key_and_keeps_its_record(tmp_path, t
     assert main([*command, "resume=false"]) == 2
     assert "resume: false asks for a new run" in capsys.readouterr().err
     # The same command (or one changing only how it logs) skips the finished stage and rewrites nothing.
-    assert main([*command, "logging.log_every=3"]) == 0
+    assert main([command[0], "--json", *command[1:], "logging.log_every=3"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{\n"):])["stages"] == json.loads(summary)["stages"]
     assert {p: p.read_text() for p in records} == records
     assert json.loads((tmp_path / "summary.json").read_text())["stages"] == json.loads(summary)["stages"]
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2  # the two runs that went ahead
@@ -139,3 +150,16 @@ def test_a_given_reward_model_replaces_the_reward_stage(score_dirs):
         assert stages[name].cost_model.endswith("cost/model") and stages[name].cost_scorer.sign == 1
     with pytest.raises(ConfigError, match="cost_model: .*cost_scorer.format is 'http'"):
         load_config(PipelineConfig, None, ["cost_model=/models/x", "cost_scorer.format=http"])
+
+
+def test_the_summary_states_rads_constraint_against_sft_and_leaves_out_what_a_stage_did_not_report():
+    from rad.pipeline_summary import format_summary
+
+    text = format_summary({"output_dir": "runs/x", "total_seconds": 12.0, "stages": {"rad": {
+        "model_dir": "runs/x/rad/model", "steps": 60, "seconds": 12.0,
+        "heldout": {"gain": 1.2, "delta": 0.5, "violation": 0.0, "cost_cvar_0.9_policy": 3.16,
+                    "cost_cvar_0.9_reference": 4.18}}}})
+    assert text.splitlines()[1:3] == [
+        "  rad  steps 60, held-out gain 1.200, delta 0.500, violation 0.000, cost CVaR-0.9 3.160 (SFT 4.180) [12 s]",
+        "       -> runs/x/rad/model"]
+    assert "win rate" not in text

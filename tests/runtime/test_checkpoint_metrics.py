@@ -8,7 +8,7 @@ import torch
 
 from rad.runtime.checkpoint import (atomic_dir, checkpoint_dir, latest_checkpoint, list_checkpoints,
                                     prune_checkpoints, read_trainer_state, write_trainer_state)
-from rad.runtime.metrics import MetricsLogger, PhaseTimer, read_metrics
+from rad.runtime.metrics import WANDB_ID_FILE, MetricsLogger, PhaseTimer, read_metrics, wandb_run_id
 from rad.settings import LoggingConfig
 
 
@@ -88,3 +88,27 @@ def test_a_resumed_logger_drops_the_rows_logged_after_its_checkpoint(tmp_path):
     with MetricsLogger(tmp_path, cfg, resume=(0, 0)):  # resumed without a checkpoint: from the start
         pass
     assert read_metrics(tmp_path) == []
+
+
+def test_the_wandb_run_id_is_kept_in_the_run_directory(tmp_path):
+    """A resumed run finds the W&B id its first start recorded (wandb.init(id=..., resume="allow") then continues
+    that W&B run); another run directory gets another id."""
+    run_id = wandb_run_id(tmp_path / "run")
+    assert (tmp_path / "run" / WANDB_ID_FILE).read_text().strip() == run_id
+    assert len(run_id) == 8 and run_id.isalnum() and run_id.islower()
+    assert wandb_run_id(tmp_path / "run") == run_id
+    assert wandb_run_id(tmp_path / "other") != run_id
+
+
+def test_a_resumed_run_logs_into_its_wandb_run(tmp_path, monkeypatch):
+    """With wandb installed (the tracking extra), offline: the second logger of a run directory resumes the first's
+    W&B run."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = LoggingConfig(tensorboard=False, wandb=True)
+    ids = []
+    for step in (1, 2):
+        with MetricsLogger(tmp_path, cfg) as logger:
+            ids.append(logger._wandb.id)
+            logger.log({"x": step}, step)
+    assert ids[0] == ids[1] == (tmp_path / WANDB_ID_FILE).read_text().strip()
