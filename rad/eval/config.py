@@ -20,6 +20,7 @@ from rad.errors import ConfigError
 from rad.eval.judges import KINDS
 from rad.eval.judges.classifier import CONVENTIONS, check_template
 from rad.runtime.rollout.base import SamplingConfig
+from rad.data.prompt_format import PromptFormat
 from rad.settings import ScorerConfig, WorldConfig, check_score_models, score_model_field, scorer_field
 
 #: Model names end up in file names and table headers.
@@ -167,6 +168,10 @@ class EvalConfig(EvalStage):
     models: list[str] = field(default_factory=list, help="NAME=PATH entries (a policy directory, or a run "
                                                          "directory holding model/)")
     red: list[str] = field(default_factory=list, help="red (baseline) model names; [] = the first model")
+    prompt_formats: list[str] = field(
+        default_factory=list, help="NAME=FORMAT entries: the prompt format a model generates with ('safe_rlhf', "
+                                   "'chat' or a template with {prompt}), e.g. for a downloaded instruct model; a "
+                                   "model not listed uses the format saved with it")
     reward_model: str = score_model_field("reward")
     cost_model: str = score_model_field("cost")
     reward_scorer: ScorerConfig = scorer_field("reward")
@@ -187,6 +192,7 @@ class EvalConfig(EvalStage):
                 raise ConfigError(f"red: {r!r} is not one of the models {names}")
         if len(set(self.red)) != len(self.red):
             raise ConfigError(f"red: names must be distinct, got {self.red}")
+        self.format_overrides()
         check_score_models(self)
 
     def model_paths(self) -> dict[str, str]:
@@ -202,6 +208,21 @@ class EvalConfig(EvalStage):
             if name in out:
                 raise ConfigError(f"models[{i}]: name {name!r} is given twice")
             out[name] = path
+        return out
+
+    def format_overrides(self) -> dict[str, str]:
+        """``{name: format spec}`` from the ``prompt_formats`` entries, each checked."""
+        names, out = list(self.model_paths()), {}
+        for i, entry in enumerate(self.prompt_formats):
+            name, sep, spec = entry.partition("=")
+            name = name.strip()
+            if not sep or not name or not spec:
+                raise ConfigError(f"prompt_formats[{i}]: expected NAME=FORMAT, got {entry!r}")
+            if name not in names:
+                raise ConfigError(f"prompt_formats[{i}]: {name!r} is not one of the models {names}")
+            if name in out:
+                raise ConfigError(f"prompt_formats[{i}]: {name!r} is given twice")
+            out[name] = PromptFormat.parse(spec, f"prompt_formats[{i}]").spec
         return out
 
     def red_names(self) -> list[str]:

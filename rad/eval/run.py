@@ -81,9 +81,12 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
     out: dict[tuple[str, str, int], Outputs] = {}
     scorer_formats = stated_templates({"reward": (cfg.reward_model, cfg.reward_scorer),
                                        "cost": (cfg.cost_model, cfg.cost_scorer)})
+    formats = cfg.format_overrides()
     for name, path in model_dirs.items():
         fps[name] = dir_fingerprint(path)
-        warn_on_mismatch(saved_prompt_format(path), scorer_formats, name)
+        if name in formats:  # the model directory's fingerprint covers only the format saved with it
+            fps[name] += f"+prompt_format={formats[name]}"
+        warn_on_mismatch(formats.get(name) or saved_prompt_format(path), scorer_formats, name)
         engine = None
         for set_name, seed, prompts, n in sets:
             sampling = dataclasses.replace(cfg.sampling, seed=seed)
@@ -96,7 +99,8 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
 
                     engine = HFEngine(path, dtype=cfg.engine.dtype, device=cfg.engine.device or None,
                                       micro_batch_size=cfg.engine.micro_batch_size,
-                                      trust_remote_code=cfg.engine.trust_remote_code)
+                                      trust_remote_code=cfg.engine.trust_remote_code,
+                                      prompt_format=formats.get(name, ""))
                 t = time.perf_counter()
                 record = generate_record(engine, prompts, n, sampling)
                 log.info("generated %d responses of %s on %s (seed %d) in %.1fs", len(prompts) * n, name,
@@ -349,7 +353,9 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     generated = sorted({f"{k[0]}/{k[1]}/seed{k[2]}" for k, o in outputs.items() if o.generated})
     reused = sorted({f"{k[0]}/{k[1]}/seed{k[2]}" for k, o in outputs.items() if not o.generated})
     results = {"config": to_dict(cfg),
-               "models": {n: {"path": str(p), "fingerprint": fingerprints[n]} for n, p in model_dirs.items()},
+               "models": {n: {"path": str(p), "fingerprint": fingerprints[n],
+                              "prompt_format": cfg.format_overrides().get(n) or saved_prompt_format(p)}
+                          for n, p in model_dirs.items()},
                "prompts": {HELDOUT: len(heldout), REDTEAM: len(redteam)}, "ground_truth": sorted(oracles),
                "judge": {"name": judges.judge_name(cfg.judge), "description": judges.describe(cfg.judge),
                          "ratings": rating_rows_, "ratings_per_seed": rating_seed_rows},

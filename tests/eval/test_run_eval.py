@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -142,6 +143,26 @@ def test_second_run_reuses_the_cache(arena_run, tmp_path, make_eval_config):
             == (out1 / "tables" / "dominance.csv").read_text())
     assert not (tmp_path / "again" / "report.html").exists()
     assert not list((tmp_path / "again" / "figures").glob("*.png"))
+
+
+def test_a_prompt_format_override_regenerates_that_model_with_it(arena_run, tmp_path, make_eval_config):
+    from rad.eval import run_eval
+
+    _, out1, cache = arena_run
+    template = "Question: {prompt} Answer:"
+    second = run_eval(make_eval_config(tmp_path / "fmt", cache, html="false", figures="false",
+                                       prompt_formats=f'["tiny={template}"]'))
+    assert second["generated"] and all(g.startswith("tiny/") for g in second["generated"])  # the override is a key
+    assert all(r.startswith("sft/") for r in second["reused"])
+    models = json.loads((tmp_path / "fmt" / "results.json").read_text())["models"]
+    assert models["tiny"]["prompt_format"] == template and models["sft"]["prompt_format"] == "safe_rlhf"
+    before = _csv(out1 / "pairs" / "sft_vs_tiny.csv")
+    after = _csv(tmp_path / "fmt" / "pairs" / "sft_vs_tiny.csv")
+    assert [p["blue_response"] for p in after] != [p["blue_response"] for p in before]  # other prompt text
+    for bad, needle in (('["gpt=chat"]', "prompt_formats[0]: 'gpt' is not one of the models"),
+                        ('["tiny=no field"]', "prompt_formats[0]: custom template 'no field' must hold {prompt}")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            make_eval_config(tmp_path / "bad", cache, prompt_formats=bad)
 
 
 def test_a_judge_whose_replies_all_break_gives_a_report_that_says_so(arena_run, tmp_path, make_eval_config,
