@@ -42,7 +42,8 @@ class ScoreModelStage:
     normalize: str = field("none", choices=NORMALIZE_MODES,
                            help="normalisation the saved model applies when scoring: none (raw), scale (s/std, "
                                 "keeps the sign), standard ((s-mean)/std); mean/std come from held-out scores")
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA adapters on the backbone (the head trains "
+                                                                  "fully); merged into the saved model")
 
 
 @dataclass

@@ -37,7 +37,7 @@ from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.runtime.run_dir import resume_field
 from rad.data.encode import Encoded, collate_lm, encode_pair
 from rad.errors import ConfigError
-from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, LoraSettings, ModelConfig, WorldConfig
+from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, PolicyLora, ModelConfig, WorldConfig
 from risk_dpo.losses import LossParams, PairBatch, get_loss
 from risk_dpo.pairs import PAIR_KINDS, load_pairs
 from risk_dpo.token_stats import RISKS, reference_stats, sequence_stats
@@ -96,7 +96,7 @@ class DPOConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=1))
     resources: LearnerResources = field(default_factory=LearnerResources)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA adapters on the policy: only they train; "
+    lora: PolicyLora = field(default_factory=PolicyLora, help="LoRA adapters on the policy: only they train; "
                                                                 "model/ is saved with them merged")
 
     def validate(self) -> None:

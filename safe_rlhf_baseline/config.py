@@ -23,7 +23,7 @@ from rad.runtime.run_dir import resume_field
 from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.rollout.config import RolloutConfig
-from rad.settings import (LearnerConfig, LoggingConfig, LoraSettings, ModelConfig, ScorerConfig, WorldConfig,
+from rad.settings import (LearnerConfig, LoggingConfig, PolicyLora, ModelConfig, ScorerConfig, WorldConfig,
                           check_score_models, is_url, score_model_field, scorer_field)
 
 
@@ -80,7 +80,7 @@ class PPOLagStage:
     reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
                                                             "log-probs (it takes actor_learner.logprob_chunk_size "
                                                             "too)")
-    lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA adapters on the actor (the policy): only "
+    lora: PolicyLora = field(default_factory=PolicyLora, help="LoRA adapters on the actor (the policy): only "
                                                                 "they train; the engines and model/ get the merged "
                                                                 "weights (the critics train fully)")
 

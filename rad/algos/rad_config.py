@@ -20,7 +20,7 @@ from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.run_dir import resume_field
 from rad.runtime.rollout.config import RolloutConfig
-from rad.settings import (LearnerConfig, LoggingConfig, LoraSettings, ModelConfig, ScorerConfig, WorldConfig,
+from rad.settings import (LearnerConfig, LoggingConfig, PolicyLora, ModelConfig, ScorerConfig, WorldConfig,
                           check_score_models, score_model_field, scorer_field)
 
 
@@ -116,7 +116,7 @@ class RADStage:
     eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
     reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
                                                             "log-probs (it takes learner.logprob_chunk_size too)")
-    lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA adapters on the policy: only they train; "
+    lora: PolicyLora = field(default_factory=PolicyLora, help="LoRA adapters on the policy: only they train; "
                                                                 "the engines and model/ get the merged weights")
 
 

@@ -16,7 +16,7 @@ import torch
 from rad.runtime.batch import TokenBatch
 from rad.runtime.deepspeed_rank import DeepSpeedRank
 from rad.runtime.logprobs import collate_samples, token_logprobs
-from rad.settings import LearnerConfig, LoraSettings
+from rad.settings import LearnerConfig, PolicyLora
 
 __all__ = ["PolicyLearner", "ReferenceWorker", "collate_samples", "token_logprobs"]
 
@@ -68,14 +68,14 @@ class PolicyLearner(DeepSpeedRank):
     :class:`~rad.runtime.deepspeed_rank.DeepSpeedRank`). Each :meth:`train_step`
     takes this rank's shard of the batch; DeepSpeed averages gradients across ranks.
     ``allow_pickle`` lets it start from pickled (``.bin``) weights (it saves safetensors).
-    With ``lora`` (enabled :class:`~rad.settings.LoraSettings`) only LoRA adapters train
+    With ``lora`` (enabled :class:`~rad.settings.PolicyLora`) only LoRA adapters train
     (:mod:`rad.models.lora`); the engines receive, and :meth:`save_pretrained` writes, the plain
     model with the adapters merged, under the base model's names.
     """
 
     def __init__(self, model_dir: str, cfg: LearnerConfig, total_steps: int, dtype: str = "float32",
                  trust_remote_code: bool = False, loss_aggregation: str = "sequence_sum", allow_pickle: bool = False,
-                 prompt_format: str = "", lora: LoraSettings | None = None):
+                 prompt_format: str = "", lora: PolicyLora | None = None):
         super().__init__(cfg, total_steps, dtype, trust_remote_code)
         self.lora = lora if lora is not None and lora.enabled else None
         self.prompt_format = prompt_format  # the policy's, '' = saved with it; saved with the trained policy

@@ -11,7 +11,7 @@ import torch
 
 from rad.config import load_config
 from rad.errors import ConfigError
-from rad.settings import LearnerConfig, LoggingConfig, LoraSettings, ModelConfig
+from rad.settings import LearnerConfig, LoggingConfig, PolicyLora, ModelConfig
 from risk_dpo.losses import PairBatch
 from risk_dpo.pairs import pairs_from_preferences
 from risk_dpo.trainer import DPOConfig, DPOTrainer, run_dpo
@@ -230,7 +230,7 @@ def test_dpo_with_lora_saves_a_plain_model_that_moved_only_where_adapted(tmp_pat
     cfg = _cfg(tmp_path / "run", sft_model_dir, name="dpo")
     cfg.data.train = ["embedded/pref-train:8"]
     cfg.data.eval = ["embedded/pref-train:4"]
-    cfg.lora = LoraSettings(enabled=True, r=4, alpha=8.0, target_modules=["q_proj", "v_proj"], save_adapter=True)
+    cfg.lora = PolicyLora(enabled=True, r=4, alpha=8.0, target_modules=["q_proj", "v_proj"], save_adapter=True)
     summary = run_dpo(cfg)
     assert summary["steps"] == 2 and summary["lora"] is True
     load_causal_lm(summary["model_dir"])  # a plain transformers model: no peft needed to read it
