@@ -28,7 +28,9 @@ The eval stage compares ``sft``, ``rad`` and ``ppo-lag`` (the policies whose sta
 is selected or whose model already exists in the run directory), with SFT and
 PPO-Lag as the red (baseline) models, scored by the run's reward and cost models.
 ``reward_model`` / ``cost_model`` replace the reward / cost stage with a given model
-(any format ``rad rl`` takes, read as ``reward_scorer`` / ``cost_scorer`` say).
+(any format ``rad rl`` takes, read as ``reward_scorer`` / ``cost_scorer`` say), and
+``policy_model`` replaces the SFT stage with a given causal LM (e.g. an instruct model):
+RL starts from it, the score models train on its backbone, and eval compares it as ``init``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ DEFAULT_STAGES = ("sft", "reward", "cost", "rad")
 #: Eval model name of each policy stage, and which of them are red (baselines) when present.
 POLICIES = {"sft": "sft", "rad": "rad", "ppo_lag": "ppo-lag"}
 RED = ("sft", "ppo_lag")
+#: Eval name of a given ``policy_model`` (in place of ``sft``; red too).
+INIT = "init"
 #: Stages whose Ray actors need a cluster sized for them (a local one is shut down after the stage).
 RAY_STAGES = ("rad", "ppo_lag")
 
@@ -91,6 +95,10 @@ class PipelineConfig:
                                      "run), as reward_model ('' = the cost stage's)")
     reward_scorer: ScorerConfig = scorer_field("reward")
     cost_scorer: ScorerConfig = scorer_field("cost")
+    policy_model: str = field("", help="a policy (causal LM: a local directory or hub id, e.g. an instruct model) "
+                                       "to start from instead of running SFT (the sft stage is then not run; the "
+                                       "reward and cost stages train on its backbone; eval names it 'init'; "
+                                       "model.prompt_format still applies) ('' = the sft stage's)")
 
     def validate(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -99,11 +107,15 @@ class PipelineConfig:
         if len(set(self.stages)) != len(self.stages):
             raise ConfigError(f"stages: each stage once, got {self.stages}")
         check_score_models(self, required=False)
+        if self.policy_model:
+            from rad.models.loading import check_causal_lm
+
+            check_causal_lm(self.policy_model, "policy_model", trust_remote_code=self.model.trust_remote_code)
 
     def selected(self) -> list[str]:
-        """The selected stages in pipeline order; the reward / cost stage is not run when ``reward_model`` /
-        ``cost_model`` gives the model."""
-        given = {s for s in ("reward", "cost") if getattr(self, f"{s}_model")}
+        """The selected stages in pipeline order; the sft / reward / cost stage is not run when ``policy_model`` /
+        ``reward_model`` / ``cost_model`` gives the model."""
+        given = {s for s in ("sft", "reward", "cost") if getattr(self, "policy_model" if s == "sft" else f"{s}_model")}
         return [s for s in STAGES if s in self.stages and s not in given]
 
 
@@ -112,16 +124,22 @@ def _fields(obj: Any, cls: type) -> dict[str, Any]:
 
 
 def _eval_models(cfg: PipelineConfig, out: Path) -> list[str]:
-    """``NAME=PATH`` of the policies the eval stage compares (see the module docstring)."""
-    return [f"{name}={out / stage / 'model'}" for stage, name in POLICIES.items()
-            if stage in cfg.stages or (out / stage / "model" / "config.json").is_file()]
+    """``NAME=PATH`` of the policies the eval stage compares (see the module docstring); a given
+    ``policy_model`` stands for the sft stage's, as ``init``."""
+    models = [f"{name}={out / stage / 'model'}" for stage, name in POLICIES.items()
+              if stage != "sft" and (stage in cfg.stages or (out / stage / "model" / "config.json").is_file())]
+    if cfg.policy_model:
+        return [f"{INIT}={cfg.policy_model}", *models]
+    if "sft" in cfg.stages or (out / "sft" / "model" / "config.json").is_file():
+        return [f"sft={out / 'sft' / 'model'}", *models]
+    return models
 
 
 def stage_configs(cfg: PipelineConfig) -> dict[str, Any]:
     """The stand-alone config of every selected stage (in pipeline order), wired to the other stages' outputs."""
     out = Path(cfg.output_dir)
     common = dict(seed=cfg.seed, resume=cfg.resume, world=cfg.world, logging=cfg.logging)
-    sft_model = out / "sft" / "model"
+    sft_model = cfg.policy_model or out / "sft" / "model"
     backbone = dataclasses.replace(cfg.model, name_or_path=str(sft_model), tokenizer="")
     scores = dict(reward_model=cfg.reward_model or str(out / "reward" / "model"),
                   cost_model=cfg.cost_model or str(out / "cost" / "model"),
@@ -148,7 +166,7 @@ def _eval_config(cfg: PipelineConfig, out: Path, scores: dict[str, Any]) -> Eval
     if len(models) < 2:
         raise ConfigError(f"stages: eval compares at least two policies of the run, found {names}; select rad "
                           f"and/or ppo_lag too (or run them into {out} first)")
-    red = [POLICIES[s] for s in RED if POLICIES[s] in names]
+    red = [name for name in (*(POLICIES[s] for s in RED), INIT) if name in names]
     return EvalConfig(output_dir=str(out / "eval"), seed=cfg.seed, world=cfg.world, models=models, red=red,
                       **scores, **_fields(cfg.eval, EvalStage))
 

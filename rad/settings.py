@@ -91,6 +91,44 @@ class LearnerConfig:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters (``peft``, see rad/models/lora.py): only the adapters train; whatever leaves the trainer
+    (rollout-engine weights, the saved model) is the plain model with the adapters merged in."""
+
+    enabled: bool = field(False, help="train LoRA adapters instead of the model's own weights")
+    r: int = field(8, min=1, help="adapter rank")
+    alpha: float = field(16.0, gt=0, help="scaling numerator (scale = alpha / r)")
+    dropout: float = field(0.0, min=0, max=1, help="dropout on the adapters' input")
+    target_modules: list[str] = field(default_factory=list, help="module names to adapt ([] = every linear layer "
+                                                                 "but the output layer)")
+
+    def check_learner(self, learner: LearnerConfig, key: str = "learner") -> None:
+        """LoRA needs the live module whole: the adapters are merged from it (ZeRO <= 2)."""
+        if self.enabled and learner.zero_stage == 3:
+            raise ConfigError(f"lora.enabled with {key}.zero_stage=3 is not supported: the frozen base gains little "
+                              "from ZeRO-3 and the adapters are merged from the live module")
+
+
+@dataclass
+class PolicyLora(LoraSettings):
+    """LoRA adapters on a policy (``rad rl``, ``rad baseline ppo-lag``, ``rad dpo``)."""
+
+    save_adapter: bool = field(False, help="also write peft's adapter files into <model>/adapter (the model itself "
+                                           "is always saved merged)")
+
+    def check_rl(self, learner: LearnerConfig, rollout, key: str = "learner") -> None:
+        """:meth:`check_learner`, and a rollout (``rollout.*``, :class:`rad.runtime.rollout.config.RolloutConfig`)
+        that receives merged weights: separate engines, not the learner's own module, and no CUDA IPC of it."""
+        self.check_learner(learner, key)
+        if self.enabled and rollout.hybrid:
+            raise ConfigError("lora.enabled with rollout.hybrid is not supported: the engines get the merged policy; "
+                              "use separate rollout engines")
+        if self.enabled and rollout.weight_sync == "ipc":
+            raise ConfigError("lora.enabled with rollout.weight_sync=ipc is not supported: ipc shares the learner's "
+                              "own parameters, but the engines get merged weights; use object_store or auto")
+
+
+@dataclass
 class LoggingConfig:
     """Where metrics go. TensorBoard and a JSONL file by default."""
 

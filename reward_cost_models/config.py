@@ -14,9 +14,8 @@ from rad.algos.supervised import ScheduleConfig
 from rad.config import field
 from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.runtime.run_dir import resume_field
-from rad.errors import ConfigError
 from rad.models.score_model import KINDS, NORMALIZE_MODES
-from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
+from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, LoraSettings, ModelConfig, WorldConfig
 
 
 @dataclass
@@ -28,17 +27,6 @@ class ScoreDataConfig:
                             help="held-out preference specs" + SPECS_HELP)
     max_length: int = field(160, min=8, help="prompt + response tokens; longer pairs lose the prompt's start first")
     max_eval_rows: int = field(0, min=0, help="cap on held-out rows (0 = all)")
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapters on the backbone (``peft``); merged into the backbone when the model is saved."""
-
-    enabled: bool = field(False, help="train LoRA adapters (and the score head) instead of the whole backbone")
-    r: int = field(8, min=1, help="adapter rank")
-    alpha: float = field(16.0, gt=0, help="scaling numerator (scale = alpha / r)")
-    dropout: float = field(0.0, min=0, max=1, help="dropout on the adapters' input")
-    target_modules: list[str] = field(default_factory=list, help="module names to adapt ([] = every linear layer)")
 
 
 @dataclass
@@ -54,7 +42,8 @@ class ScoreModelStage:
     normalize: str = field("none", choices=NORMALIZE_MODES,
                            help="normalisation the saved model applies when scoring: none (raw), scale (s/std, "
                                 "keeps the sign), standard ((s-mean)/std); mean/std come from held-out scores")
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA adapters on the backbone (the head trains "
+                                                                  "fully); merged into the saved model")
 
 
 @dataclass
@@ -71,9 +60,7 @@ class ScoreModelConfig(ScoreModelStage):
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
-        if self.lora.enabled and self.learner.zero_stage == 3:
-            raise ConfigError("lora.enabled with learner.zero_stage=3 is not supported: the frozen backbone "
-                              "gains little from ZeRO-3 and adapters are merged from the live module at save")
+        self.lora.check_learner(self.learner)
         if not self.output_dir:
             self.output_dir = f"runs/{self.kind}_model"
 

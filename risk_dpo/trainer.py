@@ -37,7 +37,7 @@ from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.runtime.run_dir import resume_field
 from rad.data.encode import Encoded, collate_lm, encode_pair
 from rad.errors import ConfigError
-from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, ModelConfig, WorldConfig
+from rad.settings import LearnerConfig, LearnerResources, LoggingConfig, PolicyLora, ModelConfig, WorldConfig
 from risk_dpo.losses import LossParams, PairBatch, get_loss
 from risk_dpo.pairs import PAIR_KINDS, load_pairs
 from risk_dpo.token_stats import RISKS, reference_stats, sequence_stats
@@ -96,8 +96,11 @@ class DPOConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=1))
     resources: LearnerResources = field(default_factory=LearnerResources)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    lora: PolicyLora = field(default_factory=PolicyLora, help="LoRA adapters on the policy: only they train; "
+                                                                "model/ is saved with them merged")
 
     def validate(self) -> None:
+        self.lora.check_learner(self.learner)
         if get_loss(self.loss.name).needs_embeds and self.learner.zero_stage == 3:
             raise ConfigError(f"loss.name={self.loss.name} needs learner.zero_stage <= 2: its gradient penalty is "
                               "differentiated twice, and ZeRO-3 re-partitions the parameters after the first pass")
@@ -248,7 +251,11 @@ def dpo_program(cfg: DPOConfig) -> dict[str, Any]:
     if cfg.data.max_eval_rows:
         held = held[: cfg.data.max_eval_rows]
     model, tokenizer, path = load_policy(cfg.model, cfg.world, cfg.seed)
-    reference = load_reference(cfg, model, tokenizer)
+    reference = load_reference(cfg, model, tokenizer)  # before the adapters: the reference is the plain init
+    if cfg.lora.enabled:
+        from rad.models.lora import add_lora
+
+        model = add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
     trainer = DPOTrainer(model, reference, tokenizer, train, held, cfg)
     del reference
     if trainer.rank == 0:
@@ -256,9 +263,10 @@ def dpo_program(cfg: DPOConfig) -> dict[str, Any]:
                  path, len(train), cfg.data.pairs, len(held), cfg.reference or "= policy init",
                  " (precomputed)" if cfg.precompute_reference else "", trainer.world_size)
     final = trainer.train(resume=cfg.resume)
-    model_out = trainer.learner.save_pretrained(out / "model", tokenizer)
+    model_out = trainer.learner.save_pretrained(out / "model", tokenizer, adapter=cfg.lora.save_adapter)
     summary: dict[str, Any] = {
-        "model_dir": str(model_out), "loss": cfg.loss.name, "pairs": cfg.data.pairs, "steps": trainer.step,
+        "model_dir": str(model_out), "loss": cfg.loss.name, "lora": cfg.lora.enabled, "pairs": cfg.data.pairs,
+        "steps": trainer.step,
         "learner_ranks": trainer.world_size,
         "train_pairs": len(train), "eval_pairs": len(held), "skipped_identical_pairs": skipped_train + skipped_eval,
         "initial_eval": trainer.initial_eval, "final_eval": final,

@@ -23,8 +23,8 @@ from rad.runtime.run_dir import resume_field
 from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.rollout.config import RolloutConfig
-from rad.settings import (LearnerConfig, LoggingConfig, ModelConfig, ScorerConfig, WorldConfig, check_score_models,
-                          is_url, score_model_field, scorer_field)
+from rad.settings import (LearnerConfig, LoggingConfig, PolicyLora, ModelConfig, ScorerConfig, WorldConfig,
+                          check_score_models, is_url, score_model_field, scorer_field)
 
 
 @dataclass
@@ -80,6 +80,9 @@ class PPOLagStage:
     reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
                                                             "log-probs (it takes actor_learner.logprob_chunk_size "
                                                             "too)")
+    lora: PolicyLora = field(default_factory=PolicyLora, help="LoRA adapters on the actor (the policy): only "
+                                                                "they train; the engines and model/ get the merged "
+                                                                "weights (the critics train fully)")
 
 
 @dataclass
@@ -104,6 +107,7 @@ class PPOLagConfig(PPOLagStage):
 
     def validate(self) -> None:
         check_score_models(self)
+        self.lora.check_rl(self.actor_learner, self.rollout, "actor_learner")
         for kind in ("reward", "cost"):
             if is_url(getattr(self, f"{kind}_model")) and not getattr(self, f"{kind}_critic_model"):
                 raise ConfigError(f"{kind}_critic_model: {kind}_model is a remote scorer, so the {kind} critic "

@@ -97,7 +97,8 @@ class PPOLagTrainer(OnlineRLTrainer):
         cfg = self.cfg
         return TrainedRole(PPOActor, (self.policy_dir, self.actor_cfg, self.total_updates, cfg.policy.dtype,
                                       cfg.policy.trust_remote_code),
-                           {"allow_pickle": cfg.policy.allow_pickle_weights, "prompt_format": cfg.policy.prompt_format})
+                           {"allow_pickle": cfg.policy.allow_pickle_weights, "prompt_format": cfg.policy.prompt_format,
+                            "lora": cfg.lora})
 
     def trained_roles(self) -> dict[str, TrainedRole]:
         from safe_rlhf_baseline.workers import CriticLearner

@@ -157,7 +157,8 @@ class RADTrainer(OnlineRLTrainer):
         cfg = self.cfg
         return TrainedRole(PolicyLearner, (self.policy_dir, self.learner_cfg, cfg.algo.steps, cfg.policy.dtype,
                                            cfg.policy.trust_remote_code, cfg.algo.loss_aggregation),
-                           {"allow_pickle": cfg.policy.allow_pickle_weights, "prompt_format": cfg.policy.prompt_format})
+                           {"allow_pickle": cfg.policy.allow_pickle_weights, "prompt_format": cfg.policy.prompt_format,
+                            "lora": cfg.lora})
 
     def policy_logprob_chunk_size(self) -> int:
         return self.cfg.learner.logprob_chunk_size

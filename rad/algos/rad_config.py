@@ -20,8 +20,8 @@ from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.run_dir import resume_field
 from rad.runtime.rollout.config import RolloutConfig
-from rad.settings import (LearnerConfig, LoggingConfig, ModelConfig, ScorerConfig, WorldConfig, check_score_models,
-                          score_model_field, scorer_field)
+from rad.settings import (LearnerConfig, LoggingConfig, PolicyLora, ModelConfig, ScorerConfig, WorldConfig,
+                          check_score_models, score_model_field, scorer_field)
 
 
 @dataclass
@@ -116,6 +116,8 @@ class RADStage:
     eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
     reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
                                                             "log-probs (it takes learner.logprob_chunk_size too)")
+    lora: PolicyLora = field(default_factory=PolicyLora, help="LoRA adapters on the policy: only they train; "
+                                                                "the engines and model/ get the merged weights")
 
 
 @dataclass
@@ -138,6 +140,7 @@ class RADConfig(RADStage):
 
     def validate(self) -> None:
         check_score_models(self)
+        self.lora.check_rl(self.learner, self.rollout)
         n = self.resources.num_learners
         batch = self.algo.prompts_per_step * self.algo.k
         if batch % n:

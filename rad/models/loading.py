@@ -245,17 +245,37 @@ def load_causal_lm(
     return model
 
 
-def load_config(name_or_path: str | os.PathLike[str], trust_remote_code: bool = False) -> Any:
-    """Load only a model's config (cheap: no weights), e.g. to check its architecture."""
-    name, is_local = _resolve(name_or_path, "model config")
+def load_config(name_or_path: str | os.PathLike[str], trust_remote_code: bool = False,
+                what: str = "model config") -> Any:
+    """Load only a model's config (cheap: no weights), e.g. to check its architecture; errors name ``what``."""
+    name, is_local = _resolve(name_or_path, what)
     if is_local and not (Path(name) / "config.json").is_file():
-        raise ConfigError(f"model config: directory {name!r} has no config.json")
+        raise ConfigError(f"{what}: directory {name!r} has no config.json")
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except OSError as exc:
         if is_local:
-            raise ConfigError(f"model config: cannot load from directory {name!r}: {exc}") from exc
-        raise _hub_error("model config", name, exc) from exc
+            raise ConfigError(f"{what}: cannot load from directory {name!r}: {exc}") from exc
+        raise _hub_error(what, name, exc) from exc
+    except ValueError as exc:  # e.g. an unknown model_type
+        raise ConfigError(f"{what}: {name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def check_causal_lm(name_or_path: str | os.PathLike[str], what: str, trust_remote_code: bool = False) -> None:
+    """``name_or_path`` holds a causal LM (by its config's ``architectures``, else its model type); a
+    :class:`ConfigError` naming ``what`` otherwise. Reads only the config."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = load_config(name_or_path, trust_remote_code=trust_remote_code, what=what)
+    archs = list(getattr(config, "architectures", None) or [])
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if archs:
+        ok = any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    else:
+        ok = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not ok:
+        raise ConfigError(f"{what}: {os.fspath(name_or_path)!r} is not a causal language model (architectures "
+                          f"{archs or [config.model_type]}); expected a policy checkpoint such as *ForCausalLM")
 
 
 def _fsync_tree(root: Path) -> None:

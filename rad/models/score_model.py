@@ -48,6 +48,7 @@ from rad.data.prompt_format import PromptFormat
 from rad.data.template import PROMPT_TEMPLATE
 from rad.errors import ConfigError, DataError
 from rad.models.loading import _as_dtype, _check_local_weights, _resolve, save_pretrained_atomic
+from rad.models.lora import add_lora, base_model, is_lora, merged_state_dict
 
 log = logging.getLogger("rad.models")
 
@@ -94,23 +95,13 @@ def _hidden_size(config: Any) -> int:
     raise ConfigError(f"cannot tell the hidden size of backbone config {type(config).__name__}")
 
 
-def _unwrap(backbone: nn.Module) -> nn.Module:
-    """The plain transformers model inside a peft wrapper (or the backbone itself)."""
-    get_base = getattr(backbone, "get_base_model", None)
-    return get_base() if callable(get_base) else backbone
-
-
-def is_lora(backbone: nn.Module) -> bool:
-    return callable(getattr(backbone, "get_base_model", None))
-
-
 class ScoreModel(nn.Module):
     """``backbone`` (any AutoModel) + ``head`` (Linear(hidden, 1)); ``forward`` returns scores [B] (float32)."""
 
     def __init__(self, backbone: nn.Module, score_config: ScoreConfig | None = None, head: nn.Linear | None = None):
         super().__init__()
         self.backbone = backbone
-        plain = _unwrap(backbone)
+        plain = base_model(backbone)
         self.config = plain.config  # what DeepSpeed / HF utilities look for
         self.score_config = score_config or ScoreConfig()
         if not self.score_config.backbone_class:
@@ -168,21 +159,11 @@ class ScoreModel(nn.Module):
         self.train(was_training)
         return out
 
-    # -- LoRA --------------------------------------------------------------------------
+    # -- LoRA (rad.models.lora) ------------------------------------------------------------
     def add_lora(self, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  target_modules: Sequence[str] | None = None) -> None:
-        """Wrap the backbone with LoRA adapters (``peft``); freezes the backbone, head stays trainable.
-
-        ``target_modules`` empty/None means every linear layer of the backbone (peft's
-        ``"all-linear"``), which works for any architecture.
-        """
-        from peft import LoraConfig, get_peft_model
-
-        if is_lora(self.backbone):
-            raise ConfigError("score model: the backbone already has LoRA adapters")
-        targets: Any = list(target_modules) if target_modules else "all-linear"
-        cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
-        self.backbone = get_peft_model(self.backbone, cfg)
+        """Wrap the backbone with LoRA adapters (:func:`rad.models.lora.add_lora`); the head stays trainable."""
+        self.backbone = add_lora(self.backbone, r, alpha, dropout, target_modules)
         self.head.requires_grad_(True)
 
     def plain_backbone(self) -> nn.Module:
@@ -207,8 +188,11 @@ class ScoreModel(nn.Module):
             raise ConfigError("score model: only safetensors serialization is supported")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if state_dict is None or is_lora(self.backbone):
-            backbone = self.plain_backbone()
+        if is_lora(self.backbone):
+            backbone, backbone_state = base_model(self.backbone), merged_state_dict(self.backbone)
+            head_state = {k: v.detach().cpu() for k, v in self.head.state_dict().items()}
+        elif state_dict is None:
+            backbone = self.backbone
             backbone_state = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
             head_state = {k: v.detach().cpu() for k, v in self.head.state_dict().items()}
         else:

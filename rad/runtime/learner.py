@@ -208,15 +208,25 @@ class DeepSpeedLearner:
                 return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
-    def save_pretrained(self, out_dir: str | Path, tokenizer: Any = None) -> Path:
-        """HF-format save (safetensors) of the full model, written atomically by rank 0."""
+    def save_pretrained(self, out_dir: str | Path, tokenizer: Any = None, adapter: bool = False) -> Path:
+        """HF-format save (safetensors) of the full model, written atomically by rank 0.
+
+        A LoRA-wrapped model (:mod:`rad.models.lora`) is saved as the plain model with its adapters
+        merged; ``adapter`` also writes peft's adapter files into ``out_dir/adapter``.
+        """
+        from rad.models.lora import is_lora, save_merged
         from rad.runtime.checkpoint import atomic_dir
 
-        state = self.full_state_dict()
+        module = self.engine.module
+        lora = is_lora(module)
+        state = None if lora else self.full_state_dict()  # LoRA runs at ZeRO <= 2: the live module is whole
         out_dir = Path(out_dir)
         if self.rank == 0:
             with atomic_dir(out_dir) as tmp:
-                self.engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                if lora:
+                    save_merged(module, tmp, adapter=adapter)
+                else:
+                    module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(tmp)
         if self.world_size > 1:

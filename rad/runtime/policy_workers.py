@@ -16,7 +16,7 @@ import torch
 from rad.runtime.batch import TokenBatch
 from rad.runtime.deepspeed_rank import DeepSpeedRank
 from rad.runtime.logprobs import collate_samples, token_logprobs
-from rad.settings import LearnerConfig
+from rad.settings import LearnerConfig, PolicyLora
 
 __all__ = ["PolicyLearner", "ReferenceWorker", "collate_samples", "token_logprobs"]
 
@@ -68,12 +68,16 @@ class PolicyLearner(DeepSpeedRank):
     :class:`~rad.runtime.deepspeed_rank.DeepSpeedRank`). Each :meth:`train_step`
     takes this rank's shard of the batch; DeepSpeed averages gradients across ranks.
     ``allow_pickle`` lets it start from pickled (``.bin``) weights (it saves safetensors).
+    With ``lora`` (enabled :class:`~rad.settings.PolicyLora`) only LoRA adapters train
+    (:mod:`rad.models.lora`); the engines receive, and :meth:`save_pretrained` writes, the plain
+    model with the adapters merged, under the base model's names.
     """
 
     def __init__(self, model_dir: str, cfg: LearnerConfig, total_steps: int, dtype: str = "float32",
                  trust_remote_code: bool = False, loss_aggregation: str = "sequence_sum", allow_pickle: bool = False,
-                 prompt_format: str = ""):
+                 prompt_format: str = "", lora: PolicyLora | None = None):
         super().__init__(cfg, total_steps, dtype, trust_remote_code)
+        self.lora = lora if lora is not None and lora.enabled else None
         self.prompt_format = prompt_format  # the policy's, '' = saved with it; saved with the trained policy
         self.model_dir = model_dir
         self.loss_aggregation = loss_aggregation
@@ -85,8 +89,14 @@ class PolicyLearner(DeepSpeedRank):
 
         self.tokenizer = load_tokenizer(self.model_dir, trust_remote_code=self.trust_remote_code,
                                         prompt_format=self.prompt_format, format_key="policy.prompt_format")
-        return load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype), trust_remote_code=self.trust_remote_code,
-                              allow_pickle=self.allow_pickle, tokenizer=self.tokenizer)
+        model = load_causal_lm(self.model_dir, dtype=resolve_dtype(self.dtype),
+                               trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle,
+                               tokenizer=self.tokenizer)
+        if self.lora is None:
+            return model
+        from rad.models.lora import add_lora
+
+        return add_lora(model, self.lora.r, self.lora.alpha, self.lora.dropout, self.lora.target_modules)
 
     def token_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """:func:`~rad.runtime.logprobs.token_logprobs` of the learner with this rank's memory options."""
@@ -129,7 +139,16 @@ class PolicyLearner(DeepSpeedRank):
                 **({"grad_norm": norm} if norm is not None else {})}
 
     def save_pretrained(self, out_dir: str) -> str:
-        return str(self.learner.save_pretrained(Path(out_dir), self.tokenizer))
+        return str(self.learner.save_pretrained(Path(out_dir), self.tokenizer,
+                                                adapter=self.lora is not None and self.lora.save_adapter))
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        """The policy as the engines and a save see it (the plain model's names; LoRA merged), on the CPU."""
+        if self.lora is None:
+            return self.state_dict()
+        from rad.models.lora import merged_state_dict
+
+        return merged_state_dict(self.learner.module)
 
     # -- weights to the rollout engines (rad.runtime.rollout.weight_sync): the learner sends them ----
     def connect_rollout(self, engines: Sequence[Any], transport: str, engine_device: str, timeout_s: float,
@@ -152,7 +171,18 @@ class PolicyLearner(DeepSpeedRank):
         if kind == "ipc" and self.cfg.zero_stage == 3:
             raise ConfigError("rollout.weight_sync=ipc shares the learner's own parameters, which ZeRO-3 "
                               "partitions; use broadcast with learner.zero_stage=3")
-        self._weights = dict(named_weights(self.learner.module))  # resolved once, read at every sync
+        if kind == "ipc" and self.lora is not None:
+            if transport != "auto":
+                raise ConfigError("rollout.weight_sync=ipc shares the learner's own parameters, but with lora the "
+                                  "engines get merged weights computed at each sync; use object_store (or auto)")
+            kind = "object_store"
+        module = self.learner.module
+        if self.lora is None:
+            self._weights = dict(named_weights(module))  # resolved once, read at every sync
+        else:  # the plain model's names; an adapted weight is merged (W + B A * scale) when each sync reads it
+            from rad.models.lora import MergedWeights, base_model
+
+            self._weights = MergedWeights(module, named_weights(base_model(module)))
         self._layout = weight_layout(self._weights, int(bucket_mb * (1 << 20)))
         self._sender = None
         if self.rank == 0:

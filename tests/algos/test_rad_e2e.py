@@ -282,3 +282,52 @@ def test_a_policy_prompt_format_reaches_every_role_and_is_saved(ray_cluster, tmp
     assert saved_prompt_format(tmp_path / "run" / "model") == custom
     assert rollout.prompt_token_ids == encode_prompt(tokenizer, "How does the cat handle the river?")
     assert tokenizer.decode(rollout.prompt_token_ids).endswith("Question: How does the cat handle the river? Answer:")
+
+
+class _ChecksMergedEngines(RADTrainer):
+    """Records, after every step, whether each engine holds the learner's merged LoRA policy bit for bit."""
+
+    def validate(self, logger):
+        want = self.learners.broadcast("policy_weights")[0]
+        self.engine_checks = getattr(self, "engine_checks", []) + [
+            all(torch.equal(e[n].to(want[n].dtype), want[n]) for n in want) for e in _engine_weights(self)]
+        super().validate(logger)
+
+
+def test_policy_lora_trains_only_adapters_and_engines_get_the_merged_weights(ray_cluster, tmp_path, sft_model_dir,
+                                                                              score_dirs):
+    """lora.enabled: only the adapters change on the learner; after every sync the engine holds base + B A * scale
+    under the base model's names, and model/ is that plain model (peft's adapter files beside it on request)."""
+    from rad.models.loading import load_safetensors_state
+
+    trainer = _ChecksMergedEngines(_cfg(tmp_path, "lora", sft_model_dir, score_dirs, steps=2, **{
+        "rollout.num_engines": 1, "save_every": 0, "lora.enabled": "true", "lora.r": 4,
+        "lora.target_modules": "[q_proj, v_proj]", "lora.save_adapter": "true"}))
+    try:
+        before = trainer.learners.broadcast("state_dict")[0]
+        summary = trainer.train()
+        after = trainer.learners.broadcast("state_dict")[0]
+        merged = trainer.learners.broadcast("policy_weights")[0]
+        (engine,) = _engine_weights(trainer)
+    finally:
+        trainer.shutdown()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".lora_" in k for k in changed), sorted(changed)
+    assert any("lora_B" in k for k in changed)
+    base = load_safetensors_state(sft_model_dir)
+    assert merged.keys() == base.keys() and trainer.engine_checks == [True, True]
+    for name, tensor in merged.items():
+        torch.testing.assert_close(engine[name], tensor, rtol=0, atol=0, msg=name)
+    moved = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert moved and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in moved), sorted(moved)
+    saved = load_safetensors_state(summary["model_dir"])
+    assert saved.keys() == base.keys() and all(torch.equal(saved[k], merged[k]) for k in saved)
+    assert (tmp_path / "lora" / "model" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_policy_lora_refuses_what_cannot_take_merged_weights(tmp_path):
+    for override, needle in (("learner.zero_stage=3", "lora.enabled with learner.zero_stage=3"),
+                             ("rollout.hybrid=true", "lora.enabled with rollout.hybrid"),
+                             ("rollout.weight_sync=ipc", "lora.enabled with rollout.weight_sync=ipc")):
+        with pytest.raises(ConfigError, match=needle):
+            load_config(RADConfig, None, ["reward_model=/r", "cost_model=/c", "lora.enabled=true", override])

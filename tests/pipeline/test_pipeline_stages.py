@@ -1,6 +1,7 @@
 """``rad train`` stage selection and wiring: which stages run, from which configs, into which directories."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,31 @@ def test_the_summary_states_rads_constraint_against_sft_and_leaves_out_what_a_st
         "  rad  steps 60, held-out gain 1.200, delta 0.500, violation 0.000, cost CVaR-0.9 3.160 (SFT 4.180) [12 s]",
         "       -> runs/x/rad/model"]
     assert "win rate" not in text
+
+
+def test_a_given_policy_model_replaces_sft(tmp_path, sft_model_dir, score_dirs, capsys):
+    """policy_model: RL starts from it and the score models train on it, no SFT; eval compares it as 'init'. A
+    missing path or a checkpoint that is no causal LM is one line naming the key."""
+    from rad.cli import main
+
+    cfg = load_config(PipelineConfig, None, [f"policy_model={sft_model_dir}", f"output_dir={tmp_path}",
+                                             "stages=[sft, reward, cost, rad, eval]"])
+    stages = stage_configs(cfg)
+    assert list(stages) == ["reward", "cost", "rad", "eval"]
+    assert {stages[s].model.name_or_path for s in ("reward", "cost")} == {str(sft_model_dir)}
+    assert stages["rad"].policy.name_or_path == str(sft_model_dir)
+    assert stages["eval"].models[0] == f"init={sft_model_dir}" and stages["eval"].red == ["init"]
+    # a real run: the cost stage trains on the given policy; SFT never runs
+    assert main(["train", f"policy_model={sft_model_dir}", f"output_dir={tmp_path / 'run'}", "stages=[sft, cost]",
+                 "cost.data.train=[embedded/pref-train:16]", "cost.data.eval=[embedded/pref-test:8]",
+                 "cost.schedule.max_steps=1", "logging.tensorboard=false", "logging.progress=false"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(summary["stages"]) == ["cost"] and summary["stages"]["cost"]["backbone"] == str(sft_model_dir)
+    assert not (tmp_path / "run" / "sft").exists()
+    capsys.readouterr()
+    for path, needle in ((tmp_path / "nowhere", "policy_model: directory '.*nowhere' does not exist"),
+                         (score_dirs["reward"], "policy_model: '.*' is not a causal language model")):
+        assert main(["train", f"policy_model={path}", f"output_dir={tmp_path / 'x'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rad train: error: ") and len(err.strip().splitlines()) == 1
+        assert re.search(needle, err), err

@@ -11,7 +11,7 @@ import torch
 
 from rad.config import load_config
 from rad.errors import ConfigError
-from rad.settings import LearnerConfig, LoggingConfig, ModelConfig
+from rad.settings import LearnerConfig, LoggingConfig, PolicyLora, ModelConfig
 from risk_dpo.losses import PairBatch
 from risk_dpo.pairs import pairs_from_preferences
 from risk_dpo.trainer import DPOConfig, DPOTrainer, run_dpo
@@ -222,3 +222,20 @@ def test_kldpo_trains_on_the_learner(tmp_path, reference_and_policy, tokenizer, 
     assert trainer.step == 2 and final["eval/kldpo/weight_max"] > 1.0
     after = list(trainer.learner.module.parameters())
     assert any(not torch.equal(a.detach(), b) for a, b in zip(after, before))
+
+
+def test_dpo_with_lora_saves_a_plain_model_that_moved_only_where_adapted(tmp_path, sft_model_dir):
+    from rad.models.loading import load_causal_lm, load_safetensors_state
+
+    cfg = _cfg(tmp_path / "run", sft_model_dir, name="dpo")
+    cfg.data.train = ["embedded/pref-train:8"]
+    cfg.data.eval = ["embedded/pref-train:4"]
+    cfg.lora = PolicyLora(enabled=True, r=4, alpha=8.0, target_modules=["q_proj", "v_proj"], save_adapter=True)
+    summary = run_dpo(cfg)
+    assert summary["steps"] == 2 and summary["lora"] is True
+    load_causal_lm(summary["model_dir"])  # a plain transformers model: no peft needed to read it
+    base, saved = load_safetensors_state(sft_model_dir), load_safetensors_state(summary["model_dir"])
+    assert saved.keys() == base.keys()
+    moved = {k for k in base if not torch.equal(base[k], saved[k])}
+    assert moved and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in moved), sorted(moved)
+    assert (Path(summary["model_dir"]) / "adapter" / "adapter_model.safetensors").is_file()

@@ -45,6 +45,7 @@ def test_geometry_one_optimizer_step_per_update():
     (REQUIRED + ["algo.gae_lambda=1.5"], "algo.gae_lambda"),
     (REQUIRED + ["reference_micro_batch_size=0"], "reference_micro_batch_size"),
     (REQUIRED + ["actor_learner.logprob_chunk_size=-1"], "actor_learner.logprob_chunk_size"),
+    (REQUIRED + ["lora.enabled=true", "actor_learner.zero_stage=3"], "lora.enabled with actor_learner.zero_stage=3"),
 ])
 def test_bad_configs_fail_fast(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
