@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rad.algos.online_config import OnlineRunConfig
 from rad.config import field
 from rad.data.sources import SPECS_HELP, DataSpecs
-from rad.runtime.run_dir import resume_field
 from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
 from rad.runtime.rollout.config import RolloutConfig
-from rad.settings import (LearnerConfig, LoggingConfig, PolicyLora, ModelConfig, ScorerConfig, WorldConfig,
-                          check_score_models, is_url, score_model_field, scorer_field)
+from rad.settings import (LearnerConfig, PolicyLora, is_url)
 
 
 @dataclass
@@ -86,27 +85,15 @@ class PPOLagStage:
 
 
 @dataclass
-class PPOLagConfig(PPOLagStage):
+class PPOLagConfig(PPOLagStage, OnlineRunConfig):
     """``rad baseline ppo-lag``: Safe RLHF PPO-Lagrangian from an SFT policy and trained reward / cost models."""
 
-    MOVED = {"reference": "reference_model"}
-
     output_dir: str = field("runs/ppo_lag", help="run directory")
-    seed: int = field(0, help="random seed of data order, sub-sampling, initialisation and sampling")
-    resume: bool = resume_field()
-    world: WorldConfig = field(default_factory=WorldConfig)
-    policy: ModelConfig = field(default_factory=ModelConfig, help="actor initialisation (the SFT model)")
-    reference_model: str = field("", help="reference policy directory ('' = the actor initialisation)")
-    reward_model: str = score_model_field("reward")
-    cost_model: str = score_model_field("cost")
-    reward_scorer: ScorerConfig = scorer_field("reward")
-    cost_scorer: ScorerConfig = scorer_field("cost")
     reward_critic_model: str = field("", help="reward critic initialisation ('' = the reward model)")
     cost_critic_model: str = field("", help="cost critic initialisation ('' = the cost model)")
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
-        check_score_models(self)
+        OnlineRunConfig.validate(self)
         self.lora.check_rl(self.actor_learner, self.rollout, "actor_learner")
         for kind in ("reward", "cost"):
             if is_url(getattr(self, f"{kind}_model")) and not getattr(self, f"{kind}_critic_model"):

@@ -13,15 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rad.algos.dual import DualConfig
+from rad.algos.online_config import OnlineRunConfig
 from rad.algos.selection import SelectionConfig
 from rad.config import field
 from rad.data.sources import SPECS_HELP, DataSpecs
 from rad.errors import ConfigError
 from rad.runtime.resources import ResourcesConfig
-from rad.runtime.run_dir import resume_field
 from rad.runtime.rollout.config import RolloutConfig
-from rad.settings import (LearnerConfig, LoggingConfig, PolicyLora, ModelConfig, ScorerConfig, WorldConfig,
-                          check_score_models, score_model_field, scorer_field)
+from rad.settings import (LearnerConfig, PolicyLora)
 
 
 @dataclass
@@ -121,25 +120,13 @@ class RADStage:
 
 
 @dataclass
-class RADConfig(RADStage):
+class RADConfig(RADStage, OnlineRunConfig):
     """``rad rad``: RAD online RL from an SFT policy with trained reward and cost models."""
 
-    MOVED = {"reference": "reference_model"}
-
     output_dir: str = field("runs/rad", help="run directory")
-    seed: int = field(0, help="random seed of data order, sub-sampling, initialisation and sampling")
-    resume: bool = resume_field()
-    world: WorldConfig = field(default_factory=WorldConfig)
-    policy: ModelConfig = field(default_factory=ModelConfig, help="policy initialisation (the SFT model)")
-    reference_model: str = field("", help="reference policy directory ('' = the policy initialisation)")
-    reward_model: str = score_model_field("reward")
-    cost_model: str = score_model_field("cost")
-    reward_scorer: ScorerConfig = scorer_field("reward")
-    cost_scorer: ScorerConfig = scorer_field("cost")
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
-        check_score_models(self)
+        OnlineRunConfig.validate(self)
         self.lora.check_rl(self.learner, self.rollout)
         n = self.resources.num_learners
         batch = self.algo.prompts_per_step * self.algo.k
