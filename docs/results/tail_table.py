@@ -2,7 +2,12 @@
 (rad.data.world_oracle.WorldOracle, rad.risk.spectral_risk, rad.algos.selection.win_rate/tie_rate).
 
 python tail_table.py SWEEP_DIR HARM_PROFILE -> markdown table on stdout, JSON beside it (tail.json)"""
-import glob, json, os, statistics as st, sys
+import glob
+import json
+import os
+import statistics as st
+import sys
+
 import torch
 from rad.algos.selection import tie_rate, win_rate
 from rad.data.world_oracle import WorldOracle

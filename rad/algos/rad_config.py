@@ -30,9 +30,9 @@ class OTConfig:
     solver: str = field("sinkhorn", choices=("sinkhorn", "exact"), help="OT solver for the particle gradient")
     eps: float = field(0.01, gt=0, help="Sinkhorn regularisation, relative to the particles' spread")
     max_iter: int = field(1000, min=1, help="iteration cap of the entropic OT solve")
-    method: str = field("auto", choices=("auto", "semi_dual", "scaling", "log"),
-                        help="how the entropic plan is computed: semi_dual (L-BFGS on POT's smooth-OT semi-dual), "
-                             "scaling or log (Sinkhorn), auto picks; see rad/risk/dominance.py")
+    method: str = field("auto", choices=("auto", "newton", "semi_dual", "scaling", "log"),
+                        help="how the entropic plan is computed: newton or semi_dual (Newton or POT's L-BFGS on its "
+                             "smooth-OT semi-dual), scaling or log (Sinkhorn), auto picks; see rad/risk/dominance.py")
     n_particles: int = field(64, min=2, help="quantile particles N")
     density: str = field("kde", choices=("kde", "constant"), help="f(q_i) in the quantile gradient")
     bandwidth: float = field(0.0, min=0, help="KDE bandwidth (0 = Silverman)")

@@ -48,14 +48,31 @@ Conventions (docs/math.md section 2):
   viol_eps = <P, (q_i - p_j)_+> under the same plan, so
   gain_eps - viol_eps = rho_w(ref) - rho_w(pi) up to the marginal error.
 * How the entropic plan is computed (``method``; "auto" picks per problem, all
-  through POT, all the same plan up to ``tol``):
-  - ``"semi_dual"`` (auto with the envelope gradient when at most
-    ``SEMI_DUAL_MAX_SIZE`` = 256 particles carry mass): POT's smooth-OT semi-dual
-    of the same problem (negentropy regulariser, Blondel et al. 2018) maximised
-    by L-BFGS-B.  Costs from a learned cost model are tied and discrete; on such
-    problems Sinkhorn converges linearly at a rate near 1 and in RL runs half the
-    steps hit 1000 iterations with a marginal error of ~4e-4, while the
-    quasi-Newton semi-dual reaches 1e-8 in 20-90 objective evaluations.
+  the same plan up to ``tol``):
+  - ``"newton"`` (auto with the envelope gradient when at most
+    ``NEWTON_MAX_SIZE`` = 64 particles carry mass, e.g. the ~7 a CVaR-0.9
+    weighting leaves of 64): the same semi-dual as ``"semi_dual"`` (POT's
+    smooth-OT form, negentropy regulariser) maximised by a damped Newton method
+    with its exact Hessian, in vectorised float64 numpy (``_entropic_newton``).
+    The semi-dual is concave, its gradient is a - P 1 and its Hessian
+    -(diag(P 1) - P diag(1/a) P^T) / eps_abs (a Laplacian-like matrix whose null
+    space is the constant vector: the last potential is held at 0).  Each step
+    is capped at 10 eps_abs per potential and backtracked until the objective
+    improves (or, at rounding level, the marginal error); it stops when the
+    row-marginal L1 error is <= ``tol`` (4-30 steps on learned-cost inputs at
+    eps 0.01) and hands the problem to
+    ``"semi_dual"`` if it does not get there within ``max_iter`` steps.  No
+    step calls a multi-threaded BLAS routine (the Hessian is an ``einsum``,
+    the solve is below OpenBLAS's threading size): on a loaded machine
+    OpenBLAS's threads inside scipy's L-BFGS-B made ``"semi_dual"`` up to 100x
+    slower (``bench/results/README.md``).
+  - ``"semi_dual"`` (auto up to ``SEMI_DUAL_MAX_SIZE`` = 256 particles with
+    mass; the reference ``"newton"`` is tested against): POT's smooth-OT
+    semi-dual of the same problem (Blondel et al. 2018) maximised by scipy's
+    L-BFGS-B in 20-90 objective evaluations.  Costs from a learned cost model
+    are tied and discrete; on such problems Sinkhorn converges linearly at a
+    rate near 1 and in RL runs half the steps hit 1000 iterations with a
+    marginal error of ~4e-4, while both semi-dual solvers reach 1e-9.
   - ``"scaling"`` (auto above 256 particles when max C / eps_abs <=
     ``SCALING_MAX_RATIO`` = 200, i.e. every relative eps >= 0.005): Sinkhorn with
     the kernel K = exp(-C/eps_abs) formed once (K >= e^-200 ~ 1e-87, far from
@@ -63,7 +80,7 @@ Conventions (docs/math.md section 2):
     it falls back to the log domain if POT reports a numerical failure.
   - ``"log"``: the log-domain ``sinkhorn_log`` on the inputs' device;
     the only path with ``grad="autograd"`` and the one for smaller eps.
-  ``python -m bench.dominance`` measures the three side by side.
+  ``python -m bench.dominance`` measures them side by side.
 * Particle gradient for Sinkhorn: ``"envelope"`` (default) is
   g_i = -sum_j P_ij 1[p_j > q_i], the exact gradient of the regularised
   objective (envelope theorem), always <= 0 and cheap; ``"autograd"``
@@ -117,6 +134,15 @@ DEFAULT_EPS = 0.01
 SCALING_MAX_RATIO = 200.0
 #: Largest support (particles with mass) solved through the semi-dual by default (see the module docstring).
 SEMI_DUAL_MAX_SIZE = 256
+#: Largest support solved by Newton's method on the semi-dual by default (see the module docstring).
+NEWTON_MAX_SIZE = 64
+# Newton on the semi-dual: the largest change of one potential per step, in units of eps_abs (a longer step
+# overshoots where the log-sum-exp is nearly linear), and the ridge added to the Hessian, relative to the
+# largest mass (rows whose plan is one saturated entry have ~0 curvature in float64).
+_NEWTON_STEP_CAP = 10.0
+_NEWTON_RIDGE = 1e-9
+# Steps without a new lowest marginal error after which Newton gives up (tol below what float64 reaches).
+_NEWTON_PATIENCE = 30
 
 # Elements per block when a [points x samples] matrix is formed (KDE, smoothed
 # indicator): bounds memory at ~32 MiB of float64 whatever the batch size.
@@ -124,7 +150,7 @@ _BLOCK = 1 << 22
 
 _SOLVERS = ("exact", "sinkhorn")
 _SINKHORN_GRADS = ("envelope", "autograd")
-_SINKHORN_METHODS = ("auto", "semi_dual", "scaling", "log")
+_SINKHORN_METHODS = ("auto", "newton", "semi_dual", "scaling", "log")
 _DENSITIES = ("kde", "constant")
 
 
@@ -270,7 +296,7 @@ class SinkhornFSD:
     eps_abs: float
     #: Sinkhorn iterations, or objective evaluations for the semi-dual.
     n_iter: int
-    #: "semi_dual", "scaling" or "log": how the plan was computed (module docstring).
+    #: "newton", "semi_dual", "scaling" or "log": how the plan was computed (module docstring).
     method: str
     #: L1 error of the plan's row plus column marginals (convergence diagnostic).
     marginal_error: float
@@ -295,7 +321,7 @@ def fsd_sinkhorn(
     The absolute regulariser is a constant for differentiation: no gradient
     flows through the cost scale.  Inputs are not differentiated through;
     the gradient is returned as ``particle_grad``.  ``method``: ``"auto"``,
-    ``"semi_dual"``, ``"scaling"`` (raises if the kernel would underflow) or
+    ``"newton"``, ``"semi_dual"``, ``"scaling"`` (raises if the kernel would underflow) or
     ``"log"`` (module docstring); ``tol`` bounds the marginal error for each.
     """
     _check_pair(policy_particles, ref_particles)
@@ -309,7 +335,7 @@ def fsd_sinkhorn(
         raise ConfigError(f"sinkhorn tol must be > 0, got {tol!r}")
     _choice(grad, _SINKHORN_GRADS, "sinkhorn grad")
     _choice(method, _SINKHORN_METHODS, "sinkhorn method")
-    if method in ("scaling", "semi_dual") and grad == "autograd":
+    if method in ("newton", "scaling", "semi_dual") and grad == "autograd":
         raise ConfigError(f"sinkhorn method={method!r} has no autograd path; use grad='envelope' or method='log'")
     w = as_weighting(weighting)
 
@@ -330,15 +356,22 @@ def fsd_sinkhorn(
         raise ConfigError(f"sinkhorn method='scaling' needs max(cost)/eps <= {SCALING_MAX_RATIO:g} (the kernel "
                           f"underflows beyond), got {ratio:.4g}; use method='log' or a larger eps")
     if method == "auto":
-        method = ("log" if grad == "autograd" else "semi_dual" if q_s.numel() <= SEMI_DUAL_MAX_SIZE
-                  else "scaling" if ratio <= SCALING_MAX_RATIO else "log")
+        size = q_s.numel()
+        method = ("log" if grad == "autograd" else "newton" if size <= NEWTON_MAX_SIZE
+                  else "semi_dual" if size <= SEMI_DUAL_MAX_SIZE else "scaling" if ratio <= SCALING_MAX_RATIO
+                  else "log")
     solved = None
-    if method in ("semi_dual", "scaling"):  # both run on the host in float64 numpy (latency-bound, small)
+    if method in ("newton", "semi_dual", "scaling"):  # all run on the host in float64 numpy (latency-bound, small)
         mass = a.cpu().numpy()
         diff_np = p_s.cpu().numpy()[None, :] - q_s.cpu().numpy()[:, None]
-        solve = _entropic_semi_dual if method == "semi_dual" else _sinkhorn_scaling
-        solved = solve(mass, diff_np.clip(min=0.0), eps_abs, max_iter, tol)
-        method = method if solved is not None else "log"  # only the scaling form can fail
+        cost_np = diff_np.clip(min=0.0)
+        if method == "newton":
+            solved = _entropic_newton(mass, cost_np, eps_abs, max_iter, tol)
+            method = method if solved is not None else "semi_dual"  # Newton did not reach tol: POT's solver
+        if method in ("semi_dual", "scaling") and solved is None:
+            solve = _entropic_semi_dual if method == "semi_dual" else _sinkhorn_scaling
+            solved = solve(mass, cost_np, eps_abs, max_iter, tol)
+            method = method if solved is not None else "log"  # only the scaling form can fail
     if solved is not None:
         plan_np, n_iter = solved
         plan, diff = torch.from_numpy(plan_np).to(q_s.device), torch.from_numpy(diff_np).to(q_s.device)
@@ -381,6 +414,67 @@ def fsd_sinkhorn(
         method=method,
         marginal_error=float(marginal_error),
     )
+
+
+def _entropic_newton(
+    mass: np.ndarray, cost: np.ndarray, eps_abs: float, max_iter: int, tol: float
+) -> tuple[np.ndarray, int] | None:
+    """(plan, objective evaluations) of the entropic problem by damped Newton on its semi-dual; None if stuck.
+
+    The semi-dual of ``_entropic_semi_dual`` (POT's ``semi_dual_obj_grad`` with ``NegEntropy``) in the scaled
+    potentials u = alpha / eps_abs: F(u) = eps_abs (<u, a> - sum_j a_j (logsumexp_i(u_i - C_ij / eps_abs) - log a_j)),
+    plan P_ij = a_j softmax_i(u_i - C_ij / eps_abs) (columns exact), gradient eps_abs (a - P 1), Hessian
+    -eps_abs (diag(P 1) - P diag(1/a) P^T).  Stops when ||a - P 1||_1 <= ``tol``; None after ``max_iter`` steps
+    or when the steps stop improving (``tol`` below float64's reach), so the caller can use POT's solver.
+    """
+    n = mass.size
+    log_mass = np.log(mass)
+    neg_scaled = cost * (-1.0 / eps_abs)
+    ridge = _NEWTON_RIDGE * float(mass.max())
+    inner = slice(0, n - 1)  # the last potential stays 0 (F is invariant to u + c 1)
+
+    def evaluate(u: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float]:
+        plan = neg_scaled + u[:, None]
+        top = plan.max(0)
+        plan -= top
+        np.exp(plan, out=plan)
+        col = plan.sum(0)
+        plan *= mass / col
+        objective = float(u @ mass - mass @ (top + np.log(col) - log_mass))  # F / eps_abs
+        grad = mass - plan.sum(1)
+        return objective, plan, grad, float(np.abs(grad).sum())
+
+    u = np.zeros(n)
+    objective, plan, grad, err = evaluate(u)
+    evals, best, since_best = 1, err, 0
+    for _ in range(max_iter):
+        if err <= tol:
+            return plan, evals
+        best, since_best = (err, 0) if err < best else (best, since_best + 1)
+        if since_best > _NEWTON_PATIENCE:
+            return None
+        hess = np.einsum("ij,kj->ik", plan / mass, plan)  # P diag(1/a) P^T without BLAS threads
+        np.negative(hess, out=hess)
+        hess[np.diag_indices(n)] += mass - grad + ridge  # diag(P 1) = a - grad
+        step = np.zeros(n)
+        step[inner] = np.linalg.solve(hess[inner, inner], grad[inner])
+        step *= min(1.0, _NEWTON_STEP_CAP / max(float(np.abs(step).max()), 1e-300))
+        slope = float(grad @ step)
+        t = 1.0
+        while True:
+            trial = evaluate(u + t * step)
+            evals += 1
+            # Armijo on the objective; near the optimum its changes drown in rounding, and there a step that
+            # keeps it (to rounding) and lowers the marginal error is taken.
+            if trial[0] >= objective + 1e-4 * t * slope or (
+                    trial[0] >= objective - 1e-13 * (1.0 + abs(objective)) and trial[3] < err):
+                break
+            t *= 0.5
+            if t < 1e-12:
+                return None
+        u = u + t * step
+        objective, plan, grad, err = trial
+    return (plan, evals) if err <= tol else None
 
 
 def _entropic_semi_dual(

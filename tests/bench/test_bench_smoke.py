@@ -53,7 +53,7 @@ def quick_dominance(tmp_path_factory) -> Path:
 def test_dominance_quick_json(quick_dominance):
     rep = json.loads((quick_dominance / "dominance.json").read_text())
     _check_report(rep, "dominance")
-    methods = ["exact", "semi_dual", "scaling", "log"]
+    methods = ["exact", "newton", "semi_dual", "scaling", "log"]
     sweep = rep["results"]["sweep"]
     assert [(r["n_particles"], r["method"]) for r in sweep] == [(n, m) for n in (8, 32) for m in methods]
     assert all(r["median_s"] > 0 and r["batch"] == 4 * r["n_particles"] for r in sweep)
@@ -62,9 +62,13 @@ def test_dominance_quick_json(quick_dominance):
     assert rep["results"]["rl_costs"].startswith("synthetic")
     # every entropic method solved the same problems: the same gain (exact's is the sorted one)
     assert rl["semi_dual"]["gain"] == pytest.approx(rl["log"]["gain"], abs=1e-6)
+    assert rl["newton"]["gain"] == pytest.approx(rl["semi_dual"]["gain"], abs=1e-6)
+    assert rl["newton"]["methods_used"] == ["newton"] and rl["semi_dual"]["methods_used"] == ["semi_dual"]
+    assert rep["results"]["newton_vs_semi_dual_max_gap"]["particle_grad"] < 1e-6
     assert rl["scaling"]["gain"] == pytest.approx(rl["log"]["gain"], abs=1e-9)
     assert rl["exact"]["n_iter_max"] == 0 and rl["log"]["n_iter_max"] >= 1
-    assert {"sinkhorn_over_exact_rl_shape", "log_over_semi_dual_rl_shape", "log_over_scaling_n32"} <= set(rep["ratios"])
+    assert {"sinkhorn_over_exact_rl_shape", "semi_dual_over_newton_rl_shape", "log_over_semi_dual_rl_shape",
+            "log_over_scaling_n32"} <= set(rep["ratios"])
     assert not any(k.endswith("_share_of_rl_step") for k in rep["ratios"])  # no RAD step result to compare with
 
 
@@ -76,13 +80,32 @@ def test_dominance_share_uses_a_matching_rad_step(tmp_path):
             "--rl-step-from", str(tmp_path / "rloo_vs_trl.json"), "--out", str(tmp_path / "d.json")]
     rep = dominance.main(args)
     rl = {r["method"]: r["mean_s"] for r in rep["results"]["rl_shape"]}
-    for method in ("exact", "semi_dual", "log"):
+    for method in ("exact", "newton", "semi_dual", "log"):
         assert rep["ratios"][f"{method}_share_of_rl_step"]["value"] == pytest.approx(rl[method] / 2.0)
     assert rep["ratios"]["in_loop_share_of_rl_step"]["value"] == pytest.approx(0.005)
     step["results"]["rad"]["samples_per_step"] = 16  # another batch: no share
     (tmp_path / "rloo_vs_trl.json").write_text(json.dumps(step))
     rep = dominance.main(args)
     assert "exact_share_of_rl_step" not in rep["ratios"]
+
+
+def test_dominance_share_of_a_rad_runs_own_steps(tmp_path):
+    # a RAD run's metrics.jsonl: 8 samples per step (samples/s x step s), eval rows without timings are skipped
+    rows = [{"step": i, "timing/step": 2.0 + i, "timing/dominance": 0.01 * (i + 1),
+             "throughput/samples_per_s": 8 / (2.0 + i), "rad/sinkhorn_iters": 10 * (i + 1)} for i in range(3)]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(r) for r in [*rows, {"eval/reward": 1.0}]))
+
+    def run(batch):
+        return dominance.main(["--sizes", "8", "--repeats", "1", "--max-iter", "50", "--rl-batch", str(batch),
+                               "--replicates", "2", "--rl-step-from", str(metrics), "--out", str(tmp_path / "d.json")])
+
+    rep = run(8)
+    newton = next(r["mean_s"] for r in rep["results"]["rl_shape"] if r["method"] == "newton")
+    assert rep["ratios"]["newton_share_of_rl_step"]["value"] == pytest.approx(newton / 3.0)
+    assert rep["ratios"]["in_loop_share_of_rl_step"]["value"] == pytest.approx(0.02 / 3.0)
+    assert rep["results"]["rad_step"]["in_loop_sinkhorn_iters"] == [20, 30]
+    assert "newton_share_of_rl_step" not in run(16)["ratios"]  # another batch: no share
 
 
 def test_dominance_rl_shape_reads_a_runs_cached_reference_costs(tmp_path):

@@ -197,19 +197,21 @@ def test_sinkhorn_is_finite_for_small_relative_eps(scale):
 
 
 @pytest.mark.parametrize("spec", ["uniform", "cvar:0.9", "wang:0.75"])
-def test_entropic_plan_is_the_same_by_semi_dual_scaling_and_log_domain(spec):
+def test_entropic_plan_is_the_same_by_newton_semi_dual_scaling_and_log_domain(spec):
     # Tied, discrete costs as a learned cost model gives them: the degenerate case where
     # Sinkhorn converges slowly.  The two Sinkhorn domains take the same iterates; the
-    # semi-dual solves the same problem to float64's limit for L-BFGS (~1e-8).
+    # semi-dual solvers solve the same problem to their stopping rule: Newton's row-marginal
+    # L1 error <= tol (1e-9), L-BFGS to float64's limit for it (~1e-8).
     g = torch.Generator().manual_seed(31)
     q = empirical_quantiles(torch.randint(-6, 4, (128,), generator=g).double() / 2, 64)
     p = empirical_quantiles(torch.randint(-5, 5, (96,), generator=g).double() / 2, 64)
     log = fsd_sinkhorn(q, p, spec, eps=0.01, method="log", max_iter=20000, tol=1e-12)
     scaling = fsd_sinkhorn(q, p, spec, eps=0.01, method="scaling", max_iter=20000, tol=1e-12)
-    semi = fsd_sinkhorn(q, p, spec, eps=0.01)
-    assert (semi.method, scaling.method, log.method) == ("semi_dual", "scaling", "log")
+    semi = fsd_sinkhorn(q, p, spec, eps=0.01, method="semi_dual")
+    newton = fsd_sinkhorn(q, p, spec, eps=0.01)
+    assert (newton.method, semi.method, scaling.method, log.method) == ("newton", "semi_dual", "scaling", "log")
     assert abs(scaling.n_iter - log.n_iter) <= 10  # POT checks convergence every 10 iterations
-    for res, atol in ((scaling, 1e-10), (semi, 1e-7)):
+    for res, atol in ((scaling, 1e-10), (newton, 1e-8), (semi, 1e-7)):
         assert res.marginal_error < atol
         assert torch.allclose(res.plan, log.plan, atol=atol, rtol=0)
         assert torch.allclose(res.particle_grad, log.particle_grad, atol=atol, rtol=0)
@@ -218,11 +220,66 @@ def test_entropic_plan_is_the_same_by_semi_dual_scaling_and_log_domain(spec):
         assert res.entropic_objective == pytest.approx(log.entropic_objective, abs=atol)
 
 
+def _learned_like(n, seed):
+    """Costs as a learned cost model gives them: a few clusters, rounded (tied) within each."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.tensor([-3.4, -1.2, 0.4, 3.5], dtype=torch.float64)[torch.randint(0, 4, (n,), generator=g)]
+    return ((centre + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)) * 8).round() / 8
+
+
+# (Tied uniform problems, where log-domain Sinkhorn needs 10^4 iterations, are in the test above.)
+@pytest.mark.parametrize(("kind", "n", "spec"), [("learned", 64, "cvar:0.9"), ("learned", 32, "cvar:0.5"),
+                                                 ("learned", 8, "cvar:0.5"), ("gaussian", 64, "uniform"),
+                                                 ("gaussian", 64, "cvar:0.9"), ("gaussian", 32, "cvar:0.5")])
+def test_newton_semi_dual_equals_pots_semi_dual_and_log_sinkhorn(kind, n, spec):
+    seed = 40 + n
+    draw = _learned_like if kind == "learned" else _generic
+    q, p = empirical_quantiles(draw(2 * n, seed), n), empirical_quantiles(draw(2 * n, seed + 1) + 0.3, n)
+    newton = fsd_sinkhorn(q, p, spec, eps=0.01, method="newton")
+    assert newton.method == "newton" and newton.marginal_error <= 1e-9
+    # POT's own solvers of the same problem on the particles that carry mass
+    m = as_weighting(spec).cell_masses(n).numpy()
+    kept = m > 0
+    a = m[kept] / m[kept].sum()
+    cost = np.maximum(np.sort(p.numpy())[kept][None, :] - np.sort(q.numpy())[kept][:, None], 0)
+    plan = newton.plan.numpy()[np.ix_(kept, kept)]
+    pot_semi = ot.smooth.smooth_ot_semi_dual(a, a, cost, newton.eps_abs, reg_type="kl", stopThr=1e-9)
+    pot_log = ot.sinkhorn(a, a, cost, newton.eps_abs, method="sinkhorn_log", numItermax=50000, stopThr=1e-12)
+    # POT's semi-dual stops with a marginal error up to ~2e-6 (its L-BFGS rule), its plan that close to
+    # the solution; the log-domain Sinkhorn reaches 1e-11 on these inputs.
+    def marginal_error(plan):
+        return np.abs(plan.sum(1) - a).sum() + np.abs(plan.sum(0) - a).sum()
+
+    assert marginal_error(pot_log) < 1e-10
+    for ref in (pot_semi, pot_log):
+        atol = max(1e-8, marginal_error(ref))
+        assert np.abs(plan - ref).max() <= atol
+        assert newton.gain == pytest.approx(float((ref * cost).sum()), abs=atol)
+        ent = float((ref * cost).sum() + newton.eps_abs * (ref * np.log(ref)).sum())
+        assert newton.entropic_objective == pytest.approx(ent, abs=atol)
+
+
+def test_newton_hands_an_unreachable_tolerance_to_pots_semi_dual():
+    from rad.risk.dominance import _entropic_newton
+
+    q, p = _generic(16, 36), _generic(16, 37, 0.5)
+    a = np.full(16, 1 / 16)
+    cost = np.maximum(np.sort(p.numpy())[None, :] - np.sort(q.numpy())[:, None], 0)
+    assert _entropic_newton(a, cost, 0.02, 10**6, 1e-30) is None  # below float64's reach: gives up, no endless loop
+    plan, evals = _entropic_newton(a, cost, 0.02, 1000, 1e-9)
+    assert np.abs(plan.sum(1) - a).sum() <= 1e-9 and evals >= 2
+    assert _entropic_newton(a, cost, 0.02, 1, 1e-9) is None  # one step is not enough
+    assert fsd_sinkhorn(q, p, eps=0.02, max_iter=1, tol=1e-9, method="newton").method == "semi_dual"
+
+
 def test_sinkhorn_auto_method_picks_by_support_size_and_kernel_range():
     small, small_ref = _generic(32, 32), _generic(32, 33, 0.5)
+    mid, mid_ref = _generic(128, 36), _generic(128, 37, 0.5)
     large, large_ref = _generic(300, 34), _generic(300, 35, 0.5)
-    assert fsd_sinkhorn(small, small_ref, eps=1e-3).method == "semi_dual"
+    assert fsd_sinkhorn(small, small_ref, eps=1e-3).method == "newton"
     assert fsd_sinkhorn(small, small_ref, eps=0.01, grad="autograd").method == "log"
+    assert fsd_sinkhorn(mid, mid_ref, eps=0.01, max_iter=5).method == "semi_dual"
+    assert fsd_sinkhorn(mid, mid_ref, "cvar:0.5", eps=0.01).method == "newton"  # 64 particles carry mass
     assert fsd_sinkhorn(large, large_ref, eps=0.01, max_iter=50).method == "scaling"
     # max C / eps up to 1000: e^-1000 underflows, so Sinkhorn stays in the log domain
     assert fsd_sinkhorn(large, large_ref, eps=1e-3, max_iter=5).method == "log"
@@ -230,7 +287,7 @@ def test_sinkhorn_auto_method_picks_by_support_size_and_kernel_range():
     assert fsd_sinkhorn(large, large_ref, "cvar:0.2", eps=0.01).method == "semi_dual"
     with pytest.raises(ConfigError, match="underflows"):
         fsd_sinkhorn(small, small_ref, eps=1e-3, method="scaling")
-    for method in ("scaling", "semi_dual"):
+    for method in ("newton", "scaling", "semi_dual"):
         with pytest.raises(ConfigError, match="autograd"):
             fsd_sinkhorn(small, small_ref, eps=0.01, method=method, grad="autograd")
     with pytest.raises(ConfigError, match="sinkhorn method"):
@@ -410,6 +467,22 @@ def test_dominance_step_is_consistent(solver, density):
         assert res.bandwidth is None and torch.equal(res.density, torch.ones(16, dtype=torch.float64))
     else:
         assert res.bandwidth == pytest.approx(silverman_bandwidth(costs))
+
+
+@pytest.mark.parametrize("spec", ["cvar:0.9", "uniform"])
+def test_dominance_step_by_newton_equals_pots_semi_dual(spec):
+    # The tiny preset's per-step call: 32 prompts x 4 learned-like costs against 64 reference particles.
+    costs, ref = _learned_like(128, 50).reshape(32, 4), empirical_quantiles(_learned_like(128, 51), 64)
+    new = dominance_step(costs, ref, spec, n_particles=64)
+    old = dominance_step(costs, ref, spec, n_particles=64, sinkhorn_method="semi_dual")
+    assert (new.sinkhorn_method, old.sinkhorn_method) == ("newton", "semi_dual")
+    assert new.marginal_error <= 1e-9 and old.marginal_error <= 1e-6
+    assert (new.gain_exact, new.violation_exact) == (old.gain_exact, old.violation_exact)
+    assert new.gain == pytest.approx(old.gain, abs=1e-7) and new.violation == pytest.approx(old.violation, abs=1e-7)
+    assert torch.allclose(new.particle_grad, old.particle_grad, atol=1e-7, rtol=0)
+    # the signal divides by the KDE density at the particles: compare relative to its scale
+    for a, b in ((new.signal, old.signal), (new.violation_signal, old.violation_signal)):
+        assert torch.allclose(a, b, atol=1e-7 * float(b.abs().max()), rtol=0)
 
 
 def test_dominance_step_without_n_particles_uses_reference_size():
