@@ -66,9 +66,18 @@ def _embedded(specs: DataSpecs) -> bool:
     return bool(specs) and all(spec_name(s).startswith("embedded/") for s in specs)
 
 
+def prompt_formats(cfg: EvalConfig, model_dirs: dict[str, Path]) -> dict[str, str]:
+    """The format each model generates with: its ``prompt_formats`` entry, else the one saved with it."""
+    overrides = cfg.format_overrides()
+    return {name: overrides.get(name) or saved_prompt_format(path) for name, path in model_dirs.items()}
+
+
 def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, int, list[str], int]],
-            oracles: dict[str, Any]) -> tuple[dict[tuple[str, str, int], Outputs], dict[str, str]]:
-    """Scored outputs of every model on every (set, seed), from the cache where possible; and fingerprints."""
+            oracles: dict[str, Any], formats: dict[str, str]) -> tuple[dict[tuple[str, str, int], Outputs],
+                                                                        dict[str, str]]:
+    """Scored outputs of every model on every (set, seed), from the cache where possible; and fingerprints.
+
+    ``formats``: the prompt format of each model (:func:`prompt_formats`)."""
     from rad.cache import cache_root
 
     cache = OutputCache(cfg.cache_dir or cache_root() / "eval")
@@ -81,12 +90,11 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
     out: dict[tuple[str, str, int], Outputs] = {}
     scorer_formats = stated_templates({"reward": (cfg.reward_model, cfg.reward_scorer),
                                        "cost": (cfg.cost_model, cfg.cost_scorer)})
-    formats = cfg.format_overrides()
     for name, path in model_dirs.items():
         fps[name] = dir_fingerprint(path)
-        if name in formats:  # the model directory's fingerprint covers only the format saved with it
+        if formats[name] != saved_prompt_format(path):  # the directory's fingerprint covers only its saved format
             fps[name] += f"+prompt_format={formats[name]}"
-        warn_on_mismatch(formats.get(name) or saved_prompt_format(path), scorer_formats, name)
+        warn_on_mismatch(formats[name], scorer_formats, name)
         engine = None
         for set_name, seed, prompts, n in sets:
             sampling = dataclasses.replace(cfg.sampling, seed=seed)
@@ -100,7 +108,7 @@ def collect(cfg: EvalConfig, model_dirs: dict[str, Path], sets: list[tuple[str, 
                     engine = HFEngine(path, dtype=cfg.engine.dtype, device=cfg.engine.device or None,
                                       micro_batch_size=cfg.engine.micro_batch_size,
                                       trust_remote_code=cfg.engine.trust_remote_code,
-                                      prompt_format=formats.get(name, ""))
+                                      prompt_format=formats[name])
                 t = time.perf_counter()
                 record = generate_record(engine, prompts, n, sampling)
                 log.info("generated %d responses of %s on %s (seed %d) in %.1fs", len(prompts) * n, name,
@@ -296,7 +304,8 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     sets += [(REDTEAM, s, redteam, 1) for s in (cfg.judge.seeds if redteam else [])]
     log.info("eval: %d models, %d held-out prompts x %d, %d red-team prompts x %d seeds", len(model_dirs),
              len(heldout), cfg.samples_per_prompt, len(redteam), len(cfg.judge.seeds) if redteam else 0)
-    outputs, fingerprints = collect(cfg, model_dirs, sets, oracles)
+    formats = prompt_formats(cfg, model_dirs)
+    outputs, fingerprints = collect(cfg, model_dirs, sets, oracles, formats)
     names = list(model_dirs)
     comps = cfg.competitions()
     truth = HELDOUT in oracles
@@ -354,7 +363,7 @@ def _run_eval(cfg: EvalConfig) -> dict[str, Any]:
     reused = sorted({f"{k[0]}/{k[1]}/seed{k[2]}" for k, o in outputs.items() if not o.generated})
     results = {"config": to_dict(cfg),
                "models": {n: {"path": str(p), "fingerprint": fingerprints[n],
-                              "prompt_format": cfg.format_overrides().get(n) or saved_prompt_format(p)}
+                              "prompt_format": formats[n]}
                           for n, p in model_dirs.items()},
                "prompts": {HELDOUT: len(heldout), REDTEAM: len(redteam)}, "ground_truth": sorted(oracles),
                "judge": {"name": judges.judge_name(cfg.judge), "description": judges.describe(cfg.judge),
