@@ -81,6 +81,10 @@ class DualConfig:
     window: int = field(1, min=1, help="the multipliers follow gain and violation of the costs pooled over the last "
                                        "N steps (like Safe RLHF's window of episode costs): a 64-sample batch holds "
                                        "6 samples of a CVaR-0.9 tail")
+    gain_margin: float = field(0.0, min=0, help="the controller aims at gain_w >= delta + gain_margin (the held-out "
+                                                "check and selection still use delta): a batch estimate that "
+                                                "hovers at delta lands below it on held-out prompts about half the "
+                                                "time")
     kp: float = field(0.0, min=0, help="pi: proportional gain on this step's error (Stooke et al. 2020)")
     rho: float = field(1.0, gt=0, help="augmented: penalty coefficient of the augmented Lagrangian")
     optimism: float = field(1.0, min=0, help="optimistic: weight a of the extrapolation lr (g_t + a (g_t - "

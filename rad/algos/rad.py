@@ -9,7 +9,7 @@ validation, evaluation); every model lives in a Ray actor of its role::
     driver:  r~ = r - beta * KL_t-sum (k1 or k3)                          shaped_rewards
              costs of the batch -> quantile particles -> FSD gain and violation vs the reference's
              -> particle gradients -> dominance signals s_gain, s_viol (per sample)   dominance_step
-             g = (delta - gain, viol - tolerance) -> multipliers (lambda, mu)  the dual controller
+             g = (delta + margin - gain, viol - tolerance) -> multipliers (lambda, mu)  the dual controller
              A = RLOO over k of  r~ + lambda s_gain + mu s_viol               rad_advantages
     learner: loss = -mean A * log pi(y|x)     (DeepSpeed, data-parallel ranks)
     learner ranks -> rollout engines (weight sync); metrics; atomic checkpoints
@@ -56,9 +56,10 @@ def shaped_rewards(rewards: torch.Tensor, kl: torch.Tensor, beta: float) -> torc
 
 
 def constraint_values(gain: float, violation: float, delta: float, tolerance: float,
-                      with_violation: bool) -> list[float]:
-    """RAD's constraints as ``g <= 0``: ``delta - gain`` and, when mu is on, ``violation - tolerance``."""
-    g = [delta - gain]
+                      with_violation: bool, margin: float = 0.0) -> list[float]:
+    """RAD's constraints as ``g <= 0``: ``delta + margin - gain`` and, when mu is on, ``violation - tolerance``
+    (``margin``: how far above ``delta`` the controller aims, ``algo.dual.gain_margin``)."""
+    g = [delta + margin - gain]
     return g + [violation - tolerance] if with_violation else g
 
 
@@ -230,7 +231,7 @@ class RADTrainer(OnlineRLTrainer):
         else:  # a one-step window is this batch: the dominance step already has its exact values
             gain_hat, viol_hat = dom.gain_exact, dom.violation_exact
         self.applied = self.dual.observe(constraint_values(gain_hat, viol_hat, algo.delta, algo.violation_tolerance,
-                                                           dual.mu_on))
+                                                           dual.mu_on, dual.gain_margin))
         signals = [dom.signal, dom.violation_signal][:len(self.applied)]  # mu's only when it is on
         adv = rad_advantages(shaped.view(len(prompts), algo.k), signals, self.applied, whiten=algo.reward_whiten)
         with timer.phase("learner"):

@@ -60,6 +60,9 @@ def test_shaped_rewards_multipliers_and_advantages_by_hand():
     # The constraints as g <= 0: delta - gain, and violation - tolerance when mu is on.
     assert constraint_values(0.3, 0.2, delta=0.5, tolerance=0.1, with_violation=True) == pytest.approx([0.2, 0.1])
     assert constraint_values(0.3, 0.2, delta=0.5, tolerance=0.1, with_violation=False) == pytest.approx([0.2])
+    # a margin moves only the gain constraint's target: the controller aims at delta + margin
+    assert constraint_values(0.3, 0.2, delta=0.5, tolerance=0.1, with_violation=True, margin=0.25) == \
+        pytest.approx([0.45, 0.1])
 
 
 def test_dominance_step_of_a_trailing_policy_by_hand():
