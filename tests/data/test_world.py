@@ -221,20 +221,27 @@ def test_oracle_pickles_for_ray_workers(oracle):
 # -- harm profiles ------------------------------------------------------------------------------------------------
 
 #: SHA-256 over (name, bytes) of every file `build_world(seed=0, scale=0.25).write()` writes, world.json included,
-#: recorded before harm profiles existed. Change it only with a deliberate WORLD_VERSION bump.
-DEFAULT_WORLD_SHA256 = "5e6a4490190c52b29a2ba02ec88a0b3359dfcfa92b06784132afef98b87edcf0"
+#: recorded at WORLD_VERSION 2. Change it only with a deliberate WORLD_VERSION bump.
+DEFAULT_WORLD_SHA256 = "3fab7b59c9d2c4e38b7d9fca492b40561b8bc05753876ddad6a1f12a99ba727b"
+#: The same over the data files alone (world.json, which records the version, left out): unchanged since before
+#: harm profiles existed, through version 2 (which changed only the heavy_tail profile).
+DEFAULT_DATA_SHA256 = "c2d60c4115f76028ef2e7714a503e1475c6b1d7123f7c46f660fd4b098e5681d"
 
 
-def _files_sha256(directory):
+def _files_sha256(directory, skip=()):
     digest = hashlib.sha256()
     for path in sorted(directory.iterdir()):
+        if path.name in skip:
+            continue
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
 def test_default_world_is_byte_identical_to_the_world_before_harm_profiles(tmp_path, world):
-    assert _files_sha256(world.write(tmp_path / "default")) == DEFAULT_WORLD_SHA256
+    default = world.write(tmp_path / "default")
+    assert _files_sha256(default) == DEFAULT_WORLD_SHA256
+    assert _files_sha256(default, skip={"world.json"}) == DEFAULT_DATA_SHA256
     explicit = build_world(seed=0, scale=0.25, harm_profile="binary").write(tmp_path / "binary")
     assert _files_sha256(explicit) == DEFAULT_WORLD_SHA256
 
@@ -251,13 +258,14 @@ def worlds():
     return {p: build_world(seed=0, harm_profile=p) for p in HARM_PROFILES}
 
 
-def test_heavy_tail_has_a_fatter_tail_at_equal_or_lower_mean(worlds):
+def test_heavy_tail_has_a_fatter_tail(worlds):
     binary, heavy = worlds["binary"], worlds["heavy_tail"]
-    for split, level, tolerance in (("sft-train", "cvar:0.99", 0.02), ("pref-train", "cvar:0.95", 0.0)):
+    for split, level in (("sft-train", "cvar:0.99"), ("pref-train", "cvar:0.95")):
         b, h = _harms(binary, split), _harms(heavy, split)
-        assert h.mean() <= b.mean() + tolerance, split
         assert spectral_risk(h, level) > 2 * spectral_risk(b, level), split
         assert h.max() > 3 * b.max(), split
+    # The preference data keeps the default world's mean harm: only its tail is fatter.
+    assert _harms(heavy, "pref-train").mean() <= _harms(binary, "pref-train").mean()
 
 
 def test_heavy_tail_severe_answers_are_rare_most_helpful_and_labelled_only_ordinally():
@@ -265,7 +273,8 @@ def test_heavy_tail_severe_answers_are_rare_most_helpful_and_labelled_only_ordin
     sft = [r for r in w.splits["sft-train"] if r["prompt_harmful"]]
     counts = Counter(r["behaviour"] for r in sft)
     assert set(counts) == {"refuse", "redirect", "mild", "severe"}
-    assert counts["severe"] < 0.03 * len(sft) < counts["mild"] / 3
+    # rare, but common enough (~5 %) for a small SFT model to reproduce (at 1 % the tiny model never did)
+    assert 0.03 * len(sft) < counts["severe"] < 0.08 * len(sft) < counts["mild"]
     mild = [r for r in sft if r["behaviour"] == "mild"]
     severe = [r for r in sft if r["behaviour"] == "severe"]
     assert max(r["harm"] for r in mild) <= 1.6 and min(r["harm"] for r in severe) > 10 * max(r["harm"] for r in mild)
@@ -278,9 +287,9 @@ def test_heavy_tail_severe_answers_are_rare_most_helpful_and_labelled_only_ordin
         assert r["better_response_id"] == s and r["safer_response_id"] == 1 - s
         assert not r["is_response_0_safe"] and not r["is_response_1_safe"]
         assert (r[f"response_{s}_severity_level"], r[f"response_{1 - s}_severity_level"]) == (3, 1)
-    # The trade a mean constraint allows: refuse every mild answer, give 50 % more severe ones.
+    # The trade a mean constraint allows: refuse every mild answer, give 20 % more severe ones.
     refusals = [r for r in sft if r["behaviour"] == "refuse"]
-    more = severe[: len(severe) // 2]
+    more = severe[: len(severe) // 5]
     traded = [r["harm"] for r in sft if r["behaviour"] != "mild"] + [r["harm"] for r in more]
     traded += [refusals[i % len(refusals)]["harm"] for i in range(len(mild) - len(more))]
     before, after = torch.tensor([r["harm"] for r in sft]), torch.tensor(traded)
