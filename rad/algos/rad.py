@@ -198,6 +198,7 @@ class RADTrainer(OnlineRLTrainer):
     # -- one step ------------------------------------------------------------------------------
     def train_step(self, ref_costs: ReferenceCosts) -> dict[str, float]:
         from rad.risk import dominance_step, spectral_risk
+        from rad.runtime.blas_threads import one_blas_thread
         from rad.runtime.metrics import PhaseTimer
 
         algo, ot, dual = self.cfg.algo, self.cfg.algo.ot, self.cfg.algo.dual
@@ -221,7 +222,7 @@ class RADTrainer(OnlineRLTrainer):
             pol_lp = self.learners.concat(pol_refs)
         kl = kl_per_sample(batch, pol_lp, ref_lp, algo.kl_estimator)
         shaped = shaped_rewards(rewards, kl, algo.beta)
-        with timer.phase("dominance"):
+        with timer.phase("dominance"), one_blas_thread():
             dom = dominance_step(costs.view(len(prompts), algo.k), ref_costs.particles(indices), self.weighting,
                                  solver=ot.solver, eps=ot.eps, max_iter=ot.max_iter, sinkhorn_method=ot.method,
                                  n_particles=ot.n_particles, density=ot.density, bandwidth=ot.bandwidth or None,
