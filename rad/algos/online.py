@@ -197,9 +197,39 @@ class OnlineRLTrainer:
 
         return self.roles.sample(prompts, n, dataclasses.replace(self.cfg.rollout.sampling, seed=seed))
 
-    def step_seed(self) -> int:
-        """The sampling seed of the current step's rollouts."""
-        return self.cfg.rollout.sampling.seed + 1000 * (self.step + 1)
+    def step_seed(self, step: int | None = None) -> int:
+        """The sampling seed of step ``step``'s rollouts (default: the current step)."""
+        return self.cfg.rollout.sampling.seed + 1000 * ((self.step if step is None else step) + 1)
+
+    # -- rollouts, optionally generated one step ahead ----------------------------------------------
+    #: (step, generate_async handle) of rollouts generated ahead, during the previous step's learner update
+    _ahead: tuple[int, list] | None = None
+
+    def step_rollouts(self, prompts: list[str], n: int) -> tuple[list, int]:
+        """This step's rollouts, sorted by (prompt, sample), and their lag in policy versions: 1 when they were
+        generated ahead (:meth:`generate_ahead`, with the weights from before the previous update), else 0.
+
+        A resumed run starts without rollouts ahead, so its first step after the checkpoint is on-policy."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == self.step:
+            rollouts, lag = self.rollout.collect(ahead[1]), 1
+        else:
+            rollouts, lag = self.sample(prompts, n, seed=self.step_seed()), 0
+        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
+        return rollouts, lag
+
+    def generate_ahead(self, n: int) -> None:
+        """Start the next step's generation (``n`` samples per prompt, that step's prompts and seed) on the
+        engines with the weights they hold now. Call it after the learners' update is launched and before the
+        weight sync: the engines generate while the learners update, and the sync runs after the generation
+        (calls on an actor run in order). The next step then learns from samples one policy version old."""
+        nxt = self.step + 1
+        if nxt >= self.cfg.algo.steps:
+            return
+        import dataclasses
+
+        sampling = dataclasses.replace(self.cfg.rollout.sampling, seed=self.step_seed(nxt))
+        self._ahead = (nxt, self.rollout.generate_async(self.step_prompts(nxt), n, sampling))
 
     def token_batch(self, rollouts):
         """The typed batch of sorted rollouts (:class:`~rad.runtime.batch.TokenBatch`, padded with the policy's

@@ -14,6 +14,12 @@ validation, evaluation); every model lives in a Ray actor of its role::
     learner: loss = -mean A * log pi(y|x)     (DeepSpeed, data-parallel ranks)
     learner ranks -> rollout engines (weight sync); metrics; atomic checkpoints
 
+With ``algo.overlap`` the engines generate the next step's batch while the learners update
+(:meth:`~rad.algos.online.OnlineRLTrainer.generate_ahead`), so a step learns from samples of
+the policy one update older (mu), and each advantage is multiplied by the truncated importance
+weight ``min(pi(y|x) / mu(y|x), cap)`` of its whole response (``truncated_importance_weights``;
+mu's log-probs are the engine's own, pi's the learner's of this step).
+
 The step's math is in the pure functions below (tests call them directly); the
 multipliers come from a controller of :mod:`rad.algos.dual` (``algo.dual.controller``;
 ``projected`` is the paper's dual ascent). The reference particles are the cost
@@ -36,7 +42,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rad.algos.advantages import rloo_advantages
+from rad.algos.advantages import rloo_advantages, truncated_importance_weights
 from rad.algos.dual import rad_controller
 from rad.algos.online import OnlineRLTrainer, run_trainer
 from rad.algos.rad_config import RADConfig, RADStage
@@ -45,8 +51,8 @@ from rad.runtime.batch import TokenBatch
 from rad.runtime.roles import TrainedRole
 from rad.settings import LearnerConfig
 
-__all__ = ["RADConfig", "RADTrainer", "ReferenceCosts", "constraint_values", "kl_per_sample", "learner_geometry",
-           "rad_advantages", "run_rad", "shaped_rewards", "window_gain"]
+__all__ = ["RADConfig", "RADTrainer", "ReferenceCosts", "behaviour_logp", "constraint_values", "kl_per_sample",
+           "learner_geometry", "rad_advantages", "run_rad", "sequence_logp", "shaped_rewards", "window_gain"]
 
 
 # -- the step's math ---------------------------------------------------------------------------
@@ -107,6 +113,19 @@ def window_gain(window: Sequence[Sequence[Sequence[float]]], n_particles: int, w
     ref = empirical_quantiles(torch.tensor([c for _, rc in window for c in rc], dtype=torch.float64), n_particles)
     gain, viol = fsd_exact(policy, ref, weighting)
     return float(gain), float(viol)
+
+
+def sequence_logp(batch: TokenBatch, logp: torch.Tensor) -> torch.Tensor:
+    """``[B]`` float64: each sample's summed response-token log-prob from ``[B, T-1]`` per-token log-probs."""
+    return torch.stack([v.double().sum() for v in batch.response_values(logp)])
+
+
+def behaviour_logp(rollouts) -> torch.Tensor:
+    """``[B]`` float64: each rollout's summed response-token log-prob under the engine that sampled it."""
+    if any(r.logprobs is None for r in rollouts):
+        raise ConfigError("algo.overlap: the rollout engine returned no log-probs, which the importance weights of "
+                          "samples generated ahead need")
+    return torch.tensor([sum(r.logprobs) for r in rollouts], dtype=torch.float64)
 
 
 @dataclass
@@ -206,9 +225,8 @@ class RADTrainer(OnlineRLTrainer):
         start = time.perf_counter()
         indices = self.step_prompt_indices(self.step)
         prompts = [self.prompts[i] for i in indices]
-        with timer.phase("generation"):
-            rollouts = self.sample(prompts, algo.k, seed=self.step_seed())
-        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
+        with timer.phase("generation"):  # with algo.overlap: only the wait for the batch generated ahead
+            rollouts, lag = self.step_rollouts(prompts, algo.k)
         batch = self.token_batch(rollouts)
         # Scores and both log-prob passes need only the rollouts, so the scorer, reference and learner actors
         # work at the same time: "scoring" times the scores, "logprobs" the further wait for the log-probs.
@@ -235,9 +253,22 @@ class RADTrainer(OnlineRLTrainer):
                                                            dual.mu_on, dual.gain_margin))
         signals = [dom.signal, dom.violation_signal][:len(self.applied)]  # mu's only when it is on
         adv = rad_advantages(shaped.view(len(prompts), algo.k), signals, self.applied, whiten=algo.reward_whiten)
+        off_policy = {}
+        if algo.overlap:  # samples of the previous policy version: E_mu[w A grad log pi], w = min(pi / mu, cap)
+            target, behaviour = sequence_logp(batch, pol_lp), behaviour_logp(rollouts)
+            weights = truncated_importance_weights(target, behaviour, algo.overlap_is_cap)
+            adv = adv * weights.view_as(adv).to(adv.dtype)
+            off_policy = {"off_policy/lag": lag, "off_policy/is_weight_mean": weights.mean(),
+                          "off_policy/is_weight_capped": (weights >= algo.overlap_is_cap).double().mean(),
+                          "off_policy/log_ratio_abs_mean": (target - behaviour).abs().mean()}
         with timer.phase("learner"):
-            stats = self.learners.scatter("train_step", batch.with_fields(advantages=adv.reshape(-1)).split(
+            import ray
+
+            refs = self.learners.scatter_async("train_step", batch.with_fields(advantages=adv.reshape(-1)).split(
                 len(self.learners)))
+            if algo.overlap:  # the engines sample the next batch with the weights they hold, during the update
+                self.generate_ahead(algo.k)
+            stats = ray.get(refs)
         with timer.phase("weight_sync"):
             sync = self.roles.sync_weights()
         self.step += 1
@@ -254,7 +285,7 @@ class RADTrainer(OnlineRLTrainer):
             "rad/violation_signal_mean": dom.violation_signal.mean(),
             "rad/spectral_risk": dom.rho_policy, "rad/spectral_risk_ref": dom.rho_ref,
             "rad/cvar_0.9": spectral_risk(costs, "cvar:0.9"), "rad/signal_mean": dom.signal.mean(),
-            "rad/advantage_std": adv.std(),
+            "rad/advantage_std": adv.std(), **off_policy,
             "train/loss": sum(s["loss"] for s in stats) / len(stats), "train/lr": stats[0]["lr"],
             **self.common_step_metrics(rollouts, lengths, elapsed, timer, sync),
         }

@@ -79,6 +79,12 @@ class RADAlgoConfig:
     weighting: str = field("cvar:0.9", help="spectral weighting spec: uniform, cvar:0.9, var:0.9,0.05, "
                                             "linear, exponential:5, power:3, wang:0.75")
     delta: float = field(0.0, min=0, help="required gain: gain_w(pi) >= delta")
+    overlap: bool = field(False, help="generate the next step's batch on the rollout engines while the learners "
+                                      "update on this one (one-step off-policy, as OpenRLHF's and verl's async "
+                                      "modes): every step after the first learns from samples of the policy one "
+                                      "update older, reweighted by truncated importance weights (overlap_is_cap)")
+    overlap_is_cap: float = field(2.0, gt=0, help="with overlap: cap of the per-response importance weight "
+                                                  "pi(y|x) / mu(y|x) (truncated importance sampling)")
     violation_tolerance: float = field(0.0, min=0, help="allowed viol_w (the constraint of dual.mu)")
     ot: OTConfig = field(default_factory=OTConfig)
     dual: DualConfig = field(default_factory=DualConfig)
@@ -128,6 +134,12 @@ class RADConfig(RADStage, OnlineRunConfig):
     def validate(self) -> None:
         OnlineRunConfig.validate(self)
         self.lora.check_rl(self.learner, self.rollout)
+        if self.algo.overlap and self.rollout.hybrid:
+            raise ConfigError("algo.overlap needs rollout engines of their own: with rollout.hybrid the learners "
+                              "generate, so generation cannot overlap their update")
+        if self.algo.overlap and self.rollout.vllm_sleep_level:
+            raise ConfigError("algo.overlap keeps the engines generating during the update; it cannot be combined "
+                              "with rollout.vllm_sleep_level (engines asleep between generations)")
         n = self.resources.num_learners
         batch = self.algo.prompts_per_step * self.algo.k
         if batch % n:

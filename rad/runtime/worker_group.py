@@ -69,9 +69,13 @@ class WorkerGroup:
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
 
     def scatter(self, method: str, shards: Sequence[Any], **kwargs: Any) -> list:
+        return self._get(self.scatter_async(method, shards, **kwargs))
+
+    def scatter_async(self, method: str, shards: Sequence[Any], **kwargs: Any) -> list:
+        """:meth:`scatter` without waiting: one call per actor with its shard, the object refs."""
         if len(shards) != len(self.actors):
             raise ValueError(f"{self.name}: {len(shards)} shards for {len(self.actors)} actors")
-        return self._get([getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards)])
+        return [getattr(a, method).remote(s, **kwargs) for a, s in zip(self.actors, shards)]
 
     def split(self, method: str, items: Sequence[Any], **kwargs: Any) -> list:
         """Cut ``items`` over the actors (empty shards skipped) and concatenate the results."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rad.algos.advantages import rloo_advantages
+from rad.algos.advantages import truncated_importance_weights
 from rad.algos.rad import (RADConfig, ReferenceCosts, constraint_values, kl_per_sample, learner_geometry,
                            rad_advantages, shaped_rewards, window_gain)
 from rad.config import load_config
@@ -113,10 +114,19 @@ def test_learner_geometry_fits_one_step():
     ("resources.num_learners=3", r"must divide evenly over resources.num_learners"),
     ("algo.selection.rule=feasible", r"algo.selection: rule=feasible needs prompts > 0"),
     ("algo.selection.rule=best", r"algo.selection.rule: .best. is not allowed"),
+    ("algo.overlap=true rollout.hybrid=true", r"algo.overlap needs rollout engines of their own"),
+    ("algo.overlap_is_cap=0", r"algo.overlap_is_cap: must be > 0"),
 ])
 def test_bad_rad_config_fails_fast(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(RADConfig, None, REQUIRED + [override])
+        load_config(RADConfig, None, REQUIRED + override.split())
+
+
+def test_truncated_importance_weights_by_hand():
+    # responses whose log-probs under pi and mu differ by log 0.5, 0 and log 3: weights 0.5, 1 and 3 capped at 2
+    mu = torch.tensor([-4.0, -2.0, -7.0], dtype=torch.float64)
+    pi = mu + torch.log(torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64))
+    assert truncated_importance_weights(pi, mu, cap=2.0).tolist() == pytest.approx([0.5, 1.0, 2.0])
 
 
 def test_log_lambda_controller_needs_positive_multipliers():

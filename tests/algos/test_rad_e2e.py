@@ -97,6 +97,27 @@ def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path
         assert held[f"true_harm_cvar_0.99_{who}"] >= held[f"true_harm_cvar_0.9_{who}"] >= held[f"true_harm_mean_{who}"]
 
 
+def test_overlap_learns_from_samples_generated_during_the_previous_update(ray_cluster, tmp_path, sft_model_dir,
+                                                                           score_dirs):
+    """algo.overlap: the engines generate step t+1's batch while the learners update on step t's, then take the new
+    weights; step t+1 learns from samples one policy version old, reweighted by truncated importance weights."""
+    trainer = _ChecksEnginesEveryStep(_cfg(tmp_path, "overlap", sft_model_dir, score_dirs, steps=3,
+                                           **{"algo.overlap": "true"}))
+    try:
+        trainer.train()
+    finally:
+        trainer.shutdown()
+    # after every step the engines hold the learner's weights: the sync ran after the generation ahead
+    assert [ok for _, ok in trainer.engine_checks] == [True] * 6
+    rows = [r for r in read_metrics(tmp_path / "overlap") if "rad/gain" in r]
+    assert [r["off_policy/lag"] for r in rows] == [0, 1, 1]
+    # step 1's samples come from the weights the learner holds (pi = mu up to engine/learner numerics); steps 2
+    # and 3 learn from samples of the policy before the previous update, whose log-probs have moved since
+    assert rows[0]["off_policy/log_ratio_abs_mean"] < 1e-3
+    assert all(r["off_policy/log_ratio_abs_mean"] > 10 * rows[0]["off_policy/log_ratio_abs_mean"] for r in rows[1:])
+    assert all(0 < r["off_policy/is_weight_mean"] <= 2.0 for r in rows)
+
+
 def test_a_pickle_only_policy_loads_in_every_role_when_allowed(ray_cluster, tmp_path, sft_model_dir, score_dirs):
     """policy.allow_pickle_weights reaches the learner, the reference and the rollout engine (Ray actors)."""
     import shutil

@@ -181,15 +181,24 @@ class RolloutPool:
     def generate(self, prompts: Sequence[str], n: int = 1, sampling: SamplingConfig | None = None) -> list[Rollout]:
         """``n`` samples per prompt, prompt-major. Shard k samples with seed ``derived_seed(seed, k)``,
         so results depend on the seed and the number of engines."""
-        import ray
+        return self.collect(self.generate_async(prompts, n, sampling))
 
+    def generate_async(self, prompts: Sequence[str], n: int = 1, sampling: SamplingConfig | None = None) -> list:
+        """:meth:`generate` without waiting: the shards' (offset, object ref) pairs, for :meth:`collect`. Calls
+        made on the engines later (a weight sync, another generation) run after these."""
         sampling = sampling or SamplingConfig()
         prompts = list(prompts)
         actors = self.actors
         bounds = [len(prompts) * k // len(actors) for k in range(len(actors) + 1)]
-        calls = [(bounds[k], a.generate.remote(prompts[bounds[k]: bounds[k + 1]], n,
-                                               replace(sampling, seed=derived_seed(sampling.seed, k))))
-                 for k, a in enumerate(actors) if bounds[k + 1] > bounds[k]]
+        return [(bounds[k], a.generate.remote(prompts[bounds[k]: bounds[k + 1]], n,
+                                              replace(sampling, seed=derived_seed(sampling.seed, k))))
+                for k, a in enumerate(actors) if bounds[k + 1] > bounds[k]]
+
+    @staticmethod
+    def collect(calls: list) -> list[Rollout]:
+        """The rollouts of :meth:`generate_async`'s calls, prompt-major, prompt indices over all shards."""
+        import ray
+
         rollouts: list[Rollout] = []
         for offset, shard in zip([c[0] for c in calls], ray.get([c[1] for c in calls])):
             for r in shard:
