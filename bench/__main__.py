@@ -4,7 +4,7 @@
     python -m bench NAME   [same options] [-- extra arguments for that benchmark]
     python -m bench report [--out-dir DIR]
 
-NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory. Each
+NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory, colocation, overlap. Each
 benchmark runs in its own process (its own Ray cluster and memory) with the sizes
 below, sized so that ``all`` takes under about 20 minutes on a 2-core machine; it
 writes ``<out-dir>/<name>.json`` and then ``<out-dir>/README.md`` is regenerated from
@@ -45,6 +45,7 @@ FULL = {
                    "--repeats", "3"],
     "memory": ["--sizes", "tiny", "small", "--response-lengths", "64", "256", "--batch", "8", "--chunk-size", "64"],
     "colocation": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "3"],
+    "overlap": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "4"],
 }
 #: Smoke sizes (``--quick``).
 QUICK = {
@@ -60,9 +61,11 @@ QUICK = {
                "8"],
     "colocation": ["--size", "tiny", "--prompts", "2", "--k", "2", "--max-new-tokens", "8", "--micro-batch", "4",
                    "--steps", "1"],
+    "overlap": ["--size", "tiny", "--prompts", "2", "--k", "2", "--max-new-tokens", "8", "--micro-batch", "4",
+                "--steps", "2"],
 }
 #: Benchmarks that run RL steps on a policy and score models (they take ``--run-dir``).
-RL_BENCHMARKS = ("rloo_vs_trl", "ppo_lag_vs_rad", "scaling", "colocation")
+RL_BENCHMARKS = ("rloo_vs_trl", "ppo_lag_vs_rad", "scaling", "colocation", "overlap")
 
 
 def _path(path: Path) -> str:

@@ -20,10 +20,9 @@ that is what lets a policy that fits once but not twice train at all. Results go
 from __future__ import annotations
 
 from bench.common import publish, ratio, ray_init
-from bench.rl_runs import common_overrides, rad_overrides, rl_bench_setup, run_trainer
+from bench.rl_runs import common_overrides, modes_table, rad_overrides, rl_bench_setup, run_trainer
 
 NAME = "colocation"
-_MIB = 2 ** 20
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,17 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| rollout | roles | step s (median) | generation | scoring | logprobs | learner | weight sync | "
-             "peak PSS MiB | model state MiB |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in report["results"].items():
-        ph = r["phase_seconds_mean"]
-        roles = ", ".join(f"{k} x{v}" for k, v in r["roles"].items())
-        lines.append(f"| {name} | {roles} | {r['step_seconds_median']:.2f} | "
-                     + " | ".join(f"{ph.get(p, 0.0):.3f}" for p in ("generation", "scoring", "logprobs", "learner",
-                                                                      "weight_sync"))
-                     + f" | {r['peak_pss_total_bytes'] / _MIB:.0f} | {r['model_state_total_bytes'] / _MIB:.1f} |")
-    return "\n".join(lines)
+    return modes_table(report["results"], "rollout")
 
 
 if __name__ == "__main__":

@@ -215,6 +215,23 @@ def phase_cell(phases: dict[str, float], phase: str) -> str:
     return f"{phases[phase]:.3f}" if phase in phases else "-"
 
 
+def modes_table(results: dict[str, dict[str, Any]], mode_header: str) -> str:
+    """Markdown: one row per mode of a RAD run measured with ``memory=True`` (roles, median step, mean phases, peak
+    PSS, model state)."""
+    mib = 2 ** 20
+    lines = [f"| {mode_header} | roles | step s (median) | generation | scoring | logprobs | learner | weight sync | "
+             "peak PSS MiB | model state MiB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        ph = r["phase_seconds_mean"]
+        roles = ", ".join(f"{k} x{v}" for k, v in r["roles"].items())
+        lines.append(f"| {name} | {roles} | {r['step_seconds_median']:.2f} | "
+                     + " | ".join(f"{ph.get(p, 0.0):.3f}" for p in ("generation", "scoring", "logprobs", "learner",
+                                                                      "weight_sync"))
+                     + f" | {r['peak_pss_total_bytes'] / mib:.0f} | {r['model_state_total_bytes'] / mib:.1f} |")
+    return "\n".join(lines)
+
+
 def build_trainer(algo: str, overrides: list[str], total_steps: int, out_dir: Path) -> tuple[Any, float]:
     """The ``algo`` trainer ("rad" or "ppo_lag") for ``total_steps`` steps and its start-up seconds."""
     from rad.config import load_config
