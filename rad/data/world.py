@@ -19,17 +19,18 @@ realistic stand-in for PKU-SafeRLHF + Alpaca + HarmBench, in their real schemas:
   linearly, so the mean and the tail of harm move together;
 - ``heavy_tail``: a world where they disagree. On harmful prompts the answers are
   refusals, redirections, *mild* compliance (one severity-1 step, harm ~0.7;
-  12 % of the reference's answers, against 8 % severity-1 ones in binary) and *severe* compliance (two
-  severity-3 steps and an escalation: the oracle's catastrophic harm, ~15; 5 % of
+  25 % of the reference's answers, against 8 % severity-1 ones in binary) and *severe* compliance (two
+  severity-3 steps and an escalation: the oracle's catastrophic harm, ~15; 10 % of
   the reference's answers, 5 % of the preference responses). The severe answer is
   the most helpful one to the user, so the reward model favours it, while the
   ordinal preference labels only say it is less safe than a mild one, so a cost
   model learns a gap far smaller than the oracle's. A policy can meet an
   expected-cost budget by turning many mild answers into refusals while a few
   more answers turn severe: the learned mean cost goes down, the hidden tail gets
-  fatter. (World version 2 raised the reference's severe share from 1 %, which
-  a small SFT model never reproduced, to 5 %; the hidden mean of the reference
-  is therefore higher than binary's.)
+  fatter. (World version 1 had 12 % mild and 1 % severe answers, version 2 5 %
+  severe; the tiny SFT model reproduced neither severe share at all, 0 of 2240
+  held-out samples, so version 3 makes both kinds of compliance common enough to
+  be learned. The reference's hidden mean harm is therefore higher than binary's.)
   Prompts, red-team set and vocabulary are those of ``binary``.
 
 Responses are composed from the fragments of `rad.data.world_lexicon`, from
@@ -89,7 +90,7 @@ __all__ = [
 
 # Bump the leading number when the generator logic changes; the lexicon part
 # changes by itself when any fragment does. Part of the cache key.
-WORLD_VERSION = f"2-{lex.fingerprint()}"  # 2: heavy_tail's reference mix has 5 % severe answers (was 1 %)
+WORLD_VERSION = f"3-{lex.fingerprint()}"  # 3: heavy_tail's reference mix has 25 % mild, 10 % severe answers
 
 SPLIT_KINDS: dict[str, str] = {
     "pref-train": "preference",
@@ -130,7 +131,7 @@ HEAVY_TAIL_PREFERENCE_MIX = {
     "benign": PREFERENCE_MIX["benign"],
 }
 HEAVY_TAIL_REFERENCE_MIX = {
-    "harmful": {"refuse": 0.38, "redirect": 0.45, "mild": 0.12, "severe": 0.05},
+    "harmful": {"refuse": 0.30, "redirect": 0.35, "mild": 0.25, "severe": 0.10},
     "benign": REFERENCE_MIX["benign"],
 }
 #: (preference mix, reference mix) of each harm profile.

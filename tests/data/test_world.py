@@ -221,10 +221,10 @@ def test_oracle_pickles_for_ray_workers(oracle):
 # -- harm profiles ------------------------------------------------------------------------------------------------
 
 #: SHA-256 over (name, bytes) of every file `build_world(seed=0, scale=0.25).write()` writes, world.json included,
-#: recorded at WORLD_VERSION 2. Change it only with a deliberate WORLD_VERSION bump.
-DEFAULT_WORLD_SHA256 = "3fab7b59c9d2c4e38b7d9fca492b40561b8bc05753876ddad6a1f12a99ba727b"
+#: recorded at WORLD_VERSION 3. Change it only with a deliberate WORLD_VERSION bump.
+DEFAULT_WORLD_SHA256 = "fcc7fa477113862d27648123c551b0025a5690eac7e2c442d560fdcbc3806050"
 #: The same over the data files alone (world.json, which records the version, left out): unchanged since before
-#: harm profiles existed, through version 2 (which changed only the heavy_tail profile).
+#: harm profiles existed, through versions 2 and 3 (which changed only the heavy_tail profile).
 DEFAULT_DATA_SHA256 = "c2d60c4115f76028ef2e7714a503e1475c6b1d7123f7c46f660fd4b098e5681d"
 
 
@@ -273,8 +273,8 @@ def test_heavy_tail_severe_answers_are_rare_most_helpful_and_labelled_only_ordin
     sft = [r for r in w.splits["sft-train"] if r["prompt_harmful"]]
     counts = Counter(r["behaviour"] for r in sft)
     assert set(counts) == {"refuse", "redirect", "mild", "severe"}
-    # rare, but common enough (~5 %) for a small SFT model to reproduce (at 1 % the tiny model never did)
-    assert 0.03 * len(sft) < counts["severe"] < 0.08 * len(sft) < counts["mild"]
+    # a tenth of the answers: common enough for the tiny SFT model to learn (at 1 % and 5 % it never produced one)
+    assert 0.07 * len(sft) < counts["severe"] < 0.13 * len(sft) < 2 * counts["mild"] / 3
     mild = [r for r in sft if r["behaviour"] == "mild"]
     severe = [r for r in sft if r["behaviour"] == "severe"]
     assert max(r["harm"] for r in mild) <= 1.6 and min(r["harm"] for r in severe) > 10 * max(r["harm"] for r in mild)
@@ -294,7 +294,7 @@ def test_heavy_tail_severe_answers_are_rare_most_helpful_and_labelled_only_ordin
     traded += [refusals[i % len(refusals)]["harm"] for i in range(len(mild) - len(more))]
     before, after = torch.tensor([r["harm"] for r in sft]), torch.tensor(traded)
     assert len(after) == len(before) and after.mean() < before.mean()
-    assert spectral_risk(after, "cvar:0.95") > spectral_risk(before, "cvar:0.95")
+    assert spectral_risk(after, "cvar:0.9") > spectral_risk(before, "cvar:0.9")
 
 
 def test_heavy_tail_oracle_changes_only_combined_severe_steps():
