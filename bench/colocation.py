@@ -19,27 +19,17 @@ that is what lets a policy that fits once but not twice train at all. Results go
 
 from __future__ import annotations
 
-from bench.common import publish, ratio, ray_init
-from bench.rl_runs import common_overrides, modes_table, rad_overrides, rl_bench_setup, run_trainer
+from bench.common import publish, ratio
+from bench.rl_runs import modes_table, rl_bench_setup, run_rad_modes
 
 NAME = "colocation"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import ray
-
     args, tmp, models, report = rl_bench_setup(NAME, __doc__, argv, steps=3, k=2,
                                                steps_help="measured steps per mode (after one warm-up)")
-    common = (common_overrides(models, args.max_new_tokens, rollout_micro_batch=args.prompts * args.k)
-              + rad_overrides(args.prompts, args.k, args.micro_batch))
-    ray_init(args.num_cpus)
-    try:
-        results = {mode: run_trainer("rad", common + [f"rollout.hybrid={mode == 'hybrid'}".lower()], args.steps,
-                                     tmp / mode, memory=True) for mode in ("separate", "hybrid")}
-    finally:
-        ray.shutdown()
-    for r in results.values():
-        r.pop("prompts_by_step")
+    modes = {"separate": ["rollout.hybrid=false"], "hybrid": ["rollout.hybrid=true"]}
+    results = run_rad_modes(args, tmp, models, modes)
     sep, hyb = results["separate"], results["hybrid"]
     report["results"] = results
     report["ratios"] = {

@@ -17,27 +17,16 @@ Results go to ``bench/results/overlap.json``, ratio overlap / serial.
 
 from __future__ import annotations
 
-from bench.common import publish, ratio, ray_init
-from bench.rl_runs import common_overrides, modes_table, rad_overrides, rl_bench_setup, run_trainer
+from bench.common import publish, ratio
+from bench.rl_runs import modes_table, rl_bench_setup, run_rad_modes
 
 NAME = "overlap"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import ray
-
     args, tmp, models, report = rl_bench_setup(NAME, __doc__, argv, steps=4, k=2,
                                                steps_help="measured steps per mode (after one warm-up)")
-    common = (common_overrides(models, args.max_new_tokens, rollout_micro_batch=args.prompts * args.k)
-              + rad_overrides(args.prompts, args.k, args.micro_batch))
-    ray_init(args.num_cpus)
-    try:
-        results = {mode: run_trainer("rad", common + [f"algo.overlap={mode == 'overlap'}".lower()], args.steps,
-                                     tmp / mode, memory=True) for mode in ("serial", "overlap")}
-    finally:
-        ray.shutdown()
-    for r in results.values():
-        r.pop("prompts_by_step")
+    results = run_rad_modes(args, tmp, models, {"serial": ["algo.overlap=false"], "overlap": ["algo.overlap=true"]})
     serial, over = results["serial"], results["overlap"]
     report["results"] = results
     report["ratios"] = {

@@ -215,6 +215,26 @@ def phase_cell(phases: dict[str, float], phase: str) -> str:
     return f"{phases[phase]:.3f}" if phase in phases else "-"
 
 
+def run_rad_modes(args, tmp: Path, models: dict[str, str], modes: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """The same RAD run once per mode (its extra overrides), one after the other in one Ray cluster, memory
+    measured; each mode's summary without its prompt lists (for benchmarks that compare settings of RAD)."""
+    import ray
+
+    from bench.common import ray_init
+
+    common = (common_overrides(models, args.max_new_tokens, rollout_micro_batch=args.prompts * args.k)
+              + rad_overrides(args.prompts, args.k, args.micro_batch))
+    ray_init(args.num_cpus)
+    try:
+        results = {mode: run_trainer("rad", common + extra, args.steps, tmp / mode, memory=True)
+                   for mode, extra in modes.items()}
+    finally:
+        ray.shutdown()
+    for r in results.values():
+        r.pop("prompts_by_step")
+    return results
+
+
 def modes_table(results: dict[str, dict[str, Any]], mode_header: str) -> str:
     """Markdown: one row per mode of a RAD run measured with ``memory=True`` (roles, median step, mean phases, peak
     PSS, model state)."""
