@@ -4,9 +4,8 @@
     python -m bench NAME   [same options] [-- extra arguments for that benchmark]
     python -m bench report [--out-dir DIR]
 
-NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory. Each
-benchmark runs in its own process (its own Ray cluster and memory) with the sizes
-below, sized so that ``all`` takes under about 20 minutes on a 2-core machine; it
+NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory, colocation,
+growth. Each benchmark runs in its own process (its own Ray cluster and memory) with the sizes below, sized so that ``all`` takes under about 20 minutes on a 2-core machine; it
 writes ``<out-dir>/<name>.json`` and then ``<out-dir>/README.md`` is regenerated from
 every JSON there. ``--quick`` runs tiny sizes as a smoke test (seconds for the micro
 benchmarks, a minute or two for the Ray ones: actor start-up dominates) and writes to
@@ -45,6 +44,9 @@ FULL = {
                    "--repeats", "3"],
     "memory": ["--sizes", "tiny", "small", "--response-lengths", "64", "256", "--batch", "8", "--chunk-size", "64"],
     "colocation": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "3"],
+    # every model preset of rad/models/tiny.py SIZES (no --sizes)
+    "growth": ["--lengths", "48", "128", "256", "--options", "off", "on", "--trl-threads", "1", "2", "--prompts", "8",
+               "--k", "4", "--micro-batch", "16", "--steps", "3"],
 }
 #: Smoke sizes (``--quick``).
 QUICK = {
@@ -60,6 +62,8 @@ QUICK = {
                "8"],
     "colocation": ["--size", "tiny", "--prompts", "2", "--k", "2", "--max-new-tokens", "8", "--micro-batch", "4",
                    "--steps", "1"],
+    "growth": ["--sizes", "tiny", "--lengths", "8", "16", "--prompts", "2", "--k", "2", "--micro-batch", "4",
+               "--steps", "1"],
 }
 #: Benchmarks that run RL steps on a policy and score models (they take ``--run-dir``).
 RL_BENCHMARKS = ("rloo_vs_trl", "ppo_lag_vs_rad", "scaling", "colocation")
