@@ -5,7 +5,8 @@
     python -m bench report [--out-dir DIR]
 
 NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory, colocation,
-growth. Each benchmark runs in its own process (its own Ray cluster and memory) with the sizes below, sized so that ``all`` takes under about 20 minutes on a 2-core machine; it
+growth. Each benchmark runs in its own process (its own Ray cluster and memory) with the sizes
+below, sized so that ``all`` takes under about 20 minutes on a 2-core machine; it
 writes ``<out-dir>/<name>.json`` and then ``<out-dir>/README.md`` is regenerated from
 every JSON there. ``--quick`` runs tiny sizes as a smoke test (seconds for the micro
 benchmarks, a minute or two for the Ray ones: actor start-up dominates) and writes to

@@ -23,10 +23,11 @@ Memory options (``--options``):
 
 Fair settings, recorded in the JSON: both trainers generate with HF ``generate`` (RAD
 ``rollout.engine=hf``, TRL without vLLM) in float32 on the CPU. RAD runs one intra-op thread
-per Ray actor (its roles work in parallel). TRL's thread count is chosen per size: at
-``--probe-length`` (default: the middle of ``--lengths``) with options off, the cell runs once per
-``--trl-threads`` setting and TRL's faster setting (samples/s over the measured steps) is kept
-for every other cell of that size; the probe cells not kept stay in the JSON.
+per Ray actor (its roles work in parallel). TRL's thread count is chosen per size by a probe
+before the cells: TRL alone at ``--probe-length`` (default: the middle of ``--lengths``), options
+off, its steps cycling through the ``--trl-threads`` settings (so a change in load hits each alike;
+one warm-up round, then ``--probe-steps`` rounds); the setting with more samples/s runs every cell
+of that size, and the probe's steps stay in the JSON.
 
 Writes ``bench/results/growth.json`` and, next to it, ``growth.png``: seconds per sample against
 parameters and against response length, for both trainers (options off).
@@ -41,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import default_out, new_report, publish, ratio, ray_init, resolve_models
-from bench.rl_runs import PHASES
-from bench.rloo_vs_trl import run_pair
+from bench.rl_runs import PHASES, summarize_steps
+from bench.rloo_vs_trl import rad_rloo_overrides, run_pair, run_trl
 
 NAME = "growth"
 _MIB = 2 ** 20
@@ -92,23 +93,42 @@ def run_cell(models: dict[str, str], args: argparse.Namespace, tmp: Path, size: 
     return cell
 
 
+def probe_trl_threads(models: dict[str, str], args: argparse.Namespace, tmp: Path, size: str) -> dict[str, Any]:
+    """TRL alone at ``--probe-length``, options off, its steps cycling through ``--trl-threads``: one warm-up round,
+    then ``--probe-steps`` measured rounds; the setting with the most samples/s over its measured steps is kept."""
+    from rad.algos.assets import load_records
+    from rad.algos.rad import RADConfig
+    from rad.config import load_config
+
+    tries = list(dict.fromkeys(args.trl_threads))
+    order = tries * (args.probe_steps + 1)
+    probe_args = argparse.Namespace(**{**vars(args), "max_new_tokens": args.probe_length, "trl_threads": tries[0]})
+    cfg = load_config(RADConfig, None, rad_rloo_overrides(models, probe_args) + [f"output_dir={tmp / 'unused'}"])
+    prompts = [r["prompt"] for r in load_records(cfg.data.prompts, "prompt", cfg.world, cfg.seed)]
+    prompts_by_step = [[prompts[(i * args.prompts + j) % len(prompts)] for j in range(args.prompts)]
+                       for i in range(len(order))]
+    print(f"\n=== {size}: TRL thread probe, steps on {order} threads", flush=True)
+    _, rows = run_trl(models, prompts_by_step, probe_args, tmp / f"{size}-thread-probe", after_step=lambda: None,
+                      threads_by_step=order)
+    measured = rows[len(tries):]
+    by = {t: summarize_steps([r for r in measured if r["torch_threads"] == t]) for t in tries}
+    best = max(tries, key=lambda t: by[t]["samples_per_s"])
+    print(f"{size}: TRL samples/s by threads " + ", ".join(f"{t}: {by[t]['samples_per_s']:.2f}" for t in tries)
+          + f"; keeping {best}", flush=True)
+    return {"response_length": args.probe_length, "kept": best,
+            "by_threads": [{"trl_threads": t, "samples_per_s": by[t]["samples_per_s"],
+                            "step_seconds_all": by[t]["step_seconds_all"]} for t in tries], "rows": rows}
+
+
 def run_size(size: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """Every cell of one model size: the TRL thread probe first, then the other lengths and options."""
+    """Every cell of one model size, after the TRL thread probe picks TRL's thread count."""
     models = resolve_models(argparse.Namespace(run_dir=None, policy=None, reward_model=None, cost_model=None,
                                                size=size), tmp / size)
-    probe = [run_cell(models, args, tmp, size, args.probe_length, "off", t) for t in args.trl_threads]
-    best = max(probe, key=lambda c: c["trl"]["samples_per_s"])
-    cells = []
-    for length in args.lengths:
-        for option in args.options:
-            if (length, option) == (args.probe_length, "off"):
-                cells.append(best)
-            else:
-                cells.append(run_cell(models, args, tmp, size, length, option, best["trl_threads"]))
+    probe = probe_trl_threads(models, args, tmp, size)
+    cells = [run_cell(models, args, tmp, size, length, option, probe["kept"])
+             for length in args.lengths for option in args.options]
     return {"size": size, "parameters": parameter_count(models["policy"]), "models": models,
-            "trl_threads": best["trl_threads"], "cells": cells,
-            "thread_probe": [{"trl_threads": c["trl_threads"], "trl_samples_per_s": c["trl"]["samples_per_s"],
-                              "kept": c is best, **({} if c is best else {"cell": c})} for c in probe]}
+            "trl_threads": probe["kept"], "thread_probe": probe, "cells": cells}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="TRL intra-op thread counts to try at each size (the faster is kept)")
     p.add_argument("--probe-length", type=int, help="response length of the thread probe (default: the middle "
                                                     "of --lengths)")
+    p.add_argument("--probe-steps", type=int, default=1, help="measured TRL steps per thread count in the probe "
+                                                              "(after one warm-up round)")
     p.add_argument("--chunk-size", type=int, default=64, help="learner.logprob_chunk_size with options on")
     p.add_argument("--steps", type=int, default=3, help="measured step pairs per cell (after one warm-up each)")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
@@ -136,8 +158,6 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--micro-batch {args.micro_batch} must divide prompts * k = {args.prompts * args.k}")
     lengths = sorted(args.lengths)
     args.probe_length = args.probe_length or lengths[len(lengths) // 2]
-    if args.probe_length not in args.lengths or "off" not in args.options:
-        p.error(f"--probe-length {args.probe_length} must be one of --lengths and --options must include off")
     sizes = sorted(args.sizes, key=list(SIZES).index)
 
     import ray
@@ -148,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         "generation_engine": "HF generate on both (RAD rollout.engine=hf; TRL use_vllm=False)",
         "precision": "float32 on both (RAD learner.bf16=auto is off on CPU; TRL bf16=False)",
         "rad_threads": "one intra-op thread per Ray actor (OMP_NUM_THREADS=1), one Ray CPU each",
-        "trl_threads": "per size, the faster of --trl-threads at --probe-length with options off",
+        "trl_threads": "per size, the faster of --trl-threads: TRL alone at --probe-length, options off, its steps "
+                       "cycling through the thread counts (one warm-up round, then --probe-steps rounds)",
         "memory_options_on": {"rad": memory_options("on", args.chunk_size)[0],
                               "trl": ["gradient_checkpointing=True"]},
         "trl_memory": "peak PSS of this process: TRL's models, optimizer and activations, plus RAD's driver "
@@ -232,11 +253,13 @@ def markdown(report: dict) -> str:
                                for p in PHASES) for r in (rad, trl)),
                     _pss(rad["memory"]), f"{trl['memory']['peak_pss_total_bytes'] / _MIB:.0f}"]
             lines.append("| " + " | ".join(str(x) for x in cols) + " |")
-    probes = "; ".join(f"{s['size']}: " + ", ".join(f"{p['trl_threads']} thread(s) {p['trl_samples_per_s']:.2f}"
-                                                    + (" (kept)" if p["kept"] else "") for p in s["thread_probe"])
-                       for s in report["results"]["sizes"])
+    probes = "; ".join(f"{s['size']}: " + ", ".join(
+        f"{p['trl_threads']} thread(s) {p['samples_per_s']:.2f}" + (" (kept)" if p["trl_threads"] == s["trl_threads"]
+                                                                     else "") for p in s["thread_probe"]["by_threads"])
+        for s in report["results"]["sizes"])
     st = report["settings"]
-    lines += ["", f"TRL samples/s by intra-op threads at {st['probe_length']}-token responses, options off: {probes}. "
+    lines += ["", f"TRL alone, samples/s by intra-op threads at {st['probe_length']}-token responses, options off "
+              f"(steps alternating the settings): {probes}. "
               f"{st['generation_engine']}; {st['precision']}; RAD: {st['rad_threads']}. Memory options on: RAD "
               f"{', '.join(f'`{o}`' for o in st['memory_options_on']['rad'])}; TRL "
               f"`{st['memory_options_on']['trl'][0]}` (no chunked log-probs or packing in RLOOTrainer, which "

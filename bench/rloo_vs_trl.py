@@ -89,11 +89,13 @@ def _timed_rloo_trainer():
 
 
 def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argparse.Namespace,
-            out_dir: Path, after_step: Callable[[], None],
-            gradient_checkpointing: bool = False) -> tuple[dict[str, Any], list[dict[str, float]]]:
+            out_dir: Path, after_step: Callable[[], None], gradient_checkpointing: bool = False,
+            threads_by_step: list[int] | None = None) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """TRL RLOO on the given prompts, ``after_step()`` after each of its steps (outside its step clock).
 
-    Returns the summary of the measured steps (all but the first) and every step's row.
+    ``threads_by_step``: torch intra-op threads of each step (set before it starts), instead of
+    ``args.trl_threads`` throughout. Returns the summary of the measured steps (all but the first)
+    and every step's row (with the ``torch_threads`` it ran on).
     """
     import datasets
     import torch
@@ -134,6 +136,8 @@ def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argp
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, *_, **__):
+            if threads_by_step:
+                torch.set_num_threads(threads_by_step[len(rows)])
             trainer_cls.timer.metrics()  # drop anything timed between steps
             self.start = time.perf_counter()
 
@@ -144,7 +148,8 @@ def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argp
             rows.append({"timing/step": elapsed, "timing/generation": gen, "timing/scoring": score,
                          "timing/logprobs": rollout - gen - score, "timing/learner": elapsed - rollout,
                          "throughput/samples_per_s": batch / elapsed,
-                         "throughput/tokens_per_s": seen["tokens"][-1] / elapsed})
+                         "throughput/tokens_per_s": seen["tokens"][-1] / elapsed,
+                         "torch_threads": torch.get_num_threads()})
             after_step()
 
     tokenizer = load_tokenizer(models["policy"], padding_side="left")
