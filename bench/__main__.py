@@ -4,9 +4,10 @@
     python -m bench NAME   [same options] [-- extra arguments for that benchmark]
     python -m bench report [--out-dir DIR]
 
-NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory, colocation, overlap. Each
-benchmark runs in its own process (its own Ray cluster and memory) with the sizes
-below, sized so that ``all`` takes under about 20 minutes on a 2-core machine; it
+NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory, colocation,
+overlap, growth. Each benchmark runs in its own process (its own Ray cluster and memory) with the sizes
+below, sized so that ``all`` without ``growth`` takes under about 20 minutes on a 2-core machine (``growth``
+adds about 25 minutes for the tiny and small presets, more with medium); it
 writes ``<out-dir>/<name>.json`` and then ``<out-dir>/README.md`` is regenerated from
 every JSON there. ``--quick`` runs tiny sizes as a smoke test (seconds for the micro
 benchmarks, a minute or two for the Ray ones: actor start-up dominates) and writes to
@@ -46,6 +47,9 @@ FULL = {
     "memory": ["--sizes", "tiny", "small", "--response-lengths", "64", "256", "--batch", "8", "--chunk-size", "64"],
     "colocation": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "3"],
     "overlap": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "4"],
+    # every model preset of rad/models/tiny.py SIZES (no --sizes)
+    "growth": ["--lengths", "48", "128", "256", "--options", "off", "on", "--trl-threads", "1", "2", "--prompts", "8",
+               "--k", "4", "--micro-batch", "16", "--steps", "3"],
 }
 #: Smoke sizes (``--quick``).
 QUICK = {
@@ -63,6 +67,8 @@ QUICK = {
                    "--steps", "1"],
     "overlap": ["--size", "tiny", "--prompts", "2", "--k", "2", "--max-new-tokens", "8", "--micro-batch", "4",
                 "--steps", "2"],
+    "growth": ["--sizes", "tiny", "--lengths", "8", "16", "--prompts", "2", "--k", "2", "--micro-batch", "4",
+               "--steps", "1"],
 }
 #: Benchmarks that run RL steps on a policy and score models (they take ``--run-dir``).
 RL_BENCHMARKS = ("rloo_vs_trl", "ppo_lag_vs_rad", "scaling", "colocation", "overlap")

@@ -114,8 +114,10 @@ def run_case(size: str, response_length: int, args: argparse.Namespace) -> list[
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from rad.models.tiny import SIZES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=("tiny", "small"))
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=tuple(SIZES))
     parser.add_argument("--response-lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--prompt-length", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8, help="samples in the micro batch")

@@ -80,11 +80,11 @@ def ppo_lag_overrides(prompts: int, k: int, micro_batch: int) -> list[str]:
 # -- memory ---------------------------------------------------------------------------------------
 
 
-def _pid(self) -> int:
+def actor_pid(self) -> int:
     return os.getpid()
 
 
-def _peak_rss(self) -> int:
+def actor_peak_rss(self) -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
@@ -140,7 +140,8 @@ def _state_bytes(self) -> dict[str, int]:
 
 
 class PssSampler:
-    """Samples the summed PSS of a set of processes in a thread; ``peak`` is the largest sum seen."""
+    """Samples the PSS of a set of processes in a thread; ``peak`` is the largest sum seen, ``peak_by_pid``
+    each process's own largest."""
 
     def __init__(self, pids: list[int], interval: float = 0.2):
         import psutil
@@ -148,6 +149,7 @@ class PssSampler:
         self.procs = [psutil.Process(p) for p in pids]
         self.interval = interval
         self.peak = 0
+        self.peak_by_pid = {p: 0 for p in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -156,9 +158,11 @@ class PssSampler:
             total = 0
             for proc in self.procs:
                 try:
-                    total += proc.memory_full_info().pss
+                    pss = proc.memory_full_info().pss
                 except Exception:  # a process that exited counts as 0
-                    pass
+                    continue
+                total += pss
+                self.peak_by_pid[proc.pid] = max(self.peak_by_pid[proc.pid], pss)
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
@@ -171,7 +175,7 @@ class PssSampler:
         self._thread.join()
 
 
-def _roles(trainer, algo: str) -> dict[str, list]:
+def rl_roles(trainer, algo: str) -> dict[str, list]:
     common = {"reference": trainer.reference_policy.actors, "scorer": trainer.scorers.actors}
     if not trainer.rollout.hybrid:  # a hybrid rollout's actors are the policy learners, counted once
         common["rollout"] = trainer.rollout.actors
@@ -181,7 +185,7 @@ def _roles(trainer, algo: str) -> dict[str, list]:
             "cost_critic": trainer.cost_critic.actors, **common}
 
 
-def _call_all(roles: dict[str, list], fn) -> dict[str, list]:
+def call_all(roles: dict[str, list], fn) -> dict[str, list]:
     import ray
 
     return {name: ray.get([a.__ray_call__.remote(fn) for a in actors]) for name, actors in roles.items()}
@@ -274,7 +278,7 @@ def run_trainer(algo: str, overrides: list[str], steps: int, out_dir: Path, memo
     trainer, startup = build_trainer(algo, overrides, steps + 1, out_dir)
     out: dict[str, Any] = {"startup_seconds": startup}
     try:
-        roles = _roles(trainer, algo)
+        roles = rl_roles(trainer, algo)
         out["roles"] = {name: len(actors) for name, actors in roles.items()}
         step_args, extra = trainer.before_loop()
         out.update(extra)
@@ -282,11 +286,11 @@ def run_trainer(algo: str, overrides: list[str], steps: int, out_dir: Path, memo
         out["warmup_step_seconds"] = warmup["timing/step"]
         rows = []
         if memory:
-            pids = [p for ps in _call_all(roles, _pid).values() for p in ps]
+            pids = [p for ps in call_all(roles, actor_pid).values() for p in ps]
             with PssSampler(pids) as sampler:
                 rows = [trainer.train_step(*step_args) for _ in range(steps)]
-            rss = _call_all(roles, _peak_rss)
-            state = _call_all(roles, _state_bytes)
+            rss = call_all(roles, actor_peak_rss)
+            state = call_all(roles, _state_bytes)
         else:
             rows = [trainer.train_step(*step_args) for _ in range(steps)]
         out["prompts_by_step"] = [trainer.step_prompts(s) for s in range(steps + 1)]

@@ -56,8 +56,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
-from bench.rl_runs import (PHASES, add_rl_batch_args, build_trainer, common_overrides, phase_cell, rad_overrides,
-                           summarize_steps)
+from bench.rl_runs import (PHASES, PssSampler, actor_peak_rss, actor_pid, add_rl_batch_args, build_trainer, call_all,
+                           common_overrides, phase_cell, rad_overrides, rl_roles, summarize_steps)
 
 NAME = "rloo_vs_trl"
 BETA = 0.05
@@ -89,10 +89,13 @@ def _timed_rloo_trainer():
 
 
 def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argparse.Namespace,
-            out_dir: Path, after_step: Callable[[], None]) -> tuple[dict[str, Any], list[dict[str, float]]]:
+            out_dir: Path, after_step: Callable[[], None], gradient_checkpointing: bool = False,
+            threads_by_step: list[int] | None = None) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """TRL RLOO on the given prompts, ``after_step()`` after each of its steps (outside its step clock).
 
-    Returns the summary of the measured steps (all but the first) and every step's row.
+    ``threads_by_step``: torch intra-op threads of each step (set before it starts), instead of
+    ``args.trl_threads`` throughout. Returns the summary of the measured steps (all but the first)
+    and every step's row (with the ``torch_threads`` it ran on).
     """
     import datasets
     import torch
@@ -119,7 +122,7 @@ def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argp
         return (scores["rewards"] - args.cost_weight * scores["costs"]).tolist()
 
     config = RLOOConfig(
-        output_dir=str(out_dir), use_cpu=True, bf16=False, gradient_checkpointing=False, seed=0,
+        output_dir=str(out_dir), use_cpu=True, bf16=False, gradient_checkpointing=gradient_checkpointing, seed=0,
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=batch // args.micro_batch,
         num_generations=args.k, max_completion_length=args.max_new_tokens,
         generation_kwargs={"min_new_tokens": args.max_new_tokens}, temperature=1.0, top_p=1.0, top_k=0,
@@ -133,6 +136,8 @@ def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argp
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, *_, **__):
+            if threads_by_step:
+                torch.set_num_threads(threads_by_step[len(rows)])
             trainer_cls.timer.metrics()  # drop anything timed between steps
             self.start = time.perf_counter()
 
@@ -143,7 +148,8 @@ def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argp
             rows.append({"timing/step": elapsed, "timing/generation": gen, "timing/scoring": score,
                          "timing/logprobs": rollout - gen - score, "timing/learner": elapsed - rollout,
                          "throughput/samples_per_s": batch / elapsed,
-                         "throughput/tokens_per_s": seen["tokens"][-1] / elapsed})
+                         "throughput/tokens_per_s": seen["tokens"][-1] / elapsed,
+                         "torch_threads": torch.get_num_threads()})
             after_step()
 
     tokenizer = load_tokenizer(models["policy"], padding_side="left")
@@ -156,6 +162,72 @@ def run_trl(models: dict[str, str], prompts_by_step: list[list[str]], args: argp
     out = {"startup_seconds": startup, "warmup_step_seconds": rows[0]["timing/step"],
            "torch_threads": torch.get_num_threads(), **summarize_steps(rows[1:])}
     return out, rows
+
+
+def rad_rloo_overrides(models: dict[str, str], args: argparse.Namespace) -> list[str]:
+    """RAD's config overrides for the comparison: the shared batch and TRL's RLOO settings (beta, k1, sums, LR)."""
+    return (common_overrides(models, args.max_new_tokens, rollout_micro_batch=args.prompts * args.k)
+            + rad_overrides(args.prompts, args.k, args.micro_batch, lr=LR)
+            + [f"algo.beta={BETA}", "algo.kl_estimator=k1", "algo.loss_aggregation=sequence_sum",
+               "learner.scheduler=constant", "learner.grad_clip=1.0", "learner.weight_decay=0.0"])
+
+
+def run_pair(models: dict[str, str], args: argparse.Namespace, out_dir: Path, rad_extra: list[str] = (),
+             trl_gradient_checkpointing: bool = False, memory: bool = False) -> dict[str, Any]:
+    """RAD and TRL ``RLOOTrainer`` interleaved (TRL step i, then RAD step i) in the running Ray cluster.
+
+    ``rad_extra``: further RAD config overrides (e.g. memory options). Returns ``{"rad", "trl"}``
+    summaries of the measured steps (RAD's with ``pair_speed_ratios``, TRL step / RAD step time
+    per pair) and ``rows``, every step's metrics of both. With ``memory``: each RAD role's peak
+    RSS (``ru_maxrss``, the actors are fresh) and peak PSS, and this process's peak PSS during the
+    steps (TRL's models, optimizer and activations, plus RAD's driver), sampled every 0.2 s.
+    """
+    trainer, startup = build_trainer("rad", rad_rloo_overrides(models, args) + list(rad_extra), args.steps + 1,
+                                     out_dir / "rad")
+    try:
+        step_args, extra = trainer.before_loop()
+        prompts_by_step = [trainer.step_prompts(s) for s in range(args.steps + 1)]
+        rad_rows: list[dict[str, float]] = []
+
+        def trl_run():
+            return run_trl(models, prompts_by_step, args, out_dir / "trl",
+                           after_step=lambda: rad_rows.append(trainer.train_step(*step_args)),
+                           gradient_checkpointing=trl_gradient_checkpointing)
+
+        if memory:
+            trl, trl_rows, mem = measure_memory(trainer, trl_run)
+        else:
+            trl, trl_rows = trl_run()
+    finally:
+        trainer.shutdown()
+    rad = {"startup_seconds": startup, **extra, "warmup_step_seconds": rad_rows[0]["timing/step"],
+           **summarize_steps(rad_rows[1:])}
+    if trl["tokens_per_step"] != rad["tokens_per_step"]:
+        raise RuntimeError(f"unequal work: RAD generated {rad['tokens_per_step']} tokens per step, "
+                           f"TRL {trl['tokens_per_step']}")
+    rad["pair_speed_ratios"] = [t["timing/step"] / r["timing/step"] for r, t in zip(rad_rows[1:], trl_rows[1:])]
+    if memory:
+        rad["memory"], trl["memory"] = mem["rad"], mem["trl"]
+    return {"rad": rad, "trl": trl, "rows": {"rad": rad_rows, "trl": trl_rows}}
+
+
+def measure_memory(trainer, fn: Callable[[], Any]) -> tuple:
+    """``fn()``'s result followed by the memory of RAD's roles and of this process (TRL) while it ran."""
+    import os
+
+    roles = rl_roles(trainer, "rad")
+    pids = call_all(roles, actor_pid)
+    me = os.getpid()
+    with PssSampler([me, *(p for ps in pids.values() for p in ps)]) as sampler:
+        result = fn()
+    rss = call_all(roles, actor_peak_rss)
+    rad = {"peak_rss_bytes": {name: sum(v) for name, v in rss.items()},
+           "peak_pss_bytes": {name: sum(sampler.peak_by_pid[p] for p in ps) for name, ps in pids.items()},
+           "roles": {name: len(ps) for name, ps in pids.items()}}
+    rad["peak_rss_total_bytes"] = sum(rad["peak_rss_bytes"].values())
+    rad["peak_pss_total_bytes"] = sum(rad["peak_pss_bytes"].values())
+    trl = {"peak_pss_bytes": {"driver": sampler.peak_by_pid[me]}, "peak_pss_total_bytes": sampler.peak_by_pid[me]}
+    return (*result, {"rad": rad, "trl": trl})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -176,27 +248,11 @@ def main(argv: list[str] | None = None) -> dict:
     report = new_report(NAME, argv, {k: v for k, v in vars(args).items() if k != "out"} | {"models": models})
     ray_init(args.num_cpus)
     try:
-        overrides = (common_overrides(models, args.max_new_tokens, rollout_micro_batch=args.prompts * args.k)
-                     + rad_overrides(args.prompts, args.k, args.micro_batch, lr=LR)
-                     + [f"algo.beta={BETA}", "algo.kl_estimator=k1", "algo.loss_aggregation=sequence_sum",
-                        "learner.scheduler=constant", "learner.grad_clip=1.0", "learner.weight_decay=0.0"])
-        trainer, startup = build_trainer("rad", overrides, args.steps + 1, tmp / "rad")
-        try:
-            step_args, extra = trainer.before_loop()
-            prompts_by_step = [trainer.step_prompts(s) for s in range(args.steps + 1)]
-            rad_rows: list[dict[str, float]] = []
-            trl, trl_rows = run_trl(models, prompts_by_step, args, tmp / "trl",
-                                    after_step=lambda: rad_rows.append(trainer.train_step(*step_args)))
-        finally:
-            trainer.shutdown()
+        pair = run_pair(models, args, tmp)
     finally:
         ray.shutdown()
-    rad = {"startup_seconds": startup, **extra, "warmup_step_seconds": rad_rows[0]["timing/step"],
-           **summarize_steps(rad_rows[1:])}
-    if trl["tokens_per_step"] != rad["tokens_per_step"]:
-        raise RuntimeError(f"unequal work: RAD generated {rad['tokens_per_step']} tokens per step, "
-                           f"TRL {trl['tokens_per_step']}")
-    pairs = list(zip(rad_rows[1:], trl_rows[1:]))
+    rad, trl = pair["rad"], pair["trl"]
+    pairs = list(zip(pair["rows"]["rad"][1:], pair["rows"]["trl"][1:]))
 
     def median_ratio(num: Callable[[dict], float], den: Callable[[dict], float]) -> float:
         return statistics.median(num(r) / den(t) for r, t in pairs)
@@ -204,11 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
     def secs(*phases: str) -> Callable[[dict], float]:
         return lambda row: sum(row.get(f"timing/{p}", 0.0) for p in phases)
 
-    pair_speed = [t["timing/step"] / r["timing/step"] for r, t in pairs]
-    rad["pair_speed_ratios"] = pair_speed
     report["results"] = {"rad": rad, "trl": trl}
     report["ratios"] = {
-        "rad_over_trl_samples_per_s": ratio(statistics.median(pair_speed),
+        "rad_over_trl_samples_per_s": ratio(statistics.median(rad["pair_speed_ratios"]),
                                             "RAD / TRL RLOOTrainer samples/s, median over interleaved step pairs "
                                             "(> 1: RAD faster)"),
         "rad_over_trl_samples_per_s_best": ratio(rad["samples_per_s_best"] / trl["samples_per_s_best"],
@@ -216,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rad_over_trl_samples_per_s_total": ratio(rad["samples_per_s"] / trl["samples_per_s"],
                                                   "RAD / TRL samples/s over all measured steps"),
         "rad_dominance_share_of_step": ratio(statistics.median(r["timing/dominance"] / r["timing/step"]
-                                                               for r in rad_rows[1:]),
+                                                               for r, _ in pairs),
                                              "RAD's dominance phase (entropic OT with its default solver, in the "
                                              "loop) / its whole step, median; goal < 0.01"),
     }

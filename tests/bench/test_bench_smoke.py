@@ -346,3 +346,44 @@ def test_gpu_wheels_assemble_refuses_a_missing_or_damaged_part(tmp_path):
     done = _wheels_sh("assemble", str(damaged))
     assert done.returncode != 0 and "big-1.0" in done.stdout + done.stderr
     assert _wheels_sh("assemble", str(tmp_path / "nothing")).returncode != 0
+
+
+# -- growth curves (bench/growth.py) ---------------------------------------------------------------
+
+
+@pytest.mark.slow  # a Ray cluster, a TRL probe and four interleaved RAD / TRL runs of the tiny model: minutes
+def test_python_m_bench_quick_growth_writes_cells_ratios_and_plot(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bench", "growth", "--quick", "--out-dir", str(tmp_path)],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath_with_root(dict(os.environ))},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    rep = json.loads((tmp_path / "growth.json").read_text())
+    _check_report(rep, "growth")
+    (size,) = rep["results"]["sizes"]
+    assert size["size"] == "tiny" and size["parameters"] > 0
+    # the thread probe ran TRL alone, its steps alternating 1 and 2 threads; the faster setting ran every cell
+    probe = size["thread_probe"]
+    assert [r["torch_threads"] for r in probe["rows"]] == [1, 2, 1, 2] and probe["response_length"] == 16
+    speed = {p["trl_threads"]: p["samples_per_s"] for p in probe["by_threads"]}
+    kept = size["trl_threads"]
+    assert probe["kept"] == kept and speed[kept] == max(speed.values())
+    cells = {(c["response_length"], c["options"]): c for c in size["cells"]}
+    assert set(cells) == {(8, "off"), (8, "on"), (16, "off"), (16, "on")}
+    for (length, option), c in cells.items():
+        rad, trl = c["rad"], c["trl"]
+        assert c["trl_threads"] == trl["torch_threads"] == kept
+        assert rad["tokens_per_step"] == trl["tokens_per_step"] == 2 * 2 * length  # same work on both
+        assert rad["samples_per_s"] > 0 and trl["tokens_per_s"] > 0
+        assert sum(trl["phase_shares"].values()) == pytest.approx(1.0, abs=0.05)
+        assert trl["memory"]["peak_pss_total_bytes"] > 0
+        pss = rad["memory"]["peak_pss_bytes"]
+        assert set(pss) == ({"policy_learner", "reference", "scorer"} | ({"rollout"} if option == "off" else set()))
+        assert all(v > 0 for v in pss.values()) and all(v > 0 for v in rad["memory"]["peak_rss_bytes"].values())
+        key = f"rad_over_trl_samples_per_s_tiny_r{length}" + ("_options_on" if option == "on" else "")
+        assert rep["ratios"][key]["value"] == c["rad_over_trl_samples_per_s"]
+    assert cells[(8, "on")]["rad_overrides"] == rep["settings"]["memory_options_on"]["rad"]
+    assert cells[(8, "on")]["trl_gradient_checkpointing"] and not cells[(8, "off")]["trl_gradient_checkpointing"]
+    png = tmp_path / rep["results"]["plot"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    readme = (tmp_path / "README.md").read_text()
+    assert "## growth:" in readme and "](growth.png)" in readme and "| tiny | " in readme
