@@ -7,7 +7,7 @@
 NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory, colocation,
 overlap, growth. Each benchmark runs in its own process (its own Ray cluster and memory) with the sizes
 below, sized so that ``all`` without ``growth`` takes under about 20 minutes on a 2-core machine (``growth``
-adds about 25 minutes for the tiny and small presets, more with medium); it
+adds about 25 minutes: it runs the tiny and small presets; the medium one is opt-in, hours on 2 cores); it
 writes ``<out-dir>/<name>.json`` and then ``<out-dir>/README.md`` is regenerated from
 every JSON there. ``--quick`` runs tiny sizes as a smoke test (seconds for the micro
 benchmarks, a minute or two for the Ray ones: actor start-up dominates) and writes to
@@ -47,8 +47,8 @@ FULL = {
     "memory": ["--sizes", "tiny", "small", "--response-lengths", "64", "256", "--batch", "8", "--chunk-size", "64"],
     "colocation": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "3"],
     "overlap": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "4"],
-    # every model preset of rad/models/tiny.py SIZES (no --sizes)
-    "growth": ["--lengths", "48", "128", "256", "--options", "off", "on", "--trl-threads", "1", "2", "--prompts", "8",
+    # tiny and small; medium (~35M parameters) takes hours on 2 cores: `python -m bench growth -- --sizes medium`
+    "growth": ["--sizes", "tiny", "small", "--lengths", "48", "128", "256", "--options", "off", "on", "--trl-threads", "1", "2", "--prompts", "8",
                "--k", "4", "--micro-batch", "16", "--steps", "3"],
 }
 #: Smoke sizes (``--quick``).

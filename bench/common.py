@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rad.settings import TINY_SIZES
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 #: The top-level keys of every result file.
@@ -123,9 +125,7 @@ def ray_init(num_cpus: int, one_thread_per_actor: bool = True, num_gpus: int | N
 def add_model_args(parser: argparse.ArgumentParser, default_size: str = "tiny") -> None:
     parser.add_argument("--run-dir", help="a `rad train` output directory: uses its sft/model, reward/model and "
                                           "cost/model (e.g. runs/tiny)")
-    from rad.models.tiny import SIZES
-
-    parser.add_argument("--size", default=default_size, choices=tuple(SIZES),
+    parser.add_argument("--size", default=default_size, choices=TINY_SIZES,
                         help="tiny model preset when neither --run-dir nor --policy is given")
     parser.add_argument("--policy", help="policy directory (overrides --run-dir)")
     parser.add_argument("--reward-model", help="reward model directory (overrides --run-dir)")

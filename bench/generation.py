@@ -25,6 +25,7 @@ import statistics
 import time
 
 from bench.common import default_out, new_report, publish, ratio, ray_init
+from rad.settings import TINY_SIZES
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -80,7 +81,7 @@ def bench_engine(kind: str, model_dir: str, prompts: list[str], args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=TINY_SIZES)
     parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"],
                         help="vllm is skipped (and recorded as skipped) when this interpreter lacks it")
     parser.add_argument("--prompts", type=int, default=32)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import default_out, new_report, publish, ratio, ray_init, resolve_models
+from rad.settings import TINY_SIZES
 from bench.rl_runs import PHASES, summarize_steps
 from bench.rloo_vs_trl import rad_rloo_overrides, run_pair, run_trl
 
@@ -132,11 +133,9 @@ def run_size(size: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from rad.models.tiny import SIZES
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=list(SIZES),
-                   help="model presets (rad/models/tiny.py SIZES; default: every one)")
+    p.add_argument("--sizes", nargs="+", choices=TINY_SIZES, default=list(TINY_SIZES),
+                   help="model presets (rad.settings.TINY_SIZES, shapes in rad/models/tiny.py; default: every one)")
     p.add_argument("--lengths", type=int, nargs="+", default=[48, 128, 256], help="response lengths in tokens")
     p.add_argument("--options", nargs="+", choices=("off", "on"), default=["off", "on"], help="memory options")
     p.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--micro-batch {args.micro_batch} must divide prompts * k = {args.prompts * args.k}")
     lengths = sorted(args.lengths)
     args.probe_length = args.probe_length or lengths[len(lengths) // 2]
-    sizes = sorted(args.sizes, key=list(SIZES).index)
+    sizes = sorted(args.sizes, key=TINY_SIZES.index)
 
     import ray
 

@@ -35,6 +35,7 @@ from typing import Any, Callable
 import torch
 
 from bench.common import default_out, new_report, publish, ratio
+from rad.settings import TINY_SIZES
 
 NAME = "memory"
 #: Configuration name -> keyword arguments of token_logprobs (checkpointing is a model setting).
@@ -114,10 +115,8 @@ def run_case(size: str, response_length: int, args: argparse.Namespace) -> list[
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from rad.models.tiny import SIZES
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=tuple(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=TINY_SIZES)
     parser.add_argument("--response-lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--prompt-length", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8, help="samples in the micro batch")

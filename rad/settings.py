@@ -16,6 +16,8 @@ from rad.data.prompt_format import PromptFormat
 from rad.errors import ConfigError
 
 TINY = "tiny"  # model name that means "the project's own tiny model, built locally"
+# Its size presets, in growing order (the shapes: rad.models.tiny.SIZES).
+TINY_SIZES = ("tiny", "small", "medium")
 
 
 @dataclass
@@ -38,7 +40,9 @@ class ModelConfig:
     name_or_path: str = field(TINY, help="'tiny' (built locally), a local HF directory, or a hub id")
     tokenizer: str = field("", help="tokenizer path or id ('' = same as name_or_path)")
     prompt_format: str = field("", help=PROMPT_FORMAT_HELP)
-    tiny_size: str = field("tiny", choices=("tiny", "small"), help="size preset when name_or_path is 'tiny'")
+    tiny_size: str = field("tiny", choices=TINY_SIZES,
+                           help="size preset when name_or_path is 'tiny': tiny ~197k parameters, small ~1.3M, "
+                                "medium ~35M (rad/models/tiny.py)")
     dtype: str = field("auto", choices=("auto", "float32", "bfloat16", "float16"),
                        help="parameter dtype; auto = bf16 on GPUs that support it, else fp32")
     trust_remote_code: bool = field(False, help="execute modelling code shipped with the checkpoint")

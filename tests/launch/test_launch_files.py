@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ROOT / "launch"
 CLUSTER_YAMLS = ["rad.yaml", "rad-aws.yaml"]
 # Run configs launch/ ships for `rad train` / launch/submit.py, with the GPUs each is sized for.
-RUN_CONFIGS = {"tiny.yaml": 0, "smoke.yaml": 0, "qwen2.5-0.5b-1gpu.yaml": 1, "qwen2.5-1.5b-2gpu.yaml": 2,
-               "qwen2.5-3b-8gpu.yaml": 8}
+RUN_CONFIGS = {"tiny.yaml": 0, "medium.yaml": 0, "smoke.yaml": 0, "qwen2.5-0.5b-1gpu.yaml": 1,
+               "qwen2.5-1.5b-2gpu.yaml": 2, "qwen2.5-3b-8gpu.yaml": 8}
 
 
 def load_submit():

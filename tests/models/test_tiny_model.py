@@ -21,6 +21,7 @@ from rad.models.tiny import (
     tiny_cache_key,
     train_tokenizer,
 )
+from rad.settings import TINY_SIZES, ModelConfig
 
 
 def _bytes(directory: Path, name: str) -> bytes:
@@ -148,13 +149,26 @@ def test_left_padded_batch_generates_like_single_prompts(tiny_model, tiny_tokeni
         torch.testing.assert_close(batch_logits[i], alone_logits, rtol=0, atol=1e-5)
 
 
-def test_small_size_shape(tmp_path, corpus):
-    directory = build_tiny(corpus, tmp_path / "small", size="small")
+@pytest.mark.parametrize(("size", "low", "high"), [("small", 1e6, 2e6), ("medium", 30e6, 50e6)])
+def test_size_presets_build_their_shape_and_tokenizer(tmp_path, corpus, size, low, high):
+    directory = build_tiny(corpus, tmp_path / size, size=size)
     model = load_causal_lm(directory)
-    spec = SIZES["small"]
+    spec = SIZES[size]
     assert model.config.num_hidden_layers == spec.num_hidden_layers
+    assert model.config.hidden_size == spec.hidden_size
     assert model.config.hidden_size // model.config.num_attention_heads >= 32
-    assert len(load_tokenizer(directory)) == model.config.vocab_size
+    # The preset's own tokenizer, trained with its vocabulary target, sizes the embeddings.
+    tokenizer = load_tokenizer(directory)
+    assert tokenizer.model_max_length == spec.max_position_embeddings
+    assert len(tokenizer) == model.config.vocab_size <= spec.vocab_size
+    assert low <= model.num_parameters() <= high
+    # Each preset gets its own cache entry.
+    assert len({tiny_cache_key(corpus, 0, other) for other in SIZES}) == len(SIZES)
+
+
+def test_config_offers_every_size_preset():
+    assert TINY_SIZES == tuple(SIZES)
+    assert ModelConfig(tiny_size="medium").tiny_size == "medium"
 
 
 def test_cache_builds_once_and_keys_on_inputs(tmp_path, corpus):
