@@ -3,7 +3,7 @@
     python -m bench.growth [--sizes tiny small] [--lengths 48 128 256] [--options off on] [--trl-threads 1 2]
                            [--prompts 8] [--k 4] [--micro-batch 16] [--steps 3] [--out FILE]
 
-For each model preset of ``--sizes`` (``rad.models.tiny.SIZES``, by default every one, smallest
+For each model preset of ``--sizes`` (``rad.settings.TINY_SIZES``, by default every one, smallest
 first; seeded, untrained reward / cost heads on its backbone) and each response length of
 ``--lengths``, RAD and TRL's ``RLOOTrainer`` run interleaved in one process and one local Ray
 cluster, exactly as ``bench.rloo_vs_trl`` runs them (:func:`bench.rloo_vs_trl.run_pair`: the same
