@@ -4,8 +4,8 @@
     python -m bench NAME   [same options] [-- extra arguments for that benchmark]
     python -m bench report [--out-dir DIR]
 
-NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory, colocation,
-overlap, growth. Each benchmark runs in its own process (its own Ray cluster and memory) with the sizes
+NAME is one of rloo_vs_trl, dominance, ppo_lag_vs_rad, scaling, generation, memory, length_grouping,
+colocation, overlap, growth. Each benchmark runs in its own process (its own Ray cluster and memory) with the sizes
 below, sized so that ``all`` without ``growth`` takes under about 20 minutes on a 2-core machine (``growth``
 adds about 25 minutes: it runs the tiny and small presets; the medium one is opt-in, hours on 2 cores); it
 writes ``<out-dir>/<name>.json`` and then ``<out-dir>/README.md`` is regenerated from
@@ -45,6 +45,8 @@ FULL = {
     "generation": ["--sizes", "tiny", "small", "--prompts", "32", "--n", "4", "--max-new-tokens", "64",
                    "--repeats", "3"],
     "memory": ["--sizes", "tiny", "small", "--response-lengths", "64", "256", "--batch", "8", "--chunk-size", "64"],
+    "length_grouping": ["--sizes", "tiny", "small", "--response-length", "256", "--samples", "32", "--micro-batch",
+                        "4", "--steps", "3"],
     "colocation": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "3"],
     "overlap": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "4"],
     # tiny and small; medium (~35M parameters) takes hours on 2 cores: `python -m bench growth -- --sizes medium`
@@ -64,6 +66,8 @@ QUICK = {
                    "--repeats", "1"],
     "memory": ["--sizes", "tiny", "--response-lengths", "32", "--prompt-length", "8", "--batch", "4", "--chunk-size",
                "8"],
+    "length_grouping": ["--sizes", "tiny", "--response-length", "32", "--samples", "8", "--micro-batch", "2",
+                        "--steps", "1"],
     "colocation": ["--size", "tiny", "--prompts", "2", "--k", "2", "--max-new-tokens", "8", "--micro-batch", "4",
                    "--steps", "1"],
     "overlap": ["--size", "tiny", "--prompts", "2", "--k", "2", "--max-new-tokens", "8", "--micro-batch", "4",

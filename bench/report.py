@@ -16,8 +16,8 @@ from typing import Any
 from bench.common import REPORT_KEYS, RESULTS_DIR
 
 #: Benchmarks in the order `python -m bench all` runs them and the table lists them.
-BENCHMARKS = ("rloo_vs_trl", "dominance", "ppo_lag_vs_rad", "scaling", "generation", "memory", "colocation",
-              "overlap", "growth")
+BENCHMARKS = ("rloo_vs_trl", "dominance", "ppo_lag_vs_rad", "scaling", "generation", "memory", "length_grouping",
+              "colocation", "overlap", "growth")
 #: Everything the table lists when its JSON is there: the benchmarks, then checks that ``all`` does not run
 #: (``gpu_check`` needs a GPU machine: ``python -m bench.gpu_check``, see bench/GPU.md).
 REPORTED = (*BENCHMARKS, "gpu_check")

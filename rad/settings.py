@@ -84,6 +84,18 @@ class LearnerConfig:
     packing: bool = field(False, help="policy log-probs (RAD learner, PPO-Lag actor): pack a micro batch's samples "
                                       "into as few rows as fit its padded width, position ids restarting and "
                                       "attention kept inside each sample (padding-free)")
+    group_by_length: bool = field(False, help="RL learners (RAD learner, PPO-Lag actor and critics) and the "
+                                              "reference: cut a shard's micro batches by token count instead of "
+                                              "arrival order, samples of similar lengths together, as many micro "
+                                              "batches and none padded beyond micro_batch_size samples at the "
+                                              "longest, so less is padding; each micro batch's loss weighs its "
+                                              "share of the samples (the gradient is the same)")
+
+    def check_arrival_order(self, command: str, key: str = "learner") -> None:
+        """Refuse ``group_by_length`` where ``command`` cuts its own micro batches (SFT, DPO, score models)."""
+        if self.group_by_length:
+            raise ConfigError(f"{key}.group_by_length applies to the RL learners (rad rl, rad baseline ppo-lag); "
+                              f"{command} cuts its micro batches from its own data loader")
 
     def validate(self) -> None:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -45,6 +45,9 @@ class ScoreModelStage:
     lora: LoraSettings = field(default_factory=LoraSettings, help="LoRA adapters on the backbone (the head trains "
                                                                   "fully); merged into the saved model")
 
+    def validate(self) -> None:
+        self.learner.check_arrival_order("score-model training")
+
 
 @dataclass
 class ScoreModelConfig(ScoreModelStage):
@@ -60,6 +63,7 @@ class ScoreModelConfig(ScoreModelStage):
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
+        ScoreModelStage.validate(self)
         self.lora.check_learner(self.learner)
         if not self.output_dir:
             self.output_dir = f"runs/{self.kind}_model"

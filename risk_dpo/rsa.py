@@ -43,6 +43,9 @@ class RSAStageConfig:
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=5e-4, micro_batch_size=8))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(epochs=1))
 
+    def validate(self) -> None:
+        self.learner.check_arrival_order("RSA")
+
 
 @dataclass
 class RSAConfig:

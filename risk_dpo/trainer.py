@@ -100,6 +100,7 @@ class DPOConfig:
                                                                 "model/ is saved with them merged")
 
     def validate(self) -> None:
+        self.learner.check_arrival_order("DPO")
         self.lora.check_learner(self.learner)
         if get_loss(self.loss.name).needs_embeds and self.learner.zero_stage == 3:
             raise ConfigError(f"loss.name={self.loss.name} needs learner.zero_stage <= 2: its gradient penalty is "

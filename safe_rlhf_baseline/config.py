@@ -78,7 +78,7 @@ class PPOLagStage:
     eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
     reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
                                                             "log-probs (it takes actor_learner.logprob_chunk_size "
-                                                            "too)")
+                                                            "and actor_learner.group_by_length too)")
     lora: PolicyLora = field(default_factory=PolicyLora, help="LoRA adapters on the actor (the policy): only "
                                                                 "they train; the engines and model/ get the merged "
                                                                 "weights (the critics train fully)")

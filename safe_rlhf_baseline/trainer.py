@@ -114,8 +114,8 @@ class PPOLagTrainer(OnlineRLTrainer):
                                                             self.policy_dir, *args),
                                            {"source": None if cfg.cost_critic_model else cfg.cost_scorer})}
 
-    def policy_logprob_chunk_size(self) -> int:
-        return self.cfg.actor_learner.logprob_chunk_size
+    def policy_learner(self) -> LearnerConfig:
+        return self.cfg.actor_learner
 
     def model_dir_keys(self) -> tuple[str, ...]:
         return (*super().model_dir_keys(), "reward_critic_model", "cost_critic_model")

@@ -45,7 +45,8 @@ class PPOActor(PolicyLearner):
         log-likelihood of the PTX responses. The reference runs PTX as a second
         micro batch accumulated into the same optimizer step, which averages the
         two gradients; the sum here differs only by that factor 1/2, which Adam
-        absorbs (up to gradient clipping).
+        absorbs (up to gradient clipping). With ``learner.group_by_length`` each actor loss is weighed by
+        :meth:`micro_weight`; the PTX micro batches stay in arrival order.
         """
         self.learner.train()
         micro = self.step_micro_batches(batch, "actor")
@@ -61,10 +62,11 @@ class PPOActor(PolicyLearner):
             adv_r = mb.token("reward_advantages", dev)
             adv_c = mb.token("cost_advantages", dev)
             logp = self.token_logprobs(inputs)
-            loss = actor_loss(logp, old, adv_r, adv_c, lam, mask, clip_range_ratio)
+            weight = self.micro_weight(mb, batch)
+            loss = actor_loss(logp, old, adv_r, adv_c, lam, mask, clip_range_ratio) * weight
             totals["actor_loss"] += loss.item() / len(micro)
-            totals["clip_fraction"] += clip_fraction(logp, old, mask, clip_range_ratio).item() / len(micro)
-            totals["approx_kl"] += masked_mean((old - logp.detach()), mask).item() / len(micro)
+            totals["clip_fraction"] += clip_fraction(logp, old, mask, clip_range_ratio).item() * weight / len(micro)
+            totals["approx_kl"] += masked_mean((old - logp.detach()), mask).item() * weight / len(micro)
             if ptx_mb is not None and ptx_coeff > 0:
                 pinputs = ptx_mb.model_inputs(dev)
                 plp = self.token_logprobs(pinputs)
@@ -140,12 +142,13 @@ class CriticLearner(DeepSpeedRank):
         (0 off the response), on the CPU."""
         self.learner.eval()
         out = []
-        for mb in batch.micro_batches(self.cfg.micro_batch_size):
+        micro, order = batch.cut_micro_batches(self.cfg.micro_batch_size, self.cfg.group_by_length)
+        for mb in micro:
             inputs = mb.model_inputs(self.learner.device)
             v = self.learner(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[:, :-1]
-            out.append(batch.pad_tokens((v * inputs["response_mask"][:, 1:]).float().cpu()))
+            out.append((v * inputs["response_mask"][:, 1:]).float().cpu())
         self.learner.train()
-        return torch.cat(out)
+        return batch.in_order(out, order)
 
     def train_step(self, batch: TokenBatch, clip_range_value: float) -> dict[str, float]:
         """One optimizer step of the clipped value loss; ``batch`` carries per-token ``old_values`` and ``returns``."""
@@ -157,9 +160,11 @@ class CriticLearner(DeepSpeedRank):
             inputs = mb.model_inputs(dev)
             mask = inputs["response_mask"][:, 1:]
             values = self.learner(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[:, :-1]
-            loss = critic_loss(values, mb.token("old_values", dev), mb.token("returns", dev), mask, clip_range_value)
+            weight = self.micro_weight(mb, batch)
+            loss = critic_loss(values, mb.token("old_values", dev), mb.token("returns", dev), mask,
+                               clip_range_value) * weight
             self.learner.backward(loss)
             self.learner.step()
             total_loss += loss.item() / len(micro)
-            total_value += masked_mean(values.detach(), mask).item() / len(micro)
+            total_value += masked_mean(values.detach(), mask).item() * weight / len(micro)
         return {"loss": total_loss, "value": total_value, "lr": self.learner.lr()}

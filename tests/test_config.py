@@ -40,10 +40,23 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     ("sft.learner.offload_params=true", r"offload_params needs learner.zero_stage=3"),
     ("sft.learner.betas=[0.9]", r"learner\.betas: expected two numbers"),
     ("seed=1.5", r"seed: expected an integer"),
+    ("sft.learner.group_by_length=true", r"sft: learner\.group_by_length applies to the RL learners .*; SFT cuts"),
+    ("cost.learner.group_by_length=true", r"cost: learner\.group_by_length .*; score-model training cuts"),
 ])
 def test_bad_values_fail_fast_with_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(PipelineConfig, None, [override])
+
+
+def test_group_by_length_is_taken_by_the_rl_learners_and_refused_by_dpo():
+    from risk_dpo.rsa import RSAConfig
+    from risk_dpo.trainer import DPOConfig
+
+    assert load_config(PipelineConfig, None, ["rad.learner.group_by_length=true"]).rad.learner.group_by_length
+    with pytest.raises(ConfigError, match=r"^learner\.group_by_length applies to the RL learners .*; DPO cuts"):
+        load_config(DPOConfig, None, ["learner.group_by_length=true"])
+    with pytest.raises(ConfigError, match=r"^safety: learner\.group_by_length .*; RSA cuts"):
+        load_config(RSAConfig, None, ["safety.learner.group_by_length=true"])
 
 
 def test_override_parsing():

@@ -29,7 +29,7 @@ from rad.config import to_dict
 from rad.data.sources import spec_name
 from rad.errors import ConfigError
 from rad.runtime.roles import RLRoles, TrainedRole
-from rad.settings import is_url
+from rad.settings import LearnerConfig, is_url
 
 log = logging.getLogger("rad.algos")
 
@@ -99,7 +99,8 @@ class OnlineRLTrainer:
             dtype=cfg.policy.dtype, trust_remote_code=cfg.policy.trust_remote_code,
             allow_pickle=cfg.policy.allow_pickle_weights, prompt_format=cfg.policy.prompt_format,
             reference_micro_batch_size=cfg.reference_micro_batch_size,
-            logprob_chunk_size=self.policy_logprob_chunk_size(), actor_logs=cfg.logging.actor_logs)
+            logprob_chunk_size=self.policy_learner().logprob_chunk_size,
+            group_by_length=self.policy_learner().group_by_length, actor_logs=cfg.logging.actor_logs)
         self.startup_seconds = self.roles.startup_seconds
         self.step = 0
         self._logger = None
@@ -129,8 +130,8 @@ class OnlineRLTrainer:
         """Further DeepSpeed-trained groups (e.g. critics), by name; none by default."""
         return {}
 
-    def policy_logprob_chunk_size(self) -> int:
-        """The policy learner's ``logprob_chunk_size`` (the reference uses it too)."""
+    def policy_learner(self) -> LearnerConfig:
+        """The policy learner's settings (the reference takes its ``logprob_chunk_size`` and ``group_by_length``)."""
         raise NotImplementedError
 
     def train_step(self, *args: Any) -> dict[str, float]:

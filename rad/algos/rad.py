@@ -180,8 +180,8 @@ class RADTrainer(OnlineRLTrainer):
                            {"allow_pickle": cfg.policy.allow_pickle_weights, "prompt_format": cfg.policy.prompt_format,
                             "lora": cfg.lora})
 
-    def policy_logprob_chunk_size(self) -> int:
-        return self.cfg.learner.logprob_chunk_size
+    def policy_learner(self) -> LearnerConfig:
+        return self.cfg.learner
 
     # -- reference costs --------------------------------------------------------------------------
     def reference_costs(self) -> ReferenceCosts:

@@ -120,7 +120,8 @@ class RADStage:
     keep_checkpoints: int = field(2, min=0, help="newest checkpoints kept (0 = all)")
     eval_samples_per_prompt: int = field(4, min=1, help="samples per held-out prompt in the final evaluation")
     reference_micro_batch_size: int = field(16, min=1, help="samples per forward pass of the reference policy's "
-                                                            "log-probs (it takes learner.logprob_chunk_size too)")
+                                                            "log-probs (it takes learner.logprob_chunk_size and "
+                                                            "learner.group_by_length too)")
     lora: PolicyLora = field(default_factory=PolicyLora, help="LoRA adapters on the policy: only they train; "
                                                                 "the engines and model/ get the merged weights")
 

@@ -50,6 +50,9 @@ class SFTStage:
     num_samples: int = field(6, min=0, help="held-out prompts answered in samples.jsonl at the end")
     max_new_tokens: int = field(64, min=1, help="tokens generated per answer in samples.jsonl")
 
+    def validate(self) -> None:
+        self.learner.check_arrival_order("SFT")
+
 
 @dataclass
 class SFTConfig(SFTStage):

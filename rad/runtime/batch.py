@@ -3,9 +3,12 @@
 The controller builds one :class:`TokenBatch` from a step's rollouts; every role that reads
 token ids (the reference, the policy learner ranks, PPO-Lag's critics) takes it, or its
 contiguous shards (:meth:`TokenBatch.split`, one per rank), and cuts its own micro batches
-(:meth:`TokenBatch.micro_batches`, each trimmed to its longest sequence). What a role
-computes per token comes back as one ``[B, T-1]`` tensor in the same coordinates, so the
-controller concatenates the shards and never handles lists of Python floats.
+(:meth:`TokenBatch.micro_batches`, each trimmed to its longest sequence), in arrival order
+or, with ``learner.group_by_length``, samples of similar lengths together so that less is
+padding (:func:`length_grouped_partition`, :meth:`TokenBatch.grouped_micro_batches`).
+What a role computes per token comes back as one ``[B, T-1]`` tensor in the same coordinates,
+in the batch's row order, so the controller concatenates the shards and never handles lists
+of Python floats.
 
 Shapes (B samples, prompt-major as the rollout engines return them; T = the longest
 prompt + response of the batch):
@@ -112,6 +115,14 @@ class TokenBatch:
             start += size
         return out
 
+    def take(self, index: Sequence[int], width: int | None = None) -> "TokenBatch":
+        """Samples ``index`` (in that order), cut to ``width`` columns (default: all); a copy."""
+        w = self.width if width is None else width
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        return TokenBatch(self.input_ids[idx, :w], self.attention_mask[idx, :w], self.response_mask[idx, :w],
+                          {k: v[idx] for k, v in self.sample_fields.items()},
+                          {k: v[idx, : w - 1] for k, v in self.token_fields.items()})
+
     def micro_batches(self, size: int) -> list["TokenBatch"]:
         """Consecutive rows in chunks of at most ``size``, each trimmed to its own longest sequence."""
         out = []
@@ -120,6 +131,30 @@ class TokenBatch:
             width = int(self.attention_mask[start:stop].sum(-1).max())
             out.append(self.rows(start, stop, max(width, 2)))
         return out
+
+    def grouped_micro_batches(self, size: int) -> tuple[list["TokenBatch"], torch.Tensor]:
+        """As many micro batches as :meth:`micro_batches` makes, of :func:`length_grouped_partition` of the sequence
+        lengths (similar lengths together, less padding), each trimmed to its own longest sequence; and ``order``
+        (``[B]`` int64), the batch row of each row of their concatenation (see :meth:`in_order`)."""
+        lengths = self.attention_mask.sum(-1).tolist()
+        parts = length_grouped_partition(lengths, size)
+        micro = [self.take(part, max(max(lengths[i] for i in part), 2)) for part in parts]
+        return micro, torch.tensor([i for part in parts for i in part], dtype=torch.long)
+
+    def cut_micro_batches(self, size: int, group_by_length: bool) -> tuple[list["TokenBatch"], torch.Tensor | None]:
+        """:meth:`micro_batches` (order None: they are in row order), or with ``group_by_length``
+        :meth:`grouped_micro_batches`."""
+        return self.grouped_micro_batches(size) if group_by_length else (self.micro_batches(size), None)
+
+    def in_order(self, outputs: Sequence[torch.Tensor], order: torch.Tensor | None = None) -> torch.Tensor:
+        """The micro batches' ``[b_i, t_i-1]`` per-token outputs as one ``[B, T-1]`` tensor in this batch's row order
+        (``order``: that of :meth:`grouped_micro_batches`; None = the micro batches are in row order already)."""
+        out = torch.cat([self.pad_tokens(values) for values in outputs])
+        if order is None:
+            return out
+        restored = torch.empty_like(out)
+        restored[order] = out
+        return restored
 
     def model_inputs(self, device: torch.device | str) -> dict[str, torch.Tensor]:
         """What :func:`rad.runtime.logprobs.token_logprobs` and the critics take, on ``device``."""
@@ -162,6 +197,39 @@ class TokenBatch:
         """Each sample's response slice of ``[B, T-1]`` per-token values (1-D, its response length)."""
         return [values[i, s: s + n] for i, (s, n) in
                 enumerate(zip((self.prompt_lengths - 1).tolist(), self.response_lengths.tolist()))]
+
+
+def length_grouped_partition(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices ``0..B-1`` in as many micro batches as ``size`` samples each make (``ceil(B / size)``), with the
+    fewest padded tokens in all and none padded beyond ``size`` samples at the longest length; deterministic.
+
+    A micro batch pads to its longest sequence (samples x longest tokens). The cut of
+    :meth:`TokenBatch.micro_batches` (arrival order) is one such partition; grouping similar lengths pads less.
+    Samples are ordered longest first (ties by index) and cut into runs by dynamic programming; runs lose
+    nothing, since giving runs, longest first, the sizes of any partition's micro batches (ordered by their
+    longest sample) makes none longer. Micro batches come longest first, each listing its indices in ascending
+    order.
+    """
+    if size < 1 or not lengths:
+        raise ValueError(f"length_grouped_partition: {len(lengths)} samples in micro batches of {size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    longest = torch.tensor([max(int(lengths[i]), 1) for i in order], dtype=torch.long)  # of each run start
+    b, n = len(order), -(-len(order) // size)
+    start, stop = torch.arange(b + 1).unsqueeze(1), torch.arange(b + 1).unsqueeze(0)
+    padded = (stop - start) * torch.cat([longest, longest[-1:]]).unsqueeze(1)  # run start:stop of the sorted samples
+    never = 1 << 60
+    padded = torch.where((stop > start) & (padded <= size * int(longest[0])), padded, never)
+    best = torch.full((b + 1,), never, dtype=torch.long)  # fewest padded tokens of the first j samples in k runs
+    best[0] = 0
+    cuts = []
+    for _ in range(n):
+        best, cut = (best.unsqueeze(1) + padded).min(dim=0)  # the first of equal minima: deterministic
+        cuts.append(cut)
+    bounds, j = [], b
+    for cut in reversed(cuts):
+        bounds.append((int(cut[j]), j))
+        j = int(cut[j])
+    return [sorted(order[s:e]) for s, e in reversed(bounds)]
 
 
 def cat_tokens(parts: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -47,16 +47,26 @@ class DeepSpeedRank:
         self.rank = rank
 
     def step_micro_batches(self, batch, who: str) -> list:
-        """A :class:`~rad.runtime.batch.TokenBatch` cut into the micro batches of one optimizer step.
+        """A :class:`~rad.runtime.batch.TokenBatch` cut into the micro batches of one optimizer step (in arrival
+        order, or with ``learner.group_by_length`` grouped by length: weigh their losses by :meth:`micro_weight`).
 
         DeepSpeed steps the optimizer after ``grad_accum`` micro batches; any other
         count would desynchronise it, so that is an error.
         """
-        micro = batch.micro_batches(self.cfg.micro_batch_size)
+        micro, _ = batch.cut_micro_batches(self.cfg.micro_batch_size, self.cfg.group_by_length)
         if len(micro) != self.cfg.grad_accum:
             raise ValueError(f"{who} rank {self.rank}: {len(batch)} samples make {len(micro)} micro batches, "
                              f"but learner.grad_accum={self.cfg.grad_accum}")
         return micro
+
+    def micro_weight(self, micro_batch, batch) -> float:
+        """The factor on a micro batch's loss (a mean over its samples) that makes the step's gradient that of the
+        mean over ``batch``'s samples, as DeepSpeed averages the ``grad_accum`` micro batches: 1 for the equal
+        micro batches of arrival order, ``len(micro_batch) * grad_accum / len(batch)`` for the unequal ones of
+        ``learner.group_by_length``."""
+        if not self.cfg.group_by_length:
+            return 1.0
+        return len(micro_batch) * self.cfg.grad_accum / len(batch)
 
     def info(self) -> dict[str, Any]:
         return {"rank": self.rank, "device": str(self.learner.device) if self.learner else "unset"}

@@ -24,14 +24,15 @@ __all__ = ["PolicyLearner", "ReferenceWorker", "collate_samples", "token_logprob
 class ReferenceWorker:
     """The frozen reference policy: sequence log-probs of given samples, no gradient.
 
-    ``micro_batch_size`` samples go through each forward pass; ``logprob_chunk_size``
+    ``micro_batch_size`` samples go through each forward pass (with ``group_by_length``
+    samples of similar lengths together, as ``learner.group_by_length``); ``logprob_chunk_size``
     is :func:`~rad.runtime.logprobs.token_logprobs`'s ``chunk_size`` (0 = the plain pass).
     ``allow_pickle`` lets it load pickled (``.bin``) weights.
     """
 
     def __init__(self, model_dir: str, dtype: str = "float32", micro_batch_size: int = 16,
                  trust_remote_code: bool = False, logprob_chunk_size: int = 0, device: str = "auto",
-                 allow_pickle: bool = False):
+                 allow_pickle: bool = False, group_by_length: bool = False):
         from rad.models.loading import load_causal_lm, load_tokenizer
         from rad.runtime.distributed import resolve_dtype, role_device
 
@@ -44,6 +45,7 @@ class ReferenceWorker:
         self.model.to(self.device).requires_grad_(False)
         self.micro = micro_batch_size
         self.chunk_size = logprob_chunk_size
+        self.group_by_length = group_by_length
 
     def info(self) -> dict[str, Any]:
         return {"device": str(self.device), "dtype": str(next(self.model.parameters()).dtype)}
@@ -56,9 +58,9 @@ class ReferenceWorker:
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:
         """``[B, T-1]`` float32 log-probs of the batch's response tokens (0 elsewhere), on the CPU."""
-        return torch.cat([batch.pad_tokens(token_logprobs(self.model, mb.model_inputs(self.model.device),
-                                                          self.chunk_size).cpu())
-                          for mb in batch.micro_batches(self.micro)])
+        micro, order = batch.cut_micro_batches(self.micro, self.group_by_length)
+        return batch.in_order([token_logprobs(self.model, mb.model_inputs(self.model.device), self.chunk_size).cpu()
+                               for mb in micro], order)
 
 
 class PolicyLearner(DeepSpeedRank):
@@ -106,10 +108,10 @@ class PolicyLearner(DeepSpeedRank):
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:
         """``[B, T-1]`` float32 log-probs under the current policy (no gradient; 0 off the response), on the CPU."""
         self.learner.eval()
-        out = [batch.pad_tokens(self.token_logprobs(mb.model_inputs(self.learner.device)).cpu())
-               for mb in batch.micro_batches(self.cfg.micro_batch_size)]
+        micro, order = batch.cut_micro_batches(self.cfg.micro_batch_size, self.cfg.group_by_length)
+        out = [self.token_logprobs(mb.model_inputs(self.learner.device)).cpu() for mb in micro]
         self.learner.train()
-        return torch.cat(out)
+        return batch.in_order(out, order)
 
     def train_step(self, batch: TokenBatch) -> dict[str, float]:
         """One optimizer step of REINFORCE on this rank's shard: loss = -mean_i A_i * agg_t log pi.
@@ -129,11 +131,12 @@ class PolicyLearner(DeepSpeedRank):
             seq = lp.sum(-1)
             if self.loss_aggregation == "token_mean":
                 seq = seq / inputs["response_mask"][:, 1:].sum(-1).clamp(min=1)
-            loss = -(adv * seq).mean()
+            weight = self.micro_weight(mb, batch)
+            loss = -(adv * seq).mean() * weight
             self.learner.backward(loss)
             self.learner.step()
             total_loss += loss.item() / len(micro)
-            total_logp += seq.mean().item() / len(micro)
+            total_logp += seq.mean().item() * weight / len(micro)
         norm = self.learner.grad_norm()
         return {"loss": total_loss, "logprob": total_logp, "lr": self.learner.lr(),
                 **({"grad_norm": norm} if norm is not None else {})}

@@ -70,7 +70,8 @@ class RLRoles:
                  reference_dir: str, policy: TrainedRole, trained: dict[str, TrainedRole] | None = None,
                  reward_model: str, cost_model: str, dtype: str = "auto", trust_remote_code: bool = False,
                  allow_pickle: bool = False, reference_micro_batch_size: int = 16,
-                 logprob_chunk_size: int = 0, prompt_format: str = "", reward_scorer: Any = None,
+                 logprob_chunk_size: int = 0, group_by_length: bool = False, prompt_format: str = "",
+                 reward_scorer: Any = None,
                  cost_scorer: Any = None, actor_logs: bool = False) -> None:
         import ray
 
@@ -108,7 +109,7 @@ class RLRoles:
         self.reference_policy = WorkerGroup(ReferenceWorker, 1, reference_dir, dtype,
                                             micro_batch_size=reference_micro_batch_size,
                                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                            logprob_chunk_size=logprob_chunk_size,
+                                            logprob_chunk_size=logprob_chunk_size, group_by_length=group_by_length,
                                             num_cpus=res.cpus_per_reference, num_gpus=res.gpus_per_reference,
                                             name="reference", scheduling_strategies=strategies("reference"))
         # RL policies do emit empty answers (EOS first): every algorithm scores them as the placeholder

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import dominance, gpu_check, memory, report
+from bench import dominance, gpu_check, length_grouping, memory, report
 from bench.__main__ import FULL, QUICK, RL_BENCHMARKS, benchmark_args
 from bench.common import REPORT_KEYS, pythonpath_with_root
 
@@ -138,6 +138,19 @@ def test_memory_quick_json(tmp_path):
     assert set(rep["ratios"]) == {f"{c}_tiny_r32" for c in memory.CONFIGS[1:]}
     assert all(r["value"] > 1 for r in rep["ratios"].values()), rep["ratios"]
     assert "| tiny | " in memory.markdown(rep)
+
+
+def test_length_grouping_quick_json(tmp_path, single_rank_env):
+    """Both learners take the same first step; grouping pads less, in as many micro batches none larger."""
+    rep = length_grouping.main([*QUICK["length_grouping"], "--out", str(tmp_path / "length_grouping.json")])
+    _check_report(json.loads((tmp_path / "length_grouping.json").read_text()), "length_grouping")
+    off, on = rep["results"]["rows"]
+    assert (off["config"], on["config"]) == length_grouping.CONFIGS
+    assert on["first_loss"] == pytest.approx(off["first_loss"], rel=1e-5)
+    assert on["micro_batches"] == off["micro_batches"] and on["largest_micro_batch"] <= off["largest_micro_batch"]
+    assert on["padded_tokens"] < off["padded_tokens"] and rep["ratios"]["padded_tokens_tiny"]["value"] > 1
+    assert set(rep["ratios"]) == {"padded_tokens_tiny", "step_time_tiny"}
+    assert "| tiny | 8 / 2 | " in length_grouping.markdown(rep)
 
 
 def test_peak_bytes_sees_a_temporary_and_not_what_was_live_before():

@@ -1,7 +1,8 @@
 """The learner's memory options on a real single-rank DeepSpeed engine: same log-probs, losses, gradients and weights.
 
 ``learner.gradient_checkpointing``, ``learner.logprob_chunk_size`` and
-``learner.packing`` change only what is kept in memory; two optimizer steps of
+``learner.packing`` change only what is kept in memory, ``learner.group_by_length`` only
+which samples share a micro batch (and so the padding); two optimizer steps of
 :class:`PolicyLearner` (gradient accumulation 2, so the engine's 1/2 scaling is in
 play) must agree with the plain learner's to float tolerance, at ZeRO 0, 2 and 3.
 """
@@ -18,7 +19,7 @@ from rad.runtime.policy_workers import PolicyLearner, ReferenceWorker
 from rad.settings import LearnerConfig
 
 BASE = LearnerConfig(micro_batch_size=3, grad_accum=2, lr=1e-2, scheduler="constant", warmup_ratio=0.0)
-ALL = dict(gradient_checkpointing=True, logprob_chunk_size=4, packing=True)
+ALL = dict(gradient_checkpointing=True, logprob_chunk_size=4, packing=True, group_by_length=True)
 
 
 def run(model_dir, samples, with_gradients, **options):
@@ -36,7 +37,7 @@ def run(model_dir, samples, with_gradients, **options):
 def samples(tiny_model_dir, make_batch):
     from rad.models.loading import load_tokenizer
 
-    return make_batch(len(load_tokenizer(tiny_model_dir)), n=6, seed=4)
+    return make_batch(len(load_tokenizer(tiny_model_dir)), n=6, seed=5)  # groups into 2 + 4 samples
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,9 @@ def plain(tiny_model_dir, samples, with_gradients):
 
 
 @pytest.mark.parametrize("stage,options", [
-    (0, dict(gradient_checkpointing=True)), (0, dict(logprob_chunk_size=4)), (0, dict(packing=True)), (0, ALL),
-    (2, ALL), (3, ALL)], ids=lambda x: str(x) if isinstance(x, int) else ",".join(x))
+    (0, dict(gradient_checkpointing=True)), (0, dict(logprob_chunk_size=4)), (0, dict(packing=True)),
+    (0, dict(group_by_length=True)), (0, ALL), (2, ALL), (3, ALL)],
+    ids=lambda x: str(x) if isinstance(x, int) else ",".join(x))
 def test_options_train_like_the_plain_learner(tiny_model_dir, samples, plain, single_rank_env, with_gradients, stage,
                                               options):
     logprobs, grads, metrics = run(tiny_model_dir, samples, with_gradients, zero_stage=stage, **options)
@@ -66,6 +68,13 @@ def test_options_train_like_the_plain_learner(tiny_model_dir, samples, plain, si
             assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
+def test_the_samples_group_into_micro_batches_of_unequal_sizes(samples):
+    """So group_by_length's cases above reorder the samples and weigh unequal micro batches."""
+    grouped, order = samples.grouped_micro_batches(BASE.micro_batch_size)
+    assert len(grouped) == BASE.grad_accum and order.tolist() != list(range(len(samples)))
+    assert sorted(len(mb) for mb in grouped) != [BASE.micro_batch_size] * BASE.grad_accum
+
+
 def test_plain_gradients_are_the_same_at_every_zero_stage(plain):
     """The gradient probe reads real gradients at each stage (not zeros), the same ones."""
     grads = plain[0][1]
@@ -78,10 +87,13 @@ def test_plain_gradients_are_the_same_at_every_zero_stage(plain):
 def test_reference_worker_chunked_matches_plain(sft_model_dir, make_batch):
     plain_ref = ReferenceWorker(str(sft_model_dir), micro_batch_size=4)
     chunked_ref = ReferenceWorker(str(sft_model_dir), micro_batch_size=2, logprob_chunk_size=3)
+    grouped_ref = ReferenceWorker(str(sft_model_dir), micro_batch_size=2, group_by_length=True)
     batch = make_batch(len(plain_ref.tokenizer), n=5, seed=5)
-    got, want = chunked_ref.logprobs(batch), plain_ref.logprobs(batch)
-    assert got.shape == (5, batch.width - 1) and torch.equal(want != 0, batch.token_mask)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert batch.grouped_micro_batches(2)[1].tolist() != list(range(5))
+    want = plain_ref.logprobs(batch)
+    for got in (chunked_ref.logprobs(batch), grouped_ref.logprobs(batch)):
+        assert got.shape == (5, batch.width - 1) and torch.equal(want != 0, batch.token_mask)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_gradient_checkpointing_reaches_a_wrapped_backbone_and_refuses_a_plain_module(tiny_model_dir):

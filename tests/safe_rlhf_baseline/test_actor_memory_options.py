@@ -1,4 +1,5 @@
-"""The PPO-Lag actor's update with the learner's memory options equals the plain one (real DeepSpeed, one rank)."""
+"""The PPO-Lag actor's update with the learner's memory options and length grouping equals the plain one (real
+DeepSpeed, one rank)."""
 
 import dataclasses
 
@@ -38,10 +39,11 @@ def test_ppo_step_with_all_options_equals_the_plain_step(tiny_model_dir, make_ba
     from rad.models.loading import load_tokenizer
 
     vocab = len(load_tokenizer(tiny_model_dir))
-    samples, ptx = make_batch(vocab, n=4, seed=6), make_batch(vocab, n=4, seed=7)
+    samples, ptx = make_batch(vocab, n=4, seed=8), make_batch(vocab, n=4, seed=7)
+    assert sorted(len(mb) for mb in samples.grouped_micro_batches(2)[0]) == [1, 3]  # unequal micro batches
     plain, plain_grads = update(tiny_model_dir, samples, ptx, with_gradients, zero_stage=stage)
     got, grads = update(tiny_model_dir, samples, ptx, with_gradients, zero_stage=stage, gradient_checkpointing=True,
-                        logprob_chunk_size=3, packing=True)
+                        logprob_chunk_size=3, packing=True, group_by_length=True)
     assert plain["clip_fraction"] > 0 and plain["ptx_loss"] > 0  # the clip and the PTX term are in play
     assert set(got) == set(plain)
     for key, value in plain.items():
