@@ -46,7 +46,7 @@ FULL = {
                    "--repeats", "3"],
     "memory": ["--sizes", "tiny", "small", "--response-lengths", "64", "256", "--batch", "8", "--chunk-size", "64"],
     "length_grouping": ["--sizes", "tiny", "small", "--response-length", "256", "--samples", "32", "--micro-batch",
-                        "4", "--steps", "3"],
+                        "4", "--steps", "5"],
     "colocation": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "3"],
     "overlap": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "4"],
     # tiny and small; medium (~35M parameters) takes hours on 2 cores: `python -m bench growth -- --sizes medium`
