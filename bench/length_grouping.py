@@ -1,4 +1,4 @@
-"""Padding and learner time that ``learner.group_by_length`` saves: a RAD policy learner's train step, off vs on.
+"""Padding and learner time that grouping micro batches by length saves: a RAD learner step, group_by_length off vs on.
 
     python -m bench.length_grouping [--sizes tiny small] [--response-length 256] [--samples 32] [--micro-batch 4] ...
 
