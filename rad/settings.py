@@ -85,11 +85,11 @@ class LearnerConfig:
                                       "into as few rows as fit its padded width, position ids restarting and "
                                       "attention kept inside each sample (padding-free)")
     group_by_length: bool = field(False, help="RL learners (RAD learner, PPO-Lag actor and critics) and the "
-                                              "reference: cut a shard's micro batches by token count instead of "
-                                              "arrival order, samples of similar lengths together, as many micro "
-                                              "batches and none padded beyond micro_batch_size samples at the "
-                                              "longest, so less is padding; each micro batch's loss weighs its "
-                                              "share of the samples (the gradient is the same)")
+                                              "reference: cut a shard's micro batches by token count, not arrival "
+                                              "order: samples of similar lengths share one (as many micro batches, "
+                                              "none padded beyond micro_batch_size samples at the longest), so "
+                                              "less is padding; each one's loss weighs its share of the samples, "
+                                              "so the gradient is the same")
 
     def check_arrival_order(self, command: str, key: str = "learner") -> None:
         """Refuse ``group_by_length`` where ``command`` cuts its own micro batches (SFT, DPO, score models)."""
