@@ -52,6 +52,11 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def args_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """A benchmark's parsed arguments as the report's settings (paths as strings; ``--out`` left out)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
+
+
 def new_report(name: str, argv: list[str] | None, settings: dict[str, Any]) -> dict[str, Any]:
     """The report skeleton, with the load average taken now (call it before the timed work)."""
     args = sys.argv[1:] if argv is None else argv

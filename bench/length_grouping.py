@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from bench.common import default_out, new_report, publish, ratio
+from bench.common import args_settings, default_out, new_report, publish, ratio
 from rad.settings import TINY_SIZES
 
 NAME = "length_grouping"
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    report = new_report(NAME, argv, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                     if k != "out"})
+    report = new_report(NAME, argv, args_settings(args))
     rows = [row for size in args.sizes for row in run_case(size, args)]
     report["results"] = {"rows": rows}
     for size in args.sizes:

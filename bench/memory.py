@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench.common import default_out, new_report, publish, ratio
+from bench.common import args_settings, default_out, new_report, publish, ratio
 from rad.settings import TINY_SIZES
 
 NAME = "memory"
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    report = new_report(NAME, argv, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                     if k != "out"})
+    report = new_report(NAME, argv, args_settings(args))
     rows = [row for size in args.sizes for length in args.response_lengths for row in run_case(size, length, args)]
     report["results"] = {"rows": rows}
     longest = max(args.response_lengths)

@@ -37,7 +37,7 @@ def rl_bench_setup(name: str, doc: str, argv: list[str] | None, steps: int, k: i
     import argparse
     import tempfile
 
-    from bench.common import add_model_args, default_out, new_report, resolve_models
+    from bench.common import add_model_args, args_settings, default_out, new_report, resolve_models
 
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     add_model_args(p, default_size="small")
@@ -46,7 +46,7 @@ def rl_bench_setup(name: str, doc: str, argv: list[str] | None, steps: int, k: i
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     models = resolve_models(args, tmp)
-    report = new_report(name, argv, {k: v for k, v in vars(args).items() if k != "out"} | {"models": models})
+    report = new_report(name, argv, args_settings(args) | {"models": models})
     return args, tmp, models, report
 
 

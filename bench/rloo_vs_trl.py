@@ -55,7 +55,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
+from bench.common import (add_model_args, args_settings, default_out, new_report, publish, ratio, ray_init,
+                          resolve_models)
 from bench.rl_runs import (PHASES, PssSampler, actor_peak_rss, actor_pid, add_rl_batch_args, build_trainer, call_all,
                            common_overrides, phase_cell, rad_overrides, rl_roles, summarize_steps)
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-rloo-trl-"))
     models = resolve_models(args, tmp)
-    report = new_report(NAME, argv, {k: v for k, v in vars(args).items() if k != "out"} | {"models": models})
+    report = new_report(NAME, argv, args_settings(args) | {"models": models})
     ray_init(args.num_cpus)
     try:
         pair = run_pair(models, args, tmp)

@@ -18,7 +18,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.common import add_model_args, default_out, new_report, publish, ratio, ray_init, resolve_models
+from bench.common import (add_model_args, args_settings, default_out, new_report, publish, ratio, ray_init,
+                          resolve_models)
 from bench.rl_runs import PHASES, common_overrides, phase_cell, rad_overrides, run_trainer
 
 NAME = "scaling"
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     models = resolve_models(args, tmp)
-    report = new_report(NAME, argv, {k: v for k, v in vars(args).items() if k != "out"} | {"models": models})
+    report = new_report(NAME, argv, args_settings(args) | {"models": models})
     # room for the largest configuration: learners + engines + reference + scorer actors
     num_cpus = max(args.learners) + max(args.engines) + 2
     report["settings"]["ray_num_cpus"] = num_cpus
