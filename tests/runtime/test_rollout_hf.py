@@ -68,6 +68,25 @@ def test_batched_greedy_equals_unbatched(engine):
     assert batched[2].response_token_ids == cut_at_eos(ref, engine.tokenizer.eos_token_id, True)[0]
 
 
+def test_static_kv_cache_gives_the_same_samples(engine):
+    """rollout.hf_kv_cache=static: generate preallocates its cache; the samples and their log-probs are the
+    dynamic cache's (seeded sampling and greedy, left-padded prompts of different lengths)."""
+    from rad.runtime.rollout.actors import engine_kwargs
+    from rad.runtime.rollout.config import RolloutConfig
+
+    kwargs, _ = engine_kwargs(RolloutConfig(engine="hf", hf_kv_cache="static"), "hf", "cpu", None, 0)
+    static = HFEngine.around(engine.model, engine.tokenizer, micro_batch_size=8, kv_cache=kwargs["kv_cache"])
+    assert static._generate_kwargs(GREEDY)[0]["cache_implementation"] == "static"
+    assert "cache_implementation" not in engine._generate_kwargs(GREEDY)[0]
+    for cfg in (SamplingConfig(temperature=1.0, max_new_tokens=24, seed=3), GREEDY):
+        a, b = engine.generate(PROMPTS, n=2, sampling=cfg), static.generate(PROMPTS, n=2, sampling=cfg)
+        assert [r.response_token_ids for r in a] == [r.response_token_ids for r in b]
+        for x, y in zip(a, b):
+            assert y.logprobs == pytest.approx(x.logprobs, abs=1e-4)
+    with pytest.raises(ConfigError, match="rollout.hf_kv_cache"):
+        HFEngine.around(engine.model, engine.tokenizer, kv_cache="paged")
+
+
 def _check_eos(rollouts, eos: int, pad: int, max_new: int):
     stopped = [r for r in rollouts if r.finish_reason == "stop"]
     assert stopped, "the SFT model should end some greedy answers with EOS"

@@ -230,7 +230,8 @@ def engine_kwargs(cfg: RolloutConfig, kind: str, device: str, tokenizer_dir: str
             sleep_level=cfg.vllm_sleep_level)
         return kwargs, (cfg.num_gpus_per_engine * cfg.vllm_tensor_parallel_size if device == "cuda" else 0.0)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("float32" if device == "cpu" else "auto")
-    kwargs = dict(tokenizer_dir=tokenizer_dir, device=device, dtype=dtype, micro_batch_size=cfg.micro_batch_size)
+    kwargs = dict(tokenizer_dir=tokenizer_dir, device=device, dtype=dtype, micro_batch_size=cfg.micro_batch_size,
+                  kv_cache=cfg.hf_kv_cache)
     return kwargs, (cfg.num_gpus_per_engine if device == "cuda" else 0.0)
 
 

@@ -95,12 +95,15 @@ class HFEngine(RolloutEngine):
     def __init__(self, model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
                  dtype: str = "float32", device: str | None = None, micro_batch_size: int = 64,
                  trust_remote_code: bool = False, model: torch.nn.Module | None = None, tokenizer=None,
-                 allow_pickle: bool = False, prompt_format: str = "") -> None:
+                 allow_pickle: bool = False, prompt_format: str = "", kv_cache: str = "dynamic") -> None:
         """Load ``model_dir`` onto ``device`` (default: the accelerator Ray assigned, else the CPU), or, with
         ``model`` and ``tokenizer``, generate with that module as it is (see :meth:`around`). Prompts are
-        built in ``prompt_format`` ('' = the format saved with the tokenizer)."""
+        built in ``prompt_format`` ('' = the format saved with the tokenizer); ``kv_cache`` is generate's
+        cache, ``dynamic`` (grown token by token) or ``static`` (preallocated: no copy per token)."""
         if micro_batch_size < 1:
             raise ConfigError(f"HFEngine: micro_batch_size must be >= 1, got {micro_batch_size}")
+        if kv_cache not in ("dynamic", "static"):
+            raise ConfigError(f"rollout.hf_kv_cache: expected dynamic or static, got {kv_cache!r}")
         from rad.runtime.distributed import role_device
 
         with Stopwatch() as sw:
@@ -114,6 +117,7 @@ class HFEngine(RolloutEngine):
             self.device = next(model.parameters()).device
         self.start_seconds = sw.seconds
         self.micro_batch_size = micro_batch_size
+        self.kv_cache = kv_cache
         self.model_dir = str(model_dir)
         self._own: dict[str, torch.Tensor] = {}  # the model's state dict while a weight update is under way
         self._received: set[str] = set()
@@ -121,10 +125,11 @@ class HFEngine(RolloutEngine):
         self._group = None  # the weight-broadcast process group, once joined
 
     @classmethod
-    def around(cls, model: torch.nn.Module, tokenizer, micro_batch_size: int = 64, model_dir: str = "") -> "HFEngine":
+    def around(cls, model: torch.nn.Module, tokenizer, micro_batch_size: int = 64, model_dir: str = "",
+               kv_cache: str = "dynamic") -> "HFEngine":
         """An engine over an existing module (a learner's own, for ``rollout.hybrid``): nothing is copied,
         so it always generates with the module's current weights."""
-        return cls(model_dir, micro_batch_size=micro_batch_size, model=model, tokenizer=tokenizer)
+        return cls(model_dir, micro_batch_size=micro_batch_size, model=model, tokenizer=tokenizer, kv_cache=kv_cache)
 
     # -- generation ----------------------------------------------------------
 
@@ -136,6 +141,8 @@ class HFEngine(RolloutEngine):
                       # model's default would be filled back in) lets generation run past EOS.
                       eos_token_id=tok.eos_token_id if sampling.stop_on_eos else None,
                       temperature=None, top_k=None, top_p=None)
+        if self.kv_cache == "static":
+            kwargs["cache_implementation"] = "static"
         warpers: list = []
         kwargs["do_sample"] = False  # _PickToken samples; generate takes the one token it leaves
         if not sampling.greedy:
