@@ -71,7 +71,10 @@ def main(sweep, profile):
             print(f"- {stage}: {len(rs)} cells, constraint met in {sum(r['constraint_met'] for r in rs)}; "
                   f"win rate {mean_sd([r['win'] for r in rs])}; hidden-harm CVaR-0.99 "
                   f"{mean_sd([r['policy']['cvar_0.99'] for r in rs])}; hidden helpfulness "
-                  f"{mean_sd([r['policy']['helpfulness'] for r in rs])} (mean ± sd over cells)")
+                  f"{mean_sd([r['policy']['helpfulness'] for r in rs])}; severe answers "
+                  f"{mean_sd([100 * r['policy']['severe'] for r in rs])} % (SFT "
+                  f"{mean_sd([100 * r['reference']['severe'] for r in rs])} %); hidden-harm CVaR-0.99 of SFT "
+                  f"{mean_sd([r['reference']['cvar_0.99'] for r in rs])} (mean ± sd over cells)")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ class RolloutConfig:
                                                   "is short)")
     hf_kv_cache: str = field("dynamic", choices=("dynamic", "static"),
                              help="hf engine: the KV cache of generate; static preallocates prompt + max_new_tokens "
-                                  "per sequence instead of growing the cache by a copy per token (the same samples, "
-                                  "1.6x faster at the medium size on CPU, see bench/results/generation.json)")
+                                  "per sequence instead of growing the cache by a copy per token (the same samples; "
+                                  "on CPU 1.1-1.6x faster at the medium size, slower at small: "
+                                  "bench/results/medium/PROFILE.md)")
     vllm_gpu_memory_utilization: float = field(0.5, gt=0, max=1,
                                                help="vllm on GPU: fraction of GPU memory for weights + KV cache")
     vllm_kv_cache_gib: float = field(0.25, gt=0, help="vllm on CPU: KV cache size in GiB")
