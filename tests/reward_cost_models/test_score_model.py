@@ -150,7 +150,9 @@ def test_lora_trains_only_adapters_and_head_and_saves_merged(tiny_model_dir, tok
     changed = {n for n, p in learner.module.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed, "nothing trained"
     assert all("lora_" in n or n.startswith("head.") for n in changed), sorted(changed)
-    assert any("lora_B" in n for n in changed) and {"head.weight", "head.bias"} <= changed
+    # the Bradley-Terry loss sees only score differences, so head.bias gets no gradient (it may move by
+    # round-off or not at all); head.weight and the adapters must train
+    assert any("lora_B" in n for n in changed) and "head.weight" in changed
 
     module = learner.module.eval()
     out = save_score_model(module, tmp_path / "lora", tokenizer)
