@@ -366,8 +366,12 @@ def test_gpu_wheels_assemble_refuses_a_missing_or_damaged_part(tmp_path):
 
 @pytest.mark.slow  # a Ray cluster, a TRL probe and four interleaved RAD / TRL runs of the tiny model: minutes
 def test_python_m_bench_quick_growth_writes_cells_ratios_and_plot(tmp_path):
+    # a fresh shell's environment: an earlier in-process learner may have left torch.distributed's rendezvous
+    # variables behind, and TRL (accelerate) would then try to join a process group
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     done = subprocess.run([sys.executable, "-m", "bench", "growth", "--quick", "--out-dir", str(tmp_path)],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath_with_root(dict(os.environ))},
+                          cwd=ROOT, env={**env, "PYTHONPATH": pythonpath_with_root(dict(os.environ))},
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     rep = json.loads((tmp_path / "growth.json").read_text())
