@@ -49,6 +49,7 @@ from rad.algos.sft import SFTConfig, SFTStage, run_sft
 from rad.config import field, from_dict, to_dict
 from rad.errors import ConfigError
 from rad.eval.config import EvalConfig, EvalStage
+from rad.runtime.profiling import ProfileConfig
 from rad.runtime.ray_auth import require_token
 from rad.runtime.run_dir import open_run
 from rad.settings import LoggingConfig, ModelConfig, ScorerConfig, WorldConfig, check_score_models, scorer_field
@@ -81,6 +82,8 @@ class PipelineConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig, help="the base model SFT starts from")
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig,
+                                   help="PyTorch profiler in every role's actor for chosen steps of the RL stages")
     sft: SFTStage = field(default_factory=SFTStage, whole=SFTConfig)
     reward: ScoreModelStage = field(default_factory=ScoreModelStage, whole=ScoreModelConfig)
     cost: ScoreModelStage = field(default_factory=ScoreModelStage, whole=ScoreModelConfig)
@@ -152,8 +155,10 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, Any]:
         "cost": lambda: ScoreModelConfig(kind="cost", output_dir=str(out / "cost"), model=backbone, **common,
                                          **_fields(cfg.cost, ScoreModelStage)),
         "rad": lambda: RADConfig(output_dir=str(out / "rad"), policy=backbone, **scores, **common,
+                                 profile=cfg.profile,
                                  **_fields(cfg.rad, RADStage)),
         "ppo_lag": lambda: PPOLagConfig(output_dir=str(out / "ppo_lag"), policy=backbone, **scores, **common,
+                                        profile=cfg.profile,
                                         **_fields(cfg.ppo_lag, PPOLagStage)),
         "eval": lambda: _eval_config(cfg, out, scores),
     }

@@ -434,7 +434,12 @@ class OnlineRLTrainer:
             bar = tqdm(total=self.cfg.algo.steps, initial=self.step, desc=self.name, unit="step",
                        disable=not self.cfg.logging.progress, dynamic_ncols=True)
             while self.step < self.cfg.algo.steps:
+                profiled = self.step + 1 in self.cfg.profile.steps
+                if profiled:
+                    self.profile_start()
                 last = self.train_step(*step_args)
+                if profiled:
+                    self.profile_stop()
                 if self.step % self.cfg.logging.log_every == 0:
                     logger.log(last, step=self.step)
                 bar.update(1)
@@ -455,6 +460,26 @@ class OnlineRLTrainer:
                    "weight_sync": self.roles.transport, "last_step": last, "heldout": comparison}
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    # -- profiling (profile.steps) ------------------------------------------------------------------
+    def profile_start(self) -> None:
+        """The PyTorch profiler in every actor and in this controller process (:mod:`rad.runtime.profiling`)."""
+        from rad.runtime.profiling import ActorProfiler
+
+        self.roles.profile_start()
+        self._profiler = ActorProfiler()
+        self._profiler.start()
+
+    def profile_stop(self) -> None:
+        """Stop every profiler; write ``profile/step<N>/`` (profile.md, profile.json, traces if asked)."""
+        from rad.runtime.profiling import write_profile
+
+        cfg = self.cfg.profile
+        out = self.out / "profile" / f"step{self.step}"
+        out.mkdir(parents=True, exist_ok=True)
+        controller = self._profiler.stop(str(out / "controller.trace.json") if cfg.trace else None, cfg.row_limit)
+        processes = {"controller": controller, **self.roles.profile_stop(out, cfg.trace, cfg.row_limit)}
+        log.info("profile of step %d: %s", self.step, write_profile(out, processes, self.step))
 
     def shutdown(self) -> None:
         self.roles.shutdown()

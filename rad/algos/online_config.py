@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rad.config import field
+from rad.runtime.profiling import ProfileConfig
 from rad.runtime.run_dir import resume_field
 from rad.settings import (LoggingConfig, ModelConfig, ScorerConfig, WorldConfig, check_score_models,
                           score_model_field, scorer_field)
@@ -31,6 +32,8 @@ class OnlineRunConfig:
     reward_scorer: ScorerConfig = scorer_field("reward")
     cost_scorer: ScorerConfig = scorer_field("cost")
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig,
+                                   help="PyTorch profiler in every role's actor for chosen steps (off by default)")
 
     def validate(self) -> None:
         check_score_models(self)

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from rad.runtime.distributed import rendezvous_address, set_rendezvous
+from rad.runtime.profiling import RoleDiagnostics
 from rad.settings import LearnerConfig
 
 
-class DeepSpeedRank:
+class DeepSpeedRank(RoleDiagnostics):
     """A rank's config and DeepSpeed engine (``self.learner``, built by :meth:`init`)."""
 
     def __init__(self, cfg: LearnerConfig, total_steps: int, dtype: str = "float32",
@@ -71,10 +72,8 @@ class DeepSpeedRank:
     def info(self) -> dict[str, Any]:
         return {"rank": self.rank, "device": str(self.learner.device) if self.learner else "unset"}
 
-    def memory_stats(self) -> dict[str, float]:
-        from rad.runtime.distributed import memory_stats
-
-        return memory_stats(self.learner.device)
+    def diagnostics_device(self):
+        return self.learner.device if self.learner else "cpu"
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights (all ranks must call it under ZeRO-3; only rank 0's result is used)."""

@@ -16,12 +16,13 @@ import torch
 from rad.runtime.batch import TokenBatch
 from rad.runtime.deepspeed_rank import DeepSpeedRank
 from rad.runtime.logprobs import collate_samples, token_logprobs
+from rad.runtime.profiling import RoleDiagnostics
 from rad.settings import LearnerConfig, PolicyLora
 
 __all__ = ["PolicyLearner", "ReferenceWorker", "collate_samples", "token_logprobs"]
 
 
-class ReferenceWorker:
+class ReferenceWorker(RoleDiagnostics):
     """The frozen reference policy: sequence log-probs of given samples, no gradient.
 
     ``micro_batch_size`` samples go through each forward pass (with ``group_by_length``
@@ -50,10 +51,8 @@ class ReferenceWorker:
     def info(self) -> dict[str, Any]:
         return {"device": str(self.device), "dtype": str(next(self.model.parameters()).dtype)}
 
-    def memory_stats(self) -> dict[str, float]:
-        from rad.runtime.distributed import memory_stats
-
-        return memory_stats(self.device)
+    def diagnostics_device(self):
+        return self.device
 
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:

@@ -182,12 +182,34 @@ class RLRoles:
             self.rollout.group.broadcast("wake_up", ["weights"])
         return self.learners.broadcast("sync_weights")[0]
 
-    def memory(self) -> dict[str, Any]:
-        """Peak memory of every role's actors (accelerator bytes where they have one, else the process's RSS)."""
+    def groups(self) -> dict[str, Any]:
+        """Every role's worker group by role name (no rollout group when the learners generate)."""
         groups = {"learner": self.learners, **self.trained, "reference": self.reference_policy, "scorer": self.scorers}
         if not self.rollout.hybrid:
             groups["rollout"] = self.rollout.group
-        return {role: group.broadcast("memory_stats") for role, group in groups.items()}
+        return groups
+
+    def memory(self) -> dict[str, Any]:
+        """Peak memory of every role's actors (accelerator bytes where they have one, else the process's RSS)."""
+        return {role: group.broadcast("memory_stats") for role, group in self.groups().items()}
+
+    def profile_start(self) -> None:
+        """Start the PyTorch profiler in every actor (:mod:`rad.runtime.profiling`)."""
+        import ray
+
+        ray.get([ref for group in self.groups().values() for ref in group.broadcast_async("profile_start")])
+
+    def profile_stop(self, out_dir, trace: bool = False, row_limit: int = 20) -> dict[str, dict[str, Any]]:
+        """Stop every actor's profiler; its summary by ``<role>-<rank>`` (Chrome traces into ``out_dir``)."""
+        import ray
+
+        names, refs = [], []
+        for role, group in self.groups().items():
+            for rank in range(len(group)):
+                names.append(f"{role}-{rank}")
+            paths = [str(out_dir / f"{name}.trace.json") if trace else None for name in names[-len(group):]]
+            refs += group.scatter_async("profile_stop", paths, row_limit=row_limit)
+        return dict(zip(names, ray.get(refs)))
 
     def shutdown(self) -> None:
         self.rollout.shutdown()

@@ -45,7 +45,7 @@ RUNS_LOG = "runs.jsonl"
 #: Keys (and key prefixes) a rerun may change: how a run is logged, checkpointed, evaluated on the side or
 #: placed on machines — never what it trains. Every other key must equal the record.
 HARMLESS = (
-    "resume", "output_dir", "logging",
+    "resume", "output_dir", "logging", "profile",
     "save_every", "keep_checkpoints", "schedule.save_every", "schedule.keep_checkpoints",
     "schedule.eval_every", "schedule.eval_batch_size", "num_samples",
     "resources",

@@ -36,6 +36,7 @@ from rad.models.loading import load_tokenizer
 from rad.models.score_formats import open_score_model
 from rad.models.score_model import ScoreModel, encode_many_for_scoring
 from rad.runtime.http_scorer import HTTPScorer
+from rad.runtime.profiling import RoleDiagnostics
 from rad.settings import ScorerConfig, is_url
 
 
@@ -43,7 +44,7 @@ from rad.settings import ScorerConfig, is_url
 EMPTY_RESPONSE = "(no response)"
 
 
-class Scorer:
+class Scorer(RoleDiagnostics):
     """Reward and/or cost model behind one ``score(prompts, responses)`` call.
 
     ``max_length`` is capped by each backbone's ``max_position_embeddings``.
@@ -101,10 +102,8 @@ class Scorer:
         remote = {name: {"kind": r.kind, "url": r.url, **r.stats()} for name, r in self.remote.items()}
         return {"device": str(self.device), **models, **remote}
 
-    def memory_stats(self) -> dict[str, float]:
-        from rad.runtime.distributed import memory_stats
-
-        return memory_stats(self.device)
+    def diagnostics_device(self):
+        return self.device
 
     def _check(self, prompts: Sequence[str], responses: Sequence[str]) -> None:
         if len(prompts) != len(responses):

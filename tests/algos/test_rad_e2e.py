@@ -54,7 +54,7 @@ class _ChecksEnginesEveryStep(RADTrainer):
 def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path, sft_model_dir, score_dirs):
     # Roles reserved in one placement group (PACK), as on a cluster.
     trainer = _ChecksEnginesEveryStep(_cfg(tmp_path, "run", sft_model_dir, score_dirs, steps=2,
-                                           **{"resources.placement": "pack"}))
+                                           **{"resources.placement": "pack", "profile.steps": "[2]"}))
     try:
         table = ray_cluster.util.placement_group_table(trainer.placement.group)
         assert table["state"] == "CREATED" and len(table["bundles"]) == 5  # learner, reference, scorer, 2 engines
@@ -91,6 +91,14 @@ def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path
     assert rows[1]["rad/lambda"] > rows[0]["rad/lambda"]
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     assert (tmp_path / "run" / "reference_particles.pt").is_file()
+    # profile.steps=[2]: step 2 profiled in every actor and the controller, each doing its own work
+    assert [p.name for p in (tmp_path / "run" / "profile").iterdir()] == ["step2"]
+    profiled = json.loads((tmp_path / "run" / "profile" / "step2" / "profile.json").read_text())["processes"]
+    assert sorted(profiled) == ["controller", "learner-0", "reference-0", "rollout-0", "rollout-1", "scorer-0"]
+    ops = {name: {op["name"] for op in p["ops"]} for name, p in profiled.items()}
+    assert any("backward" in op.lower() or "Backward" in op for op in ops["learner-0"]), ops["learner-0"]
+    for name in ("rollout-0", "rollout-1", "reference-0", "scorer-0"):
+        assert profiled[name]["self_s"] > 0 and any(op.startswith("aten::") for op in ops[name]), name
     held = json.loads((tmp_path / "run" / "summary.json").read_text())["heldout"]
     assert 0 <= held["reward_win_rate"] <= 1 and 0 <= held["reward_tie_rate"] <= 1 - held["reward_win_rate"]
     for who in ("policy", "reference"):  # a deeper tail averages fewer, larger harms

@@ -47,6 +47,7 @@ from typing import Any, Sequence
 from rad.errors import ConfigError
 from rad.runtime.rollout.base import Rollout, SamplingConfig, Weights, derived_seed
 from rad.runtime.rollout.config import RolloutConfig
+from rad.runtime.profiling import RoleDiagnostics
 
 
 def build_engine(kind: str, model_dir: str | os.PathLike, **kwargs: Any):
@@ -62,7 +63,7 @@ def build_engine(kind: str, model_dir: str | os.PathLike, **kwargs: Any):
     raise ConfigError(f"rollout.engine: unknown engine {kind!r}; expected hf or vllm")
 
 
-class RolloutActor:
+class RolloutActor(RoleDiagnostics):
     """Body of a rollout actor: one engine, its methods forwarded."""
 
     def __init__(self, kind: str, model_dir: str, engine_kwargs: dict[str, Any]) -> None:
@@ -90,10 +91,8 @@ class RolloutActor:
         if getattr(self.engine, "sleep_level", 0):
             self.engine.wake_up(tags)
 
-    def memory_stats(self) -> dict[str, float]:
-        from rad.runtime.distributed import memory_stats
-
-        return memory_stats(getattr(self.engine, "device", "cpu"))
+    def diagnostics_device(self):
+        return getattr(self.engine, "device", "cpu")
 
     def update_weights(self, weights: Weights) -> float:
         # A top-level ObjectRef argument arrives resolved: ``weights`` is the state dict.
