@@ -51,3 +51,24 @@ def test_row_limit_keeps_the_largest_self_times():
 def test_profile_steps_are_counted_from_one():
     with pytest.raises(ConfigError, match=r"steps are counted from 1 .*got 0"):
         load_config(ProfileConfig, None, ["steps=[3,0]"])
+
+
+class _CudaRole(_Role):
+    def diagnostics_device(self):
+        return "cuda"
+
+    def work(self, n: int) -> None:
+        a = torch.randn(256, 256, device="cuda")
+        for _ in range(n):
+            a = torch.mm(a, a).tanh()
+        torch.cuda.synchronize()
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_profile_has_device_time():
+    role = _CudaRole()
+    role.profile_start()
+    role.work(5)
+    ops = role.profile_stop(row_limit=100)["ops"]
+    assert all("self_device_s" in op for op in ops)
+    assert sum(op["self_device_s"] for op in ops) > 0
