@@ -475,8 +475,7 @@ class OnlineRLTrainer:
         from rad.runtime.profiling import write_profile
 
         cfg = self.cfg.profile
-        out = self.out / "profile" / f"step{self.step}"
-        out.mkdir(parents=True, exist_ok=True)
+        out = self.out / "profile" / f"step{self.step}"  # write_profile and the traces create it
         controller = self._profiler.stop(str(out / "controller.trace.json") if cfg.trace else None, cfg.row_limit)
         processes = {"controller": controller, **self.roles.profile_stop(out, cfg.trace, cfg.row_limit)}
         log.info("profile of step %d: %s", self.step, write_profile(out, processes, self.step))

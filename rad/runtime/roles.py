@@ -205,9 +205,9 @@ class RLRoles:
 
         names, refs = [], []
         for role, group in self.groups().items():
-            for rank in range(len(group)):
-                names.append(f"{role}-{rank}")
-            paths = [str(out_dir / f"{name}.trace.json") if trace else None for name in names[-len(group):]]
+            group_names = [f"{role}-{rank}" for rank in range(len(group))]
+            paths = [str(out_dir / f"{name}.trace.json") if trace else None for name in group_names]
+            names += group_names
             refs += group.scatter_async("profile_stop", paths, row_limit=row_limit)
         return dict(zip(names, ray.get(refs)))
 
