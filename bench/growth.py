@@ -1,7 +1,7 @@
 """Growth curves: RAD vs TRL's ``RLOOTrainer`` as the model and the response length grow, memory options off and on.
 
     python -m bench.growth [--sizes tiny small] [--lengths 48 128 256] [--options off on] [--trl-threads 1 2]
-                           [--prompts 8] [--k 4] [--micro-batch 16] [--steps 3] [--out FILE]
+                           [--prompts 8] [--k 4] [--micro-batch 16] [--steps 3] [--with EARLIER.json] [--out FILE]
 
 For each model preset of ``--sizes`` (``rad.settings.TINY_SIZES``, by default every one, smallest
 first; seeded, untrained reward / cost heads on its backbone) and each response length of
@@ -132,6 +132,26 @@ def run_size(size: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "trl_threads": probe["kept"], "thread_probe": probe, "cells": cells}
 
 
+def measured_by(report: dict[str, Any]) -> dict[str, Any]:
+    """When, how and under what load a size's cells were measured (kept with each size, as sizes may be merged)."""
+    return {"date": report["date"], "command": report["command"], "load_average_before": report["load_average_before"],
+            "steps": report["settings"]["steps"]}
+
+
+def earlier_sizes(path: Path, measuring: list[str]) -> list[dict[str, Any]]:
+    """The sizes of an earlier growth report at ``path`` that ``measuring`` leaves out, each with its ``measured``."""
+    import json
+
+    try:
+        earlier = json.loads(path.read_text())
+        sizes = earlier["results"]["sizes"]
+        by = measured_by(earlier)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--with {path}: expected a growth JSON written by bench.growth ({exc.__class__.__name__}: "
+                         f"{exc})") from None
+    return [{"measured": by, **s} for s in sizes if s["size"] not in measuring]
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", choices=TINY_SIZES, default=list(TINY_SIZES),
@@ -151,8 +171,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--micro-batch", type=int, default=16, help="learner micro batch")
     p.add_argument("--cost-weight", type=float, default=1.0, help="TRL reward = reward - cost_weight * cost")
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
+    p.add_argument("--with", dest="with_report", type=Path,
+                   help="an earlier growth JSON: its sizes that this run does not measure join the JSON, table and "
+                        "plot, each with the date, command and load it was measured under")
     p.add_argument("--out", type=Path, default=default_out(NAME))
     args = p.parse_args(argv)
+    earlier = earlier_sizes(args.with_report, args.sizes) if args.with_report else []
     if (args.prompts * args.k) % args.micro_batch:
         p.error(f"--micro-batch {args.micro_batch} must divide prompts * k = {args.prompts * args.k}")
     lengths = sorted(args.lengths)
@@ -178,6 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
         by_size = [run_size(size, args, tmp) for size in sizes]
     finally:
         ray.shutdown()
+    for s in by_size:
+        s["measured"] = measured_by(report)
+    by_size = sorted(by_size + earlier, key=lambda s: TINY_SIZES.index(s["size"]))
     report["results"] = {"sizes": by_size, "plot": args.out.with_suffix(".png").name}
     for s in by_size:
         for c in s["cells"]:
@@ -257,6 +284,11 @@ def markdown(report: dict) -> str:
                                                                      else "") for p in s["thread_probe"]["by_threads"])
         for s in report["results"]["sizes"])
     st = report["settings"]
+    dates = {s["size"]: s.get("measured", {}) for s in report["results"]["sizes"]}
+    if len({m.get("date") for m in dates.values()}) > 1:
+        lines += ["", "Sizes measured in different runs: " + "; ".join(
+            f"{size} on {m['date'][:16]} (load {m['load_average_before'][0]:.1f}, {m['steps']} pairs per cell, "
+            f"`{m['command']}`)" for size, m in dates.items()) + "."]
     lines += ["", f"TRL alone, samples/s by intra-op threads at {st['probe_length']}-token responses, options off "
               f"(steps alternating the settings): {probes}. "
               f"{st['generation_engine']}; {st['precision']}; RAD: {st['rad_threads']}. Memory options on: RAD "

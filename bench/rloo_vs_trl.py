@@ -1,7 +1,7 @@
 """RAD vs TRL's ``RLOOTrainer``: RL step throughput on the same model, prompts, k, batch and reward, in one run.
 
     python -m bench.rloo_vs_trl [--run-dir runs/tiny] [--prompts 16] [--k 4] [--max-new-tokens 48]
-                                [--micro-batch 16] [--steps 6] [--out FILE]
+                                [--micro-batch 16] [--steps 6] [--rad-set KEY=VALUE ...] [--out FILE]
 
 Needs TRL (``pip install -c constraints/cpu.txt -e '.[bench]'``). Both trainers run on
 the CPU and are alive in this one process; their steps alternate, TRL step i then RAD
@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     add_rl_batch_args(p, steps=6, k=4, steps_help="measured step pairs, TRL then RAD (after one warm-up each)")
     p.add_argument("--cost-weight", type=float, default=1.0, help="TRL reward = reward - cost_weight * cost")
     p.add_argument("--trl-threads", type=int, default=1, help="torch threads for TRL (0 = torch's default)")
+    p.add_argument("--rad-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further RAD config override, e.g. algo.overlap=true (repeatable)")
     p.add_argument("--out", default=str(default_out(NAME)))
     args = p.parse_args(argv)
     if (args.prompts * args.k) % args.micro_batch:
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = new_report(NAME, argv, args_settings(args) | {"models": models})
     ray_init(args.num_cpus)
     try:
-        pair = run_pair(models, args, tmp)
+        pair = run_pair(models, args, tmp, rad_extra=args.rad_set)
     finally:
         ray.shutdown()
     rad, trl = pair["rad"], pair["trl"]

@@ -17,8 +17,14 @@ validation, evaluation); every model lives in a Ray actor of its role::
 With ``algo.overlap`` the engines generate the next step's batch while the learners update
 (:meth:`~rad.algos.online.OnlineRLTrainer.generate_ahead`), so a step learns from samples of
 the policy one update older (mu), and each advantage is multiplied by the truncated importance
-weight ``min(pi(y|x) / mu(y|x), cap)`` of its whole response (``truncated_importance_weights``;
-mu's log-probs are the engine's own, pi's the learner's of this step).
+weight ``min(pi(y|x) / mu(y|x), cap)`` of its whole response: mu's log-probs are the engine's
+own, pi's come from the learners' forward pass of the update, where the weight is applied
+(:meth:`~rad.runtime.policy_workers.PolicyLearner.train_step`).
+
+The KL term's policy log-probs come from the learners' log-prob pass, or with
+``algo.policy_logprobs=rollout`` from the engine that sampled (one forward pass fewer per
+step; the same numbers on-policy, up to engine numerics; with ``algo.overlap`` the KL is then
+that of the sampling policy, one update older).
 
 The step's math is in the pure functions below (tests call them directly); the
 multipliers come from a controller of :mod:`rad.algos.dual` (``algo.dual.controller``;
@@ -42,7 +48,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rad.algos.advantages import rloo_advantages, truncated_importance_weights
+from rad.algos.advantages import rloo_advantages
 from rad.algos.dual import rad_controller
 from rad.algos.online import OnlineRLTrainer, run_trainer
 from rad.algos.rad_config import RADConfig, RADStage
@@ -52,7 +58,8 @@ from rad.runtime.roles import TrainedRole
 from rad.settings import LearnerConfig
 
 __all__ = ["RADConfig", "RADTrainer", "ReferenceCosts", "behaviour_logp", "constraint_values", "kl_per_sample",
-           "learner_geometry", "rad_advantages", "run_rad", "sequence_logp", "shaped_rewards", "window_gain"]
+           "learner_geometry", "off_policy_metrics", "rad_advantages", "rollout_token_logprobs", "run_rad",
+           "shaped_rewards", "window_gain"]
 
 
 # -- the step's math ---------------------------------------------------------------------------
@@ -115,17 +122,34 @@ def window_gain(window: Sequence[Sequence[Sequence[float]]], n_particles: int, w
     return float(gain), float(viol)
 
 
-def sequence_logp(batch: TokenBatch, logp: torch.Tensor) -> torch.Tensor:
-    """``[B]`` float64: each sample's summed response-token log-prob from ``[B, T-1]`` per-token log-probs."""
-    return torch.stack([v.double().sum() for v in batch.response_values(logp)])
+def _engine_logprobs(rollouts, who: str) -> list[list[float]]:
+    if any(r.logprobs is None for r in rollouts):
+        raise ConfigError(f"{who}: the rollout engine returned no log-probs, which it needs")
+    return [r.logprobs for r in rollouts]
 
 
 def behaviour_logp(rollouts) -> torch.Tensor:
-    """``[B]`` float64: each rollout's summed response-token log-prob under the engine that sampled it."""
-    if any(r.logprobs is None for r in rollouts):
-        raise ConfigError("algo.overlap: the rollout engine returned no log-probs, which the importance weights of "
-                          "samples generated ahead need")
-    return torch.tensor([sum(r.logprobs) for r in rollouts], dtype=torch.float64)
+    """``[B]`` float64: each rollout's summed response-token log-prob under the engine that sampled it (mu)."""
+    return torch.tensor([sum(lp) for lp in _engine_logprobs(rollouts, "algo.overlap")], dtype=torch.float64)
+
+
+def rollout_token_logprobs(batch: TokenBatch, rollouts) -> torch.Tensor:
+    """``[B, T-1]`` float32: the rollouts' per-token log-probs under the engine that sampled them, where the
+    learner's :meth:`~rad.runtime.policy_workers.PolicyLearner.logprobs` puts its own (0 off the response)."""
+    lps = _engine_logprobs(rollouts, "algo.policy_logprobs=rollout")
+    aligned = torch.zeros((len(lps), int(batch.response_lengths.max())), dtype=torch.float32)
+    for i, lp in enumerate(lps):
+        aligned[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    return batch.from_response_aligned(aligned)
+
+
+def off_policy_metrics(stats: Sequence[dict[str, float]], lag: int) -> dict[str, float]:
+    """The truncated importance weights' metrics of one step from the learner ranks' sums
+    (:meth:`~rad.runtime.policy_workers.PolicyLearner.train_step` with ``behaviour_logp``)."""
+    n = sum(s["samples"] for s in stats)
+    return {"off_policy/lag": lag, "off_policy/is_weight_mean": sum(s["is_weight_sum"] for s in stats) / n,
+            "off_policy/is_weight_capped": sum(s["is_weight_capped"] for s in stats) / n,  # w >= cap
+            "off_policy/log_ratio_abs_mean": sum(s["log_ratio_abs_sum"] for s in stats) / n}
 
 
 @dataclass
@@ -233,11 +257,12 @@ class RADTrainer(OnlineRLTrainer):
         with timer.phase("scoring"):
             score_refs = self.roles.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
             ref_refs = self.reference_policy.split_async("logprobs", batch)
-            pol_refs = self.learners.split_async("logprobs", batch)
+            pol_refs = self.learners.split_async("logprobs", batch) if algo.policy_logprobs == "learner" else None
             rewards, costs = self.roles.gather_scores(score_refs)
         with timer.phase("logprobs"):
             ref_lp = self.reference_policy.concat(ref_refs)
-            pol_lp = self.learners.concat(pol_refs)
+            pol_lp = (self.learners.concat(pol_refs) if pol_refs is not None
+                      else rollout_token_logprobs(batch, rollouts))
         kl = kl_per_sample(batch, pol_lp, ref_lp, algo.kl_estimator)
         shaped = shaped_rewards(rewards, kl, algo.beta)
         with timer.phase("dominance"), one_blas_thread():
@@ -253,22 +278,18 @@ class RADTrainer(OnlineRLTrainer):
                                                            dual.mu_on, dual.gain_margin))
         signals = [dom.signal, dom.violation_signal][:len(self.applied)]  # mu's only when it is on
         adv = rad_advantages(shaped.view(len(prompts), algo.k), signals, self.applied, whiten=algo.reward_whiten)
-        off_policy = {}
+        fields = {"advantages": adv.reshape(-1)}
         if algo.overlap:  # samples of the previous policy version: E_mu[w A grad log pi], w = min(pi / mu, cap)
-            target, behaviour = sequence_logp(batch, pol_lp), behaviour_logp(rollouts)
-            weights = truncated_importance_weights(target, behaviour, algo.overlap_is_cap)
-            adv = adv * weights.view_as(adv).to(adv.dtype)
-            off_policy = {"off_policy/lag": lag, "off_policy/is_weight_mean": weights.mean(),
-                          "off_policy/is_weight_capped": (weights >= algo.overlap_is_cap).double().mean(),
-                          "off_policy/log_ratio_abs_mean": (target - behaviour).abs().mean()}
+            fields["behaviour_logp"] = behaviour_logp(rollouts)  # the learners weigh with pi of their forward pass
         with timer.phase("learner"):
             import ray
 
-            refs = self.learners.scatter_async("train_step", batch.with_fields(advantages=adv.reshape(-1)).split(
-                len(self.learners)))
+            refs = self.learners.scatter_async("train_step", batch.with_fields(**fields).split(len(self.learners)),
+                                               is_cap=algo.overlap_is_cap)
             if algo.overlap:  # the engines sample the next batch with the weights they hold, during the update
                 self.generate_ahead(algo.k)
             stats = ray.get(refs)
+        off_policy = off_policy_metrics(stats, lag) if algo.overlap else {}
         with timer.phase("weight_sync"):
             sync = self.roles.sync_weights()
         self.step += 1

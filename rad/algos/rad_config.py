@@ -85,6 +85,11 @@ class RADAlgoConfig:
                                       "update older, reweighted by truncated importance weights (overlap_is_cap)")
     overlap_is_cap: float = field(2.0, gt=0, help="with overlap: cap of the per-response importance weight "
                                                   "pi(y|x) / mu(y|x) (truncated importance sampling)")
+    policy_logprobs: str = field("learner", choices=("learner", "rollout"),
+                                 help="the policy log-probs of the KL term: the learners' own forward pass (learner) "
+                                      "or the rollout engine's log-probs of the tokens it sampled (rollout: one "
+                                      "forward pass fewer per step; needs on-policy sampling; with overlap the KL "
+                                      "is the sampling policy's, one update older)")
     violation_tolerance: float = field(0.0, min=0, help="allowed viol_w (the constraint of dual.mu)")
     ot: OTConfig = field(default_factory=OTConfig)
     dual: DualConfig = field(default_factory=DualConfig)
@@ -141,6 +146,9 @@ class RADConfig(RADStage, OnlineRunConfig):
         if self.algo.overlap and self.rollout.vllm_sleep_level:
             raise ConfigError("algo.overlap keeps the engines generating during the update; it cannot be combined "
                               "with rollout.vllm_sleep_level (engines asleep between generations)")
+        if self.algo.policy_logprobs == "rollout" and self.rollout.off_policy_sampling:
+            raise ConfigError("algo.policy_logprobs=rollout reads the engine's log-probs as the policy's, but "
+                              "rollout.off_policy_sampling=true lets the engine sample from another distribution")
         n = self.resources.num_learners
         batch = self.algo.prompts_per_step * self.algo.k
         if batch % n:

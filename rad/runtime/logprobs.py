@@ -177,3 +177,12 @@ def token_logprobs(model: Any, batch: dict[str, torch.Tensor], chunk_size: int =
     if hasattr(model, "forward_loss") and torch.is_grad_enabled():
         return model.forward_loss(compute)[0]
     return compute(module)[0]
+
+
+def truncated_importance_weights(target_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-sample importance weights ``min(pi(y|x) / mu(y|x), cap)`` of whole responses, from their summed
+    log-probs under the policy being trained (``target_logp``) and the policy that sampled them
+    (``behaviour_logp``): truncated importance sampling (Ionides 2008; the "TIS" of off-policy RLHF
+    trainers). The REINFORCE gradient of samples from ``mu`` is ``E_mu[w A grad log pi]``; truncation
+    trades a little bias for bounded variance."""
+    return torch.exp(target_logp - behaviour_logp).clamp(max=cap)

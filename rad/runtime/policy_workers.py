@@ -3,7 +3,7 @@
 Both take a :class:`~rad.runtime.batch.TokenBatch` of the token ids the rollout engines
 produced (so log-probs are computed on exactly the sampled tokens) and return per-token
 values as one ``[B, T-1]`` tensor in the batch's log-prob coordinates; training reads the
-per-sample field ``advantages``.
+per-sample field ``advantages`` (and ``behaviour_logp`` for samples of an older policy).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from rad.runtime.batch import TokenBatch
 from rad.runtime.deepspeed_rank import DeepSpeedRank
-from rad.runtime.logprobs import collate_samples, token_logprobs
+from rad.runtime.logprobs import collate_samples, token_logprobs, truncated_importance_weights
 from rad.runtime.profiling import RoleDiagnostics
 from rad.settings import LearnerConfig, PolicyLora
 
@@ -112,22 +112,37 @@ class PolicyLearner(DeepSpeedRank):
         self.learner.train()
         return batch.in_order(out, order)
 
-    def train_step(self, batch: TokenBatch) -> dict[str, float]:
-        """One optimizer step of REINFORCE on this rank's shard: loss = -mean_i A_i * agg_t log pi.
+    def train_step(self, batch: TokenBatch, is_cap: float = 0.0) -> dict[str, float]:
+        """One optimizer step of REINFORCE on this rank's shard: loss = -mean_i w_i A_i * agg_t log pi.
 
         ``batch.sample_fields["advantages"]`` holds A. ``sequence_sum`` (default) is the
         unbiased score-function estimator of the sequence-level objective; ``token_mean``
         divides each sequence's log-prob by its length (lower variance, biased towards
-        short responses).
+        short responses). w = 1, unless the batch carries ``behaviour_logp``, the summed
+        response log-probs under the policy that sampled it (mu): then w is the truncated
+        importance weight ``min(pi / mu, is_cap)`` with pi from this very forward pass (no
+        gradient through w), and the result adds the sums ``is_weight_sum``,
+        ``is_weight_capped`` and ``log_ratio_abs_sum`` over the shard's ``samples``.
         """
         self.learner.train()
         micro = self.step_micro_batches(batch, "policy")
+        off_policy = "behaviour_logp" in batch.sample_fields
         total_loss, total_logp = 0.0, 0.0
+        is_stats = {"is_weight_sum": 0.0, "is_weight_capped": 0.0, "log_ratio_abs_sum": 0.0, "samples": 0.0}
         for mb in micro:
             inputs = mb.model_inputs(self.learner.device)
             adv = mb.sample("advantages", self.learner.device)
             lp = self.token_logprobs(inputs)
             seq = lp.sum(-1)
+            if off_policy:
+                target = seq.detach().double()
+                behaviour = mb.sample("behaviour_logp", self.learner.device, torch.float64)
+                w = truncated_importance_weights(target, behaviour, is_cap)
+                adv = adv * w.to(adv.dtype)
+                is_stats["is_weight_sum"] += w.sum().item()
+                is_stats["is_weight_capped"] += (w >= is_cap).sum().item()
+                is_stats["log_ratio_abs_sum"] += (target - behaviour).abs().sum().item()
+                is_stats["samples"] += len(w)
             if self.loss_aggregation == "token_mean":
                 seq = seq / inputs["response_mask"][:, 1:].sum(-1).clamp(min=1)
             weight = self.micro_weight(mb, batch)
@@ -138,7 +153,7 @@ class PolicyLearner(DeepSpeedRank):
             total_logp += seq.mean().item() * weight / len(micro)
         norm = self.learner.grad_norm()
         return {"loss": total_loss, "logprob": total_logp, "lr": self.learner.lr(),
-                **({"grad_norm": norm} if norm is not None else {})}
+                **({"grad_norm": norm} if norm is not None else {}), **(is_stats if off_policy else {})}
 
     def save_pretrained(self, out_dir: str) -> str:
         return str(self.learner.save_pretrained(Path(out_dir), self.tokenizer,

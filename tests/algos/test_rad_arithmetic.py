@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from rad.algos.advantages import rloo_advantages
-from rad.algos.advantages import truncated_importance_weights
 from rad.algos.rad import (RADConfig, ReferenceCosts, constraint_values, kl_per_sample, learner_geometry,
-                           rad_advantages, shaped_rewards, window_gain)
+                           off_policy_metrics, rad_advantages, rollout_token_logprobs, shaped_rewards, window_gain)
 from rad.config import load_config
 from rad.errors import ConfigError
 from rad.risk import dominance_step
@@ -116,6 +115,8 @@ def test_learner_geometry_fits_one_step():
     ("algo.selection.rule=best", r"algo.selection.rule: .best. is not allowed"),
     ("algo.overlap=true rollout.hybrid=true", r"algo.overlap needs rollout engines of their own"),
     ("algo.overlap_is_cap=0", r"algo.overlap_is_cap: must be > 0"),
+    ("algo.policy_logprobs=rollout rollout.off_policy_sampling=true rollout.sampling.temperature=0.7",
+     r"algo.policy_logprobs=rollout reads the engine's log-probs as the policy's"),
 ])
 def test_bad_rad_config_fails_fast(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -123,6 +124,8 @@ def test_bad_rad_config_fails_fast(override, message):
 
 
 def test_truncated_importance_weights_by_hand():
+    from rad.runtime.logprobs import truncated_importance_weights
+
     # responses whose log-probs under pi and mu differ by log 0.5, 0 and log 3: weights 0.5, 1 and 3 capped at 2
     mu = torch.tensor([-4.0, -2.0, -7.0], dtype=torch.float64)
     pi = mu + torch.log(torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64))
@@ -175,3 +178,28 @@ def test_a_missing_model_directory_is_refused_before_any_actor_starts(tmp_path, 
     with pytest.raises(ConfigError, match=r"reference_model: .* has no config.json"):
         RADTrainer(load_config(RADConfig, None, base + [f"reward_model={score_dirs['reward']}",
                                                          f"reference_model={tmp_path}"]))
+
+
+def test_rollout_token_logprobs_sit_where_the_learners_would():
+    from rad.runtime.batch import TokenBatch
+    from rad.runtime.rollout.base import Rollout
+
+    prompts, responses, engine_lp = [[5, 6], [7]], [[8, 9], [4]], [[-0.5, -1.5], [-0.25]]
+    rollouts = [Rollout("p", p, r, "t", lp, "length", i, 0) for i, (p, r, lp) in enumerate(zip(prompts, responses,
+                                                                                               engine_lp))]
+    batch = TokenBatch.from_ids(prompts, responses, pad_id=0)
+    out = rollout_token_logprobs(batch, rollouts)
+    # position t scores token t+1: sample 0's response tokens 8, 9 are scored at positions 1, 2; sample 1's 4 at 0
+    assert out.tolist() == [[0.0, -0.5, -1.5], [-0.25, 0.0, 0.0]]
+    assert [v.tolist() for v in batch.response_values(out)] == engine_lp
+    rollouts[1].logprobs = None
+    with pytest.raises(ConfigError, match=r"algo.policy_logprobs=rollout: the rollout engine returned no log-probs"):
+        rollout_token_logprobs(batch, rollouts)
+
+
+def test_off_policy_metrics_pool_the_learner_ranks_sums():
+    ranks = [{"is_weight_sum": 3.0, "is_weight_capped": 1.0, "log_ratio_abs_sum": 0.6, "samples": 3.0},
+             {"is_weight_sum": 0.5, "is_weight_capped": 0.0, "log_ratio_abs_sum": 0.2, "samples": 1.0}]
+    m = off_policy_metrics(ranks, lag=1)
+    assert m == pytest.approx({"off_policy/lag": 1, "off_policy/is_weight_mean": 3.5 / 4,
+                               "off_policy/is_weight_capped": 1 / 4, "off_policy/log_ratio_abs_mean": 0.8 / 4})

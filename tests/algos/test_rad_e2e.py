@@ -6,6 +6,7 @@ equivalence after a cut.
 """
 
 import json
+import math
 
 import pytest
 import torch
@@ -108,9 +109,13 @@ def test_two_steps_change_the_policy_and_sync_both_engines(ray_cluster, tmp_path
 def test_overlap_learns_from_samples_generated_during_the_previous_update(ray_cluster, tmp_path, sft_model_dir,
                                                                            score_dirs):
     """algo.overlap: the engines generate step t+1's batch while the learners update on step t's, then take the new
-    weights; step t+1 learns from samples one policy version old, reweighted by truncated importance weights."""
+    weights; step t+1 learns from samples one policy version old, reweighted by truncated importance weights that
+    the learners compute in their update. With algo.policy_logprobs=rollout no learner log-prob pass runs: the KL
+    term reads the engine's log-probs."""
     trainer = _ChecksEnginesEveryStep(_cfg(tmp_path, "overlap", sft_model_dir, score_dirs, steps=3,
-                                           **{"algo.overlap": "true"}))
+                                           **{"algo.overlap": "true", "algo.policy_logprobs": "rollout"}))
+    asked, split_async = [], trainer.learners.split_async
+    trainer.learners.split_async = lambda method, *a, **kw: asked.append(method) or split_async(method, *a, **kw)
     try:
         trainer.train()
     finally:
@@ -124,6 +129,7 @@ def test_overlap_learns_from_samples_generated_during_the_previous_update(ray_cl
     assert rows[0]["off_policy/log_ratio_abs_mean"] < 1e-3
     assert all(r["off_policy/log_ratio_abs_mean"] > 10 * rows[0]["off_policy/log_ratio_abs_mean"] for r in rows[1:])
     assert all(0 < r["off_policy/is_weight_mean"] <= 2.0 for r in rows)
+    assert "logprobs" not in asked and all(math.isfinite(r["objective/kl"]) for r in rows)
 
 
 def test_a_pickle_only_policy_loads_in_every_role_when_allowed(ray_cluster, tmp_path, sft_model_dir, score_dirs):

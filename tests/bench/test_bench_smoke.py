@@ -404,3 +404,26 @@ def test_python_m_bench_quick_growth_writes_cells_ratios_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     readme = (tmp_path / "README.md").read_text()
     assert "## growth:" in readme and "](growth.png)" in readme and "| tiny | " in readme
+
+
+def test_growth_with_an_earlier_report_keeps_its_sizes_and_when_they_were_measured(tmp_path):
+    from bench import growth
+
+    committed = json.loads((ROOT / "bench/results/growth.json").read_text())
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(committed))
+    # the sizes this run measures again are dropped from the earlier report; the others carry its date and command
+    (kept,) = growth.earlier_sizes(path, ["tiny", "medium"])
+    assert kept["size"] == "small" and kept["measured"]["date"] == committed["date"]
+    assert kept["measured"]["command"] == committed["command"] and kept["cells"]
+    # a merged report's table names both runs
+    (tiny,) = growth.earlier_sizes(path, ["small"])
+    tiny["measured"] = {**tiny["measured"], "date": "2030-01-01T00:00:00+00:00", "command": "python -m bench.growth X"}
+    merged = {**committed, "results": {**committed["results"], "sizes": [tiny, kept]}}
+    text = growth.markdown(merged)
+    assert "Sizes measured in different runs" in text and "tiny on 2030-01-01" in text
+    assert committed["date"][:16] in text
+    assert "measured in different runs" not in growth.markdown(committed)
+    path.write_text('{"results": {}}')
+    with pytest.raises(SystemExit, match=r"--with .*earlier.json: expected a growth JSON"):
+        growth.earlier_sizes(path, ["tiny"])
