@@ -34,6 +34,11 @@ from rad.settings import LearnerConfig, is_url
 log = logging.getLogger("rad.algos")
 
 
+def sorted_rollouts(rollouts: list) -> list:
+    """``rollouts`` in the order every step works in: by prompt, then sample."""
+    return sorted(rollouts, key=lambda r: (r.prompt_index, r.sample_index))
+
+
 def reference_sample_inputs(cfg: Any, reference_dir: str, prompts: list[str], n: int, seed: int) -> dict[str, Any]:
     """What the reference's scored samples of ``prompts`` (``n`` each, sampling seed ``cfg.seed + seed``) are
     computed from: the key of every cache of them in an RL run directory (see :mod:`rad.runtime.provenance`)."""
@@ -203,20 +208,20 @@ class OnlineRLTrainer:
         return self.cfg.rollout.sampling.seed + 1000 * ((self.step if step is None else step) + 1)
 
     # -- rollouts, optionally generated one step ahead ----------------------------------------------
-    #: (step, generate_async handle) of rollouts generated ahead, during the previous step's learner update
-    _ahead: tuple[int, list] | None = None
+    #: (step, generate_async handle, its sorted rollouts once collected) of rollouts generated ahead, during
+    #: the previous step's learner update
+    _ahead: tuple[int, list, list | None] | None = None
 
     def step_rollouts(self, prompts: list[str], n: int) -> tuple[list, int]:
         """This step's rollouts, sorted by (prompt, sample), and their lag in policy versions: 1 when they were
         generated ahead (:meth:`generate_ahead`, with the weights from before the previous update), else 0.
 
         A resumed run starts without rollouts ahead, so its first step after the checkpoint is on-policy."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == self.step:
-            rollouts, lag = self.rollout.collect(ahead[1]), 1
+        if self._ahead is not None and self._ahead[0] == self.step:
+            rollouts, lag = self.rollouts_ahead(), 1
         else:
-            rollouts, lag = self.sample(prompts, n, seed=self.step_seed()), 0
-        rollouts.sort(key=lambda r: (r.prompt_index, r.sample_index))
+            rollouts, lag = sorted_rollouts(self.sample(prompts, n, seed=self.step_seed())), 0
+        self._ahead = None
         return rollouts, lag
 
     def generate_ahead(self, n: int) -> None:
@@ -230,7 +235,18 @@ class OnlineRLTrainer:
         import dataclasses
 
         sampling = dataclasses.replace(self.cfg.rollout.sampling, seed=self.step_seed(nxt))
-        self._ahead = (nxt, self.rollout.generate_async(self.step_prompts(nxt), n, sampling))
+        self._ahead = (nxt, self.rollout.generate_async(self.step_prompts(nxt), n, sampling), None)
+
+    def rollouts_ahead(self) -> list | None:
+        """Wait for the rollouts :meth:`generate_ahead` started and return them sorted as :meth:`step_rollouts`
+        gives them (the next step takes this very list); None when no generation is ahead."""
+        if self._ahead is None:
+            return None
+        step, calls, rollouts = self._ahead
+        if rollouts is None:
+            rollouts = sorted_rollouts(self.rollout.collect(calls))
+            self._ahead = (step, calls, rollouts)
+        return rollouts
 
     def token_batch(self, rollouts):
         """The typed batch of sorted rollouts (:class:`~rad.runtime.batch.TokenBatch`, padded with the policy's

@@ -19,7 +19,9 @@ With ``algo.overlap`` the engines generate the next step's batch while the learn
 the policy one update older (mu), and each advantage is multiplied by the truncated importance
 weight ``min(pi(y|x) / mu(y|x), cap)`` of its whole response: mu's log-probs are the engine's
 own, pi's come from the learners' forward pass of the update, where the weight is applied
-(:meth:`~rad.runtime.policy_workers.PolicyLearner.train_step`).
+(:meth:`~rad.runtime.policy_workers.PolicyLearner.train_step`). With ``algo.overlap_scoring`` the
+batch generated ahead is scored too (reward, cost, reference log-probs) during the update, as soon
+as it is in (:meth:`RADTrainer.score_ahead`).
 
 The KL term's policy log-probs come from the learners' log-prob pass, or with
 ``algo.policy_logprobs=rollout`` from the engine that sampled (one forward pass fewer per
@@ -254,9 +256,12 @@ class RADTrainer(OnlineRLTrainer):
         batch = self.token_batch(rollouts)
         # Scores and both log-prob passes need only the rollouts, so the scorer, reference and learner actors
         # work at the same time: "scoring" times the scores, "logprobs" the further wait for the log-probs.
+        # With algo.overlap_scoring the scores and reference log-probs of a batch generated ahead were started
+        # during the previous update (score_ahead): then "scoring" is the wait for what is left of them.
+        scored, self._scored_ahead = self._scored_ahead, None
+        scored_ahead = lag == 1 and scored is not None and scored[0] == self.step
         with timer.phase("scoring"):
-            score_refs = self.roles.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts])
-            ref_refs = self.reference_policy.split_async("logprobs", batch)
+            score_refs, ref_refs = scored[1] if scored_ahead else self.start_scoring(rollouts, batch)
             pol_refs = self.learners.split_async("logprobs", batch) if algo.policy_logprobs == "learner" else None
             rewards, costs = self.roles.gather_scores(score_refs)
         with timer.phase("logprobs"):
@@ -288,8 +293,11 @@ class RADTrainer(OnlineRLTrainer):
                                                is_cap=algo.overlap_is_cap)
             if algo.overlap:  # the engines sample the next batch with the weights they hold, during the update
                 self.generate_ahead(algo.k)
+                if algo.overlap_scoring:
+                    self.score_ahead()
             stats = ray.get(refs)
-        off_policy = off_policy_metrics(stats, lag) if algo.overlap else {}
+        off_policy = ({**off_policy_metrics(stats, lag), "off_policy/scored_ahead": float(scored_ahead)}
+                      if algo.overlap else {})
         with timer.phase("weight_sync"):
             sync = self.roles.sync_weights()
         self.step += 1
@@ -313,6 +321,24 @@ class RADTrainer(OnlineRLTrainer):
         if "grad_norm" in stats[0]:
             metrics["train/grad_norm"] = stats[0]["grad_norm"]
         return {k: float(v) for k, v in metrics.items()}
+
+    #: (step, (score refs, reference log-prob refs)) of the batch generated ahead, started by score_ahead
+    _scored_ahead: tuple[int, tuple[list, list]] | None = None
+
+    def start_scoring(self, rollouts, batch) -> tuple[list, list]:
+        """Start the reward and cost models' scores and the reference's log-probs of ``rollouts`` (as ``batch``):
+        their object refs, for :meth:`~rad.runtime.roles.RLRoles.gather_scores` and the reference group's ``concat``."""
+        return (self.roles.score_async([r.prompt for r in rollouts], [r.response_text for r in rollouts]),
+                self.reference_policy.split_async("logprobs", batch))
+
+    def score_ahead(self) -> None:
+        """``algo.overlap_scoring``: wait for the next step's batch generated ahead, then start its scores and
+        reference log-probs, which read only the samples, so they run during this step's update as well. The
+        next step gathers them (the same numbers as scoring then; the scorers and reference share the cores
+        with the learners for the rest of the update)."""
+        rollouts = self.rollouts_ahead()
+        if rollouts is not None:
+            self._scored_ahead = (self.step + 1, self.start_scoring(rollouts, self.token_batch(rollouts)))
 
     def windowed_gain(self, costs: torch.Tensor, ref_costs: torch.Tensor) -> tuple[float, float]:
         """Exact (gain, violation) of the costs pooled over the last ``dual.window`` steps, this one included."""

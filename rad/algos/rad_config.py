@@ -85,6 +85,10 @@ class RADAlgoConfig:
                                       "update older, reweighted by truncated importance weights (overlap_is_cap)")
     overlap_is_cap: float = field(2.0, gt=0, help="with overlap: cap of the per-response importance weight "
                                                   "pi(y|x) / mu(y|x) (truncated importance sampling)")
+    overlap_scoring: bool = field(False, help="with overlap: as soon as the next batch is generated, start its "
+                                              "reward, cost and reference log-prob passes too, so they run during "
+                                              "the rest of the update (the same numbers; more processes share the "
+                                              "cores while the learners update)")
     policy_logprobs: str = field("learner", choices=("learner", "rollout"),
                                  help="the policy log-probs of the KL term: the learners' own forward pass (learner) "
                                       "or the rollout engine's log-probs of the tokens it sampled (rollout: one "
@@ -143,6 +147,9 @@ class RADConfig(RADStage, OnlineRunConfig):
         if self.algo.overlap and self.rollout.hybrid:
             raise ConfigError("algo.overlap needs rollout engines of their own: with rollout.hybrid the learners "
                               "generate, so generation cannot overlap their update")
+        if self.algo.overlap_scoring and not self.algo.overlap:
+            raise ConfigError("algo.overlap_scoring scores the batch generated ahead during the update: it needs "
+                              "algo.overlap=true")
         if self.algo.overlap and self.rollout.vllm_sleep_level:
             raise ConfigError("algo.overlap keeps the engines generating during the update; it cannot be combined "
                               "with rollout.vllm_sleep_level (engines asleep between generations)")

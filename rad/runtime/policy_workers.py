@@ -112,7 +112,7 @@ class PolicyLearner(DeepSpeedRank):
         self.learner.train()
         return batch.in_order(out, order)
 
-    def train_step(self, batch: TokenBatch, is_cap: float = 0.0) -> dict[str, float]:
+    def train_step(self, batch: TokenBatch, is_cap: float | None = None) -> dict[str, float]:
         """One optimizer step of REINFORCE on this rank's shard: loss = -mean_i w_i A_i * agg_t log pi.
 
         ``batch.sample_fields["advantages"]`` holds A. ``sequence_sum`` (default) is the
@@ -121,12 +121,15 @@ class PolicyLearner(DeepSpeedRank):
         short responses). w = 1, unless the batch carries ``behaviour_logp``, the summed
         response log-probs under the policy that sampled it (mu): then w is the truncated
         importance weight ``min(pi / mu, is_cap)`` with pi from this very forward pass (no
-        gradient through w), and the result adds the sums ``is_weight_sum``,
+        gradient through w; ``is_cap`` > 0 is then required), and the result adds the sums ``is_weight_sum``,
         ``is_weight_capped`` and ``log_ratio_abs_sum`` over the shard's ``samples``.
         """
+        off_policy = "behaviour_logp" in batch.sample_fields
+        if off_policy and not (is_cap is not None and is_cap > 0):
+            raise ValueError(f"train_step: the batch carries behaviour_logp, so is_cap must be a number > 0 "
+                             f"(the importance-weight cap), got {is_cap!r}")
         self.learner.train()
         micro = self.step_micro_batches(batch, "policy")
-        off_policy = "behaviour_logp" in batch.sample_fields
         total_loss, total_logp = 0.0, 0.0
         is_stats = {"is_weight_sum": 0.0, "is_weight_capped": 0.0, "log_ratio_abs_sum": 0.0, "samples": 0.0}
         for mb in micro:

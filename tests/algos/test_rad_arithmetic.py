@@ -115,6 +115,7 @@ def test_learner_geometry_fits_one_step():
     ("algo.selection.rule=best", r"algo.selection.rule: .best. is not allowed"),
     ("algo.overlap=true rollout.hybrid=true", r"algo.overlap needs rollout engines of their own"),
     ("algo.overlap_is_cap=0", r"algo.overlap_is_cap: must be > 0"),
+    ("algo.overlap_scoring=true", r"algo.overlap_scoring scores the batch generated ahead .* needs algo.overlap=true"),
     ("algo.policy_logprobs=rollout rollout.off_policy_sampling=true rollout.sampling.temperature=0.7",
      r"algo.policy_logprobs=rollout reads the engine's log-probs as the policy's"),
 ])

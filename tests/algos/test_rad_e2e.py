@@ -111,11 +111,15 @@ def test_overlap_learns_from_samples_generated_during_the_previous_update(ray_cl
     """algo.overlap: the engines generate step t+1's batch while the learners update on step t's, then take the new
     weights; step t+1 learns from samples one policy version old, reweighted by truncated importance weights that
     the learners compute in their update. With algo.policy_logprobs=rollout no learner log-prob pass runs: the KL
-    term reads the engine's log-probs."""
+    term reads the engine's log-probs. With algo.overlap_scoring the batch generated ahead is scored (and its
+    reference log-probs taken) during that update too, once per batch."""
     trainer = _ChecksEnginesEveryStep(_cfg(tmp_path, "overlap", sft_model_dir, score_dirs, steps=3,
-                                           **{"algo.overlap": "true", "algo.policy_logprobs": "rollout"}))
+                                           **{"algo.overlap": "true", "algo.policy_logprobs": "rollout",
+                                              "algo.overlap_scoring": "true"}))
     asked, split_async = [], trainer.learners.split_async
     trainer.learners.split_async = lambda method, *a, **kw: asked.append(method) or split_async(method, *a, **kw)
+    scored, start_scoring = [], trainer.start_scoring  # the step being trained when each batch's scoring starts
+    trainer.start_scoring = lambda *a: scored.append(trainer.step) or start_scoring(*a)
     try:
         trainer.train()
     finally:
@@ -124,6 +128,8 @@ def test_overlap_learns_from_samples_generated_during_the_previous_update(ray_cl
     assert [ok for _, ok in trainer.engine_checks] == [True] * 6
     rows = [r for r in read_metrics(tmp_path / "overlap") if "rad/gain" in r]
     assert [r["off_policy/lag"] for r in rows] == [0, 1, 1]
+    # step 1 scores its own batch; steps 2 and 3's batches are scored during steps 1 and 2 (3 batches, 3 calls)
+    assert [r["off_policy/scored_ahead"] for r in rows] == [0, 1, 1] and scored == [0, 0, 1]
     # step 1's samples come from the weights the learner holds (pi = mu up to engine/learner numerics); steps 2
     # and 3 learn from samples of the policy before the previous update, whose log-probs have moved since
     assert rows[0]["off_policy/log_ratio_abs_mean"] < 1e-3

@@ -8,6 +8,7 @@ play) must agree with the plain learner's to float tolerance, at ZeRO 0, 2 and 3
 """
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -106,3 +107,26 @@ def test_gradient_checkpointing_reaches_a_wrapped_backbone_and_refuses_a_plain_m
     assert enabled is score_model.backbone and enabled.is_gradient_checkpointing
     with pytest.raises(ConfigError, match="learner.gradient_checkpointing: Linear holds no transformers model"):
         enable_gradient_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_importance_weights_scale_the_gradient_and_are_truncated(tiny_model_dir, samples, plain, single_rank_env,
+                                                                 with_gradients):
+    """With ``behaviour_logp`` (mu) in the batch, each sample's term is weighted by min(pi / mu, cap), pi from
+    the rank's own forward pass: mu = 2 pi halves the plain gradient; mu = pi / 4 under cap 2 doubles it, every
+    weight counted as capped. Without a cap the rank refuses the batch."""
+    cfg = dataclasses.replace(BASE, zero_stage=0)
+    plain_grads = plain[0][1]
+    for shift, cap, factor, capped in ((math.log(2.0), 3.0, 0.5, 0), (-math.log(4.0), 2.0, 2.0, len(samples))):
+        rank = PolicyLearner(str(tiny_model_dir), cfg, total_steps=2)
+        rank.init(0, 1, "127.0.0.1", free_port(), seed=0)
+        pi = rank.logprobs(samples).sum(-1).double()  # the same weights as the plain run's first step
+        off_policy = samples.with_fields(behaviour_logp=pi + shift)
+        if cap == 3.0:
+            with pytest.raises(ValueError, match="behaviour_logp, so is_cap must be a number > 0"):
+                rank.train_step(off_policy)
+        metrics, grads = with_gradients(rank, lambda: rank.train_step(off_policy, is_cap=cap))
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(grads[name], factor * grad, rtol=1e-4, atol=1e-6, msg=name)
+        assert metrics["samples"] == len(samples) and metrics["is_weight_capped"] == capped
+        assert metrics["is_weight_sum"] == pytest.approx(factor * len(samples), rel=1e-4)
+        assert metrics["log_ratio_abs_sum"] == pytest.approx(abs(shift) * len(samples), rel=1e-4)
