@@ -49,7 +49,8 @@ FULL = {
                         "4", "--steps", "5"],
     "colocation": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "3"],
     "overlap": ["--prompts", "16", "--k", "2", "--max-new-tokens", "48", "--micro-batch", "16", "--steps", "4"],
-    # tiny and small; medium (~35M parameters) takes hours on 2 cores: `python -m bench growth -- --sizes medium`
+    # tiny and small; medium (~35M parameters) adds ~50 min on 2 quiet cores at --steps 2 (2026-12-02; hours under
+    # load): `python -m bench growth -- --sizes medium`
     "growth": ["--sizes", "tiny", "small", "--lengths", "48", "128", "256", "--options", "off", "on",
                "--trl-threads", "1", "2", "--prompts", "8",
                "--k", "4", "--micro-batch", "16", "--steps", "3"],

@@ -248,8 +248,10 @@ def plot(report: dict, path: Path) -> Path:
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"RAD vs TRL RLOOTrainer, memory options off; {report['cpu_cores']} cores, load "
-                 f"{report['load_average_before'][0]:.1f} at start, {report['date'][:10]}", fontsize=9)
+    loads = ", ".join(f"{s['size']} load {s['measured']['load_average_before'][0]:.1f} on {s['measured']['date'][:10]}"
+                      for s in sizes if "measured" in s)
+    loads = loads or f"load {report['load_average_before'][0]:.1f} at start, {report['date'][:10]}"
+    fig.suptitle(f"RAD vs TRL RLOOTrainer, memory options off; {report['cpu_cores']} cores; {loads}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

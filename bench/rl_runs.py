@@ -257,7 +257,11 @@ def modes_table(results: dict[str, dict[str, Any]], mode_header: str) -> str:
 
 
 def build_trainer(algo: str, overrides: list[str], total_steps: int, out_dir: Path) -> tuple[Any, float]:
-    """The ``algo`` trainer ("rad" or "ppo_lag") for ``total_steps`` steps and its start-up seconds."""
+    """The ``algo`` trainer ("rad" or "ppo_lag") for ``total_steps`` steps and its start-up seconds.
+
+    It is configured for one step more than that, so the last step run does the work of a step in a long
+    run: with ``algo.overlap`` the final step of a run generates (and scores) nothing ahead, which would make
+    the last measured step cheaper than the rest."""
     from rad.config import load_config
 
     if algo == "rad":
@@ -267,7 +271,7 @@ def build_trainer(algo: str, overrides: list[str], total_steps: int, out_dir: Pa
         from safe_rlhf_baseline.config import PPOLagConfig as Cfg
         from safe_rlhf_baseline.trainer import PPOLagTrainer as Trainer
 
-    cfg = load_config(Cfg, None, overrides + [f"output_dir={out_dir}", f"algo.steps={total_steps}"])
+    cfg = load_config(Cfg, None, overrides + [f"output_dir={out_dir}", f"algo.steps={total_steps + 1}"])
     t0 = time.perf_counter()
     trainer = Trainer(cfg)
     return trainer, time.perf_counter() - t0
