@@ -253,15 +253,15 @@ class RADTrainer(OnlineRLTrainer):
         prompts = [self.prompts[i] for i in indices]
         with timer.phase("generation"):  # with algo.overlap: only the wait for the batch generated ahead
             rollouts, lag = self.step_rollouts(prompts, algo.k)
-        batch = self.token_batch(rollouts)
         # Scores and both log-prob passes need only the rollouts, so the scorer, reference and learner actors
         # work at the same time: "scoring" times the scores, "logprobs" the further wait for the log-probs.
         # With algo.overlap_scoring the scores and reference log-probs of a batch generated ahead were started
         # during the previous update (score_ahead): then "scoring" is the wait for what is left of them.
         scored, self._scored_ahead = self._scored_ahead, None
         scored_ahead = lag == 1 and scored is not None and scored[0] == self.step
+        batch = scored[1] if scored_ahead else self.token_batch(rollouts)
         with timer.phase("scoring"):
-            score_refs, ref_refs = scored[1] if scored_ahead else self.start_scoring(rollouts, batch)
+            score_refs, ref_refs = scored[2] if scored_ahead else self.start_scoring(rollouts, batch)
             pol_refs = self.learners.split_async("logprobs", batch) if algo.policy_logprobs == "learner" else None
             rewards, costs = self.roles.gather_scores(score_refs)
         with timer.phase("logprobs"):
@@ -322,8 +322,9 @@ class RADTrainer(OnlineRLTrainer):
             metrics["train/grad_norm"] = stats[0]["grad_norm"]
         return {k: float(v) for k, v in metrics.items()}
 
-    #: (step, (score refs, reference log-prob refs)) of the batch generated ahead, started by score_ahead
-    _scored_ahead: tuple[int, tuple[list, list]] | None = None
+    #: (step, its token batch, (score refs, reference log-prob refs)) of the batch generated ahead, started by
+    #: score_ahead
+    _scored_ahead: tuple[int, Any, tuple[list, list]] | None = None
 
     def start_scoring(self, rollouts, batch) -> tuple[list, list]:
         """Start the reward and cost models' scores and the reference's log-probs of ``rollouts`` (as ``batch``):
@@ -338,7 +339,8 @@ class RADTrainer(OnlineRLTrainer):
         with the learners for the rest of the update)."""
         rollouts = self.rollouts_ahead()
         if rollouts is not None:
-            self._scored_ahead = (self.step + 1, self.start_scoring(rollouts, self.token_batch(rollouts)))
+            batch = self.token_batch(rollouts)
+            self._scored_ahead = (self.step + 1, batch, self.start_scoring(rollouts, batch))
 
     def windowed_gain(self, costs: torch.Tensor, ref_costs: torch.Tensor) -> tuple[float, float]:
         """Exact (gain, violation) of the costs pooled over the last ``dual.window`` steps, this one included."""

@@ -125,7 +125,7 @@ class PolicyLearner(DeepSpeedRank):
         ``is_weight_capped`` and ``log_ratio_abs_sum`` over the shard's ``samples``.
         """
         off_policy = "behaviour_logp" in batch.sample_fields
-        if off_policy and not (is_cap is not None and is_cap > 0):
+        if off_policy and (is_cap is None or is_cap <= 0):
             raise ValueError(f"train_step: the batch carries behaviour_logp, so is_cap must be a number > 0 "
                              f"(the importance-weight cap), got {is_cap!r}")
         self.learner.train()
